@@ -1,0 +1,780 @@
+/*-------------------------------------------------------------------------
+ *
+ * capture.c
+ *	  The capture worker: one per database, it decodes the WAL through its
+ *	  own logical decoding context and appends the records the output plugin
+ *	  produces to event_bridge.records.
+ *
+ * Exactly once: the worker's transactions run under a replication origin.
+ * Each flush commits the records, the shards' sequence counters and the
+ * origin's position (the end of the last WAL record decoded) atomically;
+ * only then is the slot's confirmed position advanced.  After a crash,
+ * decoding resumes at the origin's position, so every committed change is
+ * appended once.  The origin also keeps the worker's own writes out of the
+ * decoder.
+ *
+ * Pending records: records decoded but not yet flushed, kept in memory and
+ * spilled to a temporary file beyond event_bridge.capture_buffer_kb, so a
+ * huge transaction needs no more memory than that.
+ *
+ * IDENTIFICATION
+ *	  src/capture.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/heapam.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "access/xlogreader.h"
+#include "access/xlogutils.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_extension.h"
+#include "commands/extension.h"
+#include "executor/executor.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "replication/decode.h"
+#include "replication/logical.h"
+#include "replication/origin.h"
+#include "replication/slot.h"
+#include "storage/buffile.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+#include "utils/snapmgr.h"
+
+#include "capture.h"
+#include "event_bridge.h"
+
+/* How a pending record is laid out: this header, then the three strings. */
+typedef struct PendingHeader
+{
+	int32		stream_id;
+	int32		shard_id;
+	int64		sequence;
+	int64		record_id;
+	char		operation;
+	int32		table_len;
+	int32		key_len;		/* -1: no key */
+	int32		data_len;
+} PendingHeader;
+
+/* Records per table_multi_insert call. */
+#define EB_INSERT_BATCH		1000
+
+/* Flush at least this often while WAL keeps coming, for latency. */
+#define EB_FLUSH_INTERVAL_MS	100
+
+static MemoryContext capture_context = NULL;
+static List *streams = NIL;
+static int64 next_record_id = 1;
+static bool state_dirty = false;	/* something to store besides records */
+
+static StringInfoData pending;
+static BufFile *spill = NULL;
+static int64 pending_count = 0;
+static TimestampTz pending_since = 0;
+
+static bool wal_end_reached = false;
+static Oid	extension_oid = InvalidOid;
+static Oid	records_relid = InvalidOid;
+static EbDatabase *my_db = NULL;
+
+/* ---------------------------------------------------------------------
+ * Stream state, called by the output plugin
+ * ------------------------------------------------------------------- */
+
+static CaptureStream *
+find_stream(int32 stream_id)
+{
+	ListCell   *lc;
+
+	foreach(lc, streams)
+	{
+		CaptureStream *s = (CaptureStream *) lfirst(lc);
+
+		if (s->stream_id == stream_id)
+			return s;
+	}
+	return NULL;
+}
+
+/* The streams that capture a relation, in a list the caller owns. */
+List *
+capture_streams_for_relation(Oid relid)
+{
+	List	   *result = NIL;
+	ListCell   *lc;
+
+	foreach(lc, streams)
+	{
+		CaptureStream *s = (CaptureStream *) lfirst(lc);
+
+		if (s->removed)
+			continue;
+		for (int i = 0; i < s->nrelids; i++)
+			if (s->relids[i] == relid)
+				result = lappend(result, s);
+	}
+	return result;
+}
+
+static CaptureStream *
+new_stream(int32 stream_id, int32 shard_count, bool before_images,
+		   int nrelids, Oid *relids)
+{
+	MemoryContext old = MemoryContextSwitchTo(capture_context);
+	CaptureStream *s = palloc0(sizeof(CaptureStream));
+
+	s->stream_id = stream_id;
+	s->shard_count = shard_count;
+	s->before_images = before_images;
+	s->nrelids = nrelids;
+	s->relids = palloc(sizeof(Oid) * Max(nrelids, 1));
+	memcpy(s->relids, relids, sizeof(Oid) * nrelids);
+	s->next_sequence = palloc0(sizeof(int64) * shard_count);
+	s->shard_dirty = palloc0(sizeof(bool) * shard_count);
+	streams = lappend(streams, s);
+	MemoryContextSwitchTo(old);
+	eb_streams_generation++;
+	return s;
+}
+
+/* A stream's creation was decoded: it captures from the next change on. */
+void
+capture_add_stream(int32 stream_id, int32 shard_count, bool before_images,
+				   int nrelids, Oid *relids, XLogRecPtr lsn)
+{
+	CaptureStream *s;
+
+	if (find_stream(stream_id) != NULL)
+		return;
+	s = new_stream(stream_id, shard_count, before_images, nrelids, relids);
+	s->activated_lsn = lsn;
+	state_dirty = true;
+}
+
+/* A stream's drop was decoded: it captures nothing more. */
+void
+capture_remove_stream(int32 stream_id)
+{
+	CaptureStream *s = find_stream(stream_id);
+
+	if (s == NULL)
+		return;
+	s->removed = true;
+	state_dirty = true;
+	eb_streams_generation++;
+}
+
+int64
+capture_next_record_id(void)
+{
+	state_dirty = true;
+	return next_record_id++;
+}
+
+static void
+spill_pending(void)
+{
+	MemoryContext old = MemoryContextSwitchTo(capture_context);
+
+	if (spill == NULL)
+		spill = BufFileCreateTemp(true);
+	BufFileWrite(spill, pending.data, pending.len);
+	resetStringInfo(&pending);
+	MemoryContextSwitchTo(old);
+}
+
+/* Queues one record; called by the plugin in commit order. */
+void
+capture_append(CaptureStream *stream, int32 shard_id, int64 record_id,
+			   char operation, const char *table_name,
+			   const char *key, int keylen, const char *data, int datalen)
+{
+	PendingHeader h;
+
+	h.stream_id = stream->stream_id;
+	h.shard_id = shard_id;
+	h.sequence = stream->next_sequence[shard_id]++;
+	h.record_id = record_id;
+	h.operation = operation;
+	h.table_len = strlen(table_name);
+	h.key_len = key ? keylen : -1;
+	h.data_len = datalen;
+	stream->shard_dirty[shard_id] = true;
+
+	appendBinaryStringInfo(&pending, (char *) &h, sizeof(h));
+	appendBinaryStringInfo(&pending, table_name, h.table_len);
+	if (key)
+		appendBinaryStringInfo(&pending, key, keylen);
+	appendBinaryStringInfo(&pending, data, datalen);
+
+	if (pending_count++ == 0)
+		pending_since = GetCurrentTimestamp();
+	if (pending.len >= eb_capture_buffer_kb * 1024L)
+		spill_pending();
+}
+
+/* ---------------------------------------------------------------------
+ * Flushing pending records to storage
+ * ------------------------------------------------------------------- */
+
+/* Inserts the records described by some slots, and their index entries. */
+static void
+insert_batch(Relation rel, ResultRelInfo *rri, EState *estate,
+			 TupleTableSlot **slots, int n, BulkInsertState bistate)
+{
+	table_multi_insert(rel, slots, n, GetCurrentCommandId(true), 0, bistate);
+	for (int i = 0; i < n; i++)
+	{
+		List	   *recheck;
+
+		recheck = ExecInsertIndexTuples(rri, slots[i], estate, false, false, NULL, NIL);
+		list_free(recheck);
+		ResetPerTupleExprContext(estate);
+		ExecClearTuple(slots[i]);
+	}
+}
+
+/*
+ * Reads the next pending record into buf (header first), from the spill file
+ * and then from memory.  Returns false when there are no more.
+ */
+static bool
+next_pending(StringInfo buf, size_t *mem_offset)
+{
+	PendingHeader h;
+	size_t		payload;
+
+	resetStringInfo(buf);
+	if (spill != NULL)
+	{
+		size_t		got = BufFileRead(spill, &h, sizeof(h));
+
+		if (got == sizeof(h))
+		{
+			payload = h.table_len + Max(h.key_len, 0) + h.data_len;
+			appendBinaryStringInfo(buf, (char *) &h, sizeof(h));
+			enlargeStringInfo(buf, payload);
+			if (BufFileRead(spill, buf->data + buf->len, payload) != payload)
+				elog(ERROR, "could not read event_bridge spill file");
+			buf->len += payload;
+			return true;
+		}
+		if (got != 0)
+			elog(ERROR, "could not read event_bridge spill file");
+	}
+	if (*mem_offset >= (size_t) pending.len)
+		return false;
+	memcpy(&h, pending.data + *mem_offset, sizeof(h));
+	payload = sizeof(h) + h.table_len + Max(h.key_len, 0) + h.data_len;
+	appendBinaryStringInfo(buf, pending.data + *mem_offset, payload);
+	*mem_offset += payload;
+	return true;
+}
+
+static void
+insert_pending(int64 system_time)
+{
+	Relation	rel = table_open(records_relid, RowExclusiveLock);
+	EState	   *estate = CreateExecutorState();
+	ResultRelInfo *rri = makeNode(ResultRelInfo);
+	BulkInsertState bistate = GetBulkInsertState();
+	TupleTableSlot *slots[EB_INSERT_BATCH];
+	MemoryContext batch_context;
+	MemoryContext old;
+	StringInfoData buf;
+	size_t		mem_offset = 0;
+	int			n = 0;
+
+	InitResultRelInfo(rri, rel, 1, NULL, 0);
+	ExecOpenIndices(rri, false);
+	for (int i = 0; i < EB_INSERT_BATCH; i++)
+		slots[i] = table_slot_create(rel, NULL);
+	batch_context = AllocSetContextCreate(CurrentMemoryContext, "event_bridge insert batch",
+										  ALLOCSET_DEFAULT_SIZES);
+	initStringInfo(&buf);
+	if (spill != NULL && BufFileSeek(spill, 0, 0, SEEK_SET) != 0)
+		elog(ERROR, "could not rewind event_bridge spill file");
+
+	old = MemoryContextSwitchTo(batch_context);
+	for (;;)
+	{
+		PendingHeader h;
+		const char *p;
+		TupleTableSlot *slot;
+		CaptureStream *s;
+		bool		more;
+
+		MemoryContextSwitchTo(old);
+		more = next_pending(&buf, &mem_offset);
+		MemoryContextSwitchTo(batch_context);
+		if (!more)
+			break;
+
+		memcpy(&h, buf.data, sizeof(h));
+		s = find_stream(h.stream_id);
+		if (s == NULL || s->removed)
+			continue;
+
+		p = buf.data + sizeof(h);
+		slot = slots[n];
+		ExecClearTuple(slot);
+		slot->tts_values[0] = Int32GetDatum(h.stream_id);
+		slot->tts_values[1] = Int32GetDatum(h.shard_id);
+		slot->tts_values[2] = Int64GetDatum(h.sequence);
+		slot->tts_values[3] = Int64GetDatum(system_time);
+		slot->tts_values[4] = Int64GetDatum(h.record_id);
+		slot->tts_values[5] = CharGetDatum(h.operation);
+		slot->tts_values[6] = PointerGetDatum(cstring_to_text_with_len(p, h.table_len));
+		p += h.table_len;
+		if (h.key_len >= 0)
+		{
+			slot->tts_values[7] = PointerGetDatum(cstring_to_text_with_len(p, h.key_len));
+			p += h.key_len;
+		}
+		slot->tts_values[8] = PointerGetDatum(cstring_to_text_with_len(p, h.data_len));
+		memset(slot->tts_isnull, 0, sizeof(bool) * 9);
+		slot->tts_isnull[7] = (h.key_len < 0);
+		ExecStoreVirtualTuple(slot);
+
+		if (++n == EB_INSERT_BATCH)
+		{
+			insert_batch(rel, rri, estate, slots, n, bistate);
+			n = 0;
+			MemoryContextReset(batch_context);
+		}
+	}
+	if (n > 0)
+		insert_batch(rel, rri, estate, slots, n, bistate);
+	MemoryContextSwitchTo(old);
+
+	MemoryContextDelete(batch_context);
+	for (int i = 0; i < EB_INSERT_BATCH; i++)
+		ExecDropSingleTupleTableSlot(slots[i]);
+	FreeBulkInsertState(bistate);
+	table_finish_bulk_insert(rel, 0);
+	ExecCloseIndices(rri);
+	FreeExecutorState(estate);
+	table_close(rel, NoLock);
+	pfree(buf.data);
+}
+
+/* Stores the shards' counters, the record id and newly decoded streams. */
+static void
+store_state(void)
+{
+	ListCell   *lc;
+	Oid			argtypes[3] = {INT4OID, INT4OID, INT8OID};
+	static SPIPlanPtr update_shard = NULL;
+
+	if (update_shard == NULL)
+	{
+		update_shard = SPI_prepare("UPDATE event_bridge.shards SET next_sequence = $3 "
+								   "WHERE stream_id = $1 AND shard_id = $2", 3, argtypes);
+		if (update_shard == NULL || SPI_keepplan(update_shard) != 0)
+			elog(ERROR, "could not prepare event_bridge shard update");
+	}
+
+	foreach(lc, streams)
+	{
+		CaptureStream *s = (CaptureStream *) lfirst(lc);
+
+		if (s->removed)
+			continue;
+		for (int i = 0; i < s->shard_count; i++)
+		{
+			Datum		values[3];
+
+			if (!s->shard_dirty[i])
+				continue;
+			values[0] = Int32GetDatum(s->stream_id);
+			values[1] = Int32GetDatum(i);
+			values[2] = Int64GetDatum(s->next_sequence[i]);
+			if (SPI_execute_plan(update_shard, values, NULL, false, 0) != SPI_OK_UPDATE)
+				elog(ERROR, "could not update event_bridge shard");
+		}
+		if (s->activated_lsn != InvalidXLogRecPtr)
+		{
+			char	   *sql = psprintf("UPDATE event_bridge.streams SET capture_lsn = '%X/%X' "
+									   "WHERE stream_id = %d",
+									   LSN_FORMAT_ARGS(s->activated_lsn), s->stream_id);
+
+			if (SPI_execute(sql, false, 0) != SPI_OK_UPDATE)
+				elog(ERROR, "could not update event_bridge stream");
+		}
+	}
+
+	{
+		char	   *sql = psprintf("UPDATE event_bridge.capture_state SET next_record_id = " INT64_FORMAT,
+								   next_record_id);
+
+		if (SPI_execute(sql, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not update event_bridge capture state");
+	}
+}
+
+/* Forgets what a committed flush made durable. */
+static void
+reset_after_flush(void)
+{
+	ListCell   *lc;
+	List	   *kept = NIL;
+
+	foreach(lc, streams)
+	{
+		CaptureStream *s = (CaptureStream *) lfirst(lc);
+
+		if (s->removed)
+			continue;			/* freed with capture_context's next reset? no: small */
+		memset(s->shard_dirty, 0, sizeof(bool) * s->shard_count);
+		s->activated_lsn = InvalidXLogRecPtr;
+		kept = lappend(kept, s);
+	}
+	list_free(streams);
+	streams = kept;
+	resetStringInfo(&pending);
+	if (spill != NULL)
+	{
+		BufFileClose(spill);
+		spill = NULL;
+	}
+	pending_count = 0;
+	state_dirty = false;
+}
+
+/*
+ * Appends the pending records and the capture state in one transaction that
+ * also moves the origin to upto, then lets the slot advance to upto.
+ */
+static void
+flush(XLogRecPtr upto)
+{
+	int64		now_ms;
+
+	InvalidateSystemCaches();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+
+	now_ms = (GetCurrentTimestamp() / 1000) +
+		((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000);
+	if (pending_count > 0)
+		insert_pending(now_ms);
+	store_state();
+
+	replorigin_session_origin_lsn = upto;
+	replorigin_session_origin_timestamp = GetCurrentTimestamp();
+
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	InvalidateSystemCaches();
+
+	reset_after_flush();
+	LogicalConfirmReceivedLocation(upto);
+	eb_wake_worker(&my_db->workers[EB_WORKER_DELIVERY]);
+}
+
+/* ---------------------------------------------------------------------
+ * The worker
+ * ------------------------------------------------------------------- */
+
+/*
+ * Reads a WAL page if it has been flushed; otherwise reports the end of the
+ * WAL so that the worker can wait, instead of sleeping inside the reader.
+ */
+static int
+page_read(XLogReaderState *state, XLogRecPtr targetPagePtr, int reqLen,
+		  XLogRecPtr targetRecPtr, char *cur_page)
+{
+	if (targetPagePtr + reqLen > GetFlushRecPtr(NULL))
+	{
+		wal_end_reached = true;
+		return -1;
+	}
+	return read_local_xlog_page(state, targetPagePtr, reqLen, targetRecPtr, cur_page);
+}
+
+static void
+prepare_write(LogicalDecodingContext *ctx, XLogRecPtr lsn, TransactionId xid, bool last_write)
+{
+}
+
+static void
+do_write(LogicalDecodingContext *ctx, XLogRecPtr lsn, TransactionId xid, bool last_write)
+{
+}
+
+/* Creates the database's slot; its start point is consistent once this returns. */
+static void
+create_slot(const char *name)
+{
+	LogicalDecodingContext *ctx;
+
+	CheckLogicalDecodingRequirements();
+	ReplicationSlotCreate(name, true, RS_EPHEMERAL, false);
+	ctx = CreateInitDecodingContext("event_bridge", NIL, false, InvalidXLogRecPtr,
+									XL_ROUTINE(.page_read = read_local_xlog_page,
+											   .segment_open = wal_segment_open,
+											   .segment_close = wal_segment_close),
+									NULL, NULL, NULL);
+	DecodingContextFindStartpoint(ctx);
+	FreeDecodingContext(ctx);
+	ReplicationSlotPersist();
+	ReplicationSlotRelease();
+	ereport(LOG, (errmsg("event_bridge created replication slot \"%s\"", name)));
+}
+
+static RepOriginId
+origin_by_name(const char *name)
+{
+	RepOriginId id = replorigin_by_name(name, true);
+
+	if (id == InvalidRepOriginId)
+		id = replorigin_create(name);
+	return id;
+}
+
+/* Loads the streams whose creation has been captured, and the counters. */
+static void
+load_state(void)
+{
+	uint64		n;
+
+	if (SPI_execute("SELECT stream_id, tables, shard_count, before_images "
+					"FROM event_bridge.streams WHERE capture_lsn IS NOT NULL", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read event_bridge streams");
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Datum	   *elems;
+		int			nelems;
+		Oid		   *relids;
+		ArrayType  *arr;
+
+		arr = DatumGetArrayTypeP(SPI_getbinval(tup, desc, 2, &isnull));
+		deconstruct_array(arr, OIDOID, sizeof(Oid), true, TYPALIGN_INT, &elems, NULL, &nelems);
+		relids = palloc(sizeof(Oid) * nelems);
+		for (int j = 0; j < nelems; j++)
+			relids[j] = DatumGetObjectId(elems[j]);
+		new_stream(DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull)),
+				   DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull)),
+				   DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull)),
+				   nelems, relids);
+	}
+
+	if (SPI_execute("SELECT stream_id, shard_id, next_sequence FROM event_bridge.shards",
+					true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read event_bridge shards");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		CaptureStream *s = find_stream(DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull)));
+		int32		shard = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+
+		if (s != NULL && shard >= 0 && shard < s->shard_count)
+			s->next_sequence[shard] = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+	}
+
+	if (SPI_execute("SELECT next_record_id FROM event_bridge.capture_state", true, 0) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not read event_bridge capture state");
+	{
+		bool		isnull;
+
+		next_record_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+													 SPI_tuptable->tupdesc, 1, &isnull));
+	}
+}
+
+/*
+ * Checks, in a transaction of its own, that the extension still exists.  If
+ * it is gone, drops the slot and the origins and exits for good.
+ */
+static void
+exit_if_extension_dropped(const char *slot_name, bool holding_slot)
+{
+	Oid			current;
+	char	   *name;
+
+	StartTransactionCommand();
+	current = get_extension_oid("event_bridge", true);
+	CommitTransactionCommand();
+	if (OidIsValid(current) && (extension_oid == InvalidOid || current == extension_oid))
+	{
+		extension_oid = current;
+		return;
+	}
+	if (OidIsValid(current))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("event_bridge was dropped and created again; capture worker restarts")));
+
+	if (holding_slot)
+		ReplicationSlotRelease();
+	if (SearchNamedReplicationSlot(slot_name, true) != NULL)
+		ReplicationSlotDrop(slot_name, true);
+
+	StartTransactionCommand();
+	if (replorigin_session_origin != InvalidRepOriginId)
+		replorigin_session_reset();
+	name = psprintf(EB_CAPTURE_ORIGIN_FORMAT, MyDatabaseId);
+	replorigin_drop_by_name(name, true, true);
+	name = psprintf(EB_DELIVERY_ORIGIN_FORMAT, MyDatabaseId);
+	replorigin_drop_by_name(name, true, true);
+	CommitTransactionCommand();
+
+	LWLockAcquire(eb_shared->lock, LW_EXCLUSIVE);
+	my_db->no_extension = true;
+	my_db->slot_ready = false;
+	LWLockRelease(eb_shared->lock);
+	ereport(DEBUG1, (errmsg("event_bridge is not installed in this database; capture worker exits")));
+	proc_exit(0);
+}
+
+static void
+slot_not_ready(int code, Datum arg)
+{
+	my_db->slot_ready = false;
+}
+
+void
+event_bridge_capture_main(Datum main_arg)
+{
+	Oid			dboid = DatumGetObjectId(main_arg);
+	char		slot_name[NAMEDATALEN];
+	LogicalDecodingContext *ctx;
+	XLogRecPtr	origin_lsn;
+	XLogRecPtr	read_pos;
+	TimestampTz last_check = 0;
+	Oid			schema;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+
+	my_db = eb_database_entry(dboid, true);
+	if (my_db == NULL)
+		proc_exit(0);
+	eb_worker_attach(&my_db->workers[EB_WORKER_CAPTURE]);
+	before_shmem_exit(slot_not_ready, (Datum) 0);
+	snprintf(slot_name, sizeof(slot_name), EB_SLOT_FORMAT, dboid);
+
+	CurrentResourceOwner = ResourceOwnerCreate(NULL, "event_bridge capture");
+	capture_context = AllocSetContextCreate(TopMemoryContext, "event_bridge capture",
+											ALLOCSET_DEFAULT_SIZES);
+	{
+		MemoryContext old = MemoryContextSwitchTo(capture_context);
+
+		initStringInfo(&pending);
+		MemoryContextSwitchTo(old);
+	}
+
+	exit_if_extension_dropped(slot_name, false);
+
+	/* Origins, catalog OIDs and the captured state, in one transaction. */
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	schema = get_namespace_oid("event_bridge", false);
+	eb_streams_relid = get_relname_relid("streams", schema);
+	records_relid = get_relname_relid("records", schema);
+	eb_capture_origin_id = origin_by_name(psprintf(EB_CAPTURE_ORIGIN_FORMAT, dboid));
+	eb_delivery_origin_id = origin_by_name(psprintf(EB_DELIVERY_ORIGIN_FORMAT, dboid));
+	replorigin_session_setup(eb_capture_origin_id);
+	replorigin_session_origin = eb_capture_origin_id;
+	origin_lsn = replorigin_session_get_progress(false);
+	SPI_connect();
+	load_state();
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	if (SearchNamedReplicationSlot(slot_name, true) == NULL)
+		create_slot(slot_name);
+	ReplicationSlotAcquire(slot_name, true);
+	my_db->slot_ready = true;
+	pgstat_report_activity(STATE_RUNNING, "capturing");
+
+	ctx = CreateDecodingContext(origin_lsn, NIL, false,
+								XL_ROUTINE(.page_read = page_read,
+										   .segment_open = wal_segment_open,
+										   .segment_close = wal_segment_close),
+								prepare_write, do_write, NULL);
+	eb_capture_active = true;
+	read_pos = MyReplicationSlot->data.restart_lsn;
+	XLogBeginRead(ctx->reader, read_pos);
+	InvalidateSystemCaches();
+
+	for (;;)
+	{
+		XLogRecord *record;
+		char	   *errm = NULL;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		record = XLogReadRecord(ctx->reader, &errm);
+		if (record != NULL)
+		{
+			LogicalDecodingProcessRecord(ctx, ctx->reader);
+			read_pos = ctx->reader->EndRecPtr;
+			if (pending_count > 0 &&
+				(pending_count >= 100000 ||
+				 TimestampDifferenceExceeds(pending_since, GetCurrentTimestamp(),
+											EB_FLUSH_INTERVAL_MS)))
+				flush(read_pos);
+			continue;
+		}
+		if (!wal_end_reached)
+			elog(ERROR, "could not read WAL at %X/%X: %s",
+				 LSN_FORMAT_ARGS(read_pos), errm ? errm : "unknown error");
+		wal_end_reached = false;
+
+		/* All flushed WAL is decoded: store, then wait for more. */
+		if (pending_count > 0 || state_dirty)
+			flush(read_pos);
+		else if (read_pos > MyReplicationSlot->data.confirmed_flush)
+			LogicalConfirmReceivedLocation(read_pos);
+
+		if (TimestampDifferenceExceeds(last_check, GetCurrentTimestamp(), 1000))
+		{
+			exit_if_extension_dropped(slot_name, true);
+			last_check = GetCurrentTimestamp();
+		}
+
+		pg_atomic_write_u32(&my_db->wal_pending, 0);
+		if (GetFlushRecPtr(NULL) <= read_pos)
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 1000L, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
+		XLogBeginRead(ctx->reader, read_pos);
+	}
+}

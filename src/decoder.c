@@ -1,0 +1,495 @@
+/*-------------------------------------------------------------------------
+ *
+ * decoder.c
+ *	  The event_bridge logical decoding output plugin: turns each decoded row
+ *	  change into TUPLE records, one per stream that captures the table.
+ *
+ * A record's data is a JSON array of strings: eight DTS metadata fields, then
+ * the table's columns in attribute order in their text output form, SQL NULL
+ * as JSON null.  A row's shard is a hash of its key (the replica identity
+ * index, else the primary key) modulo the stream's shard count.
+ *
+ * In the capture worker the plugin hands records to capture.c.  Anywhere
+ * else (pg_logical_slot_get_changes on a slot of this plugin) it writes one
+ * text line per change, which is handy to look at what would be captured.
+ *
+ * Changes of event_bridge.streams are decoded too: they create and drop
+ * streams in commit order, so a stream captures exactly the transactions
+ * that commit after the one that created it.
+ *
+ * IDENTIFICATION
+ *	  src/decoder.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/detoast.h"
+#include "access/htup_details.h"
+#include "access/xlog.h"
+#include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "common/hashfn.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "replication/logical.h"
+#include "replication/origin.h"
+#include "replication/output_plugin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/relcache.h"
+
+#include "capture.h"
+
+/* Marker for a column value that logical decoding did not carry. */
+#define EB_UNAVAILABLE	"__event_bridge_unavailable__"
+
+extern PGDLLEXPORT void _PG_output_plugin_init(OutputPluginCallbacks *cb);
+
+/* Per decoding context. */
+typedef struct PluginState
+{
+	MemoryContext change_context;	/* reset after every change */
+	char	   *instance_id;
+	char	   *db_name;
+} PluginState;
+
+/* What the plugin keeps of a relation, rebuilt when the relcache says so. */
+typedef struct RelInfo
+{
+	Oid			relid;			/* hash key */
+	bool		valid;
+	uint64		generation;		/* eb_streams_generation of streams */
+	List	   *streams;		/* CaptureStream pointers capturing it */
+	char	   *name;			/* schema.table */
+	char		replident;
+	int			natts;
+	FmgrInfo   *out;			/* output function per attribute */
+	int			nkeys;
+	AttrNumber *keys;			/* key attributes, attribute order */
+	MemoryContext context;		/* holds all of the above */
+} RelInfo;
+
+static HTAB *relinfo_hash = NULL;
+
+bool		eb_capture_active = false;
+Oid			eb_streams_relid = InvalidOid;
+uint64		eb_streams_generation = 1;
+RepOriginId eb_capture_origin_id = InvalidRepOriginId;
+RepOriginId eb_delivery_origin_id = InvalidRepOriginId;
+
+static void
+relinfo_invalidate(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS status;
+	RelInfo    *ri;
+
+	if (relinfo_hash == NULL)
+		return;
+	hash_seq_init(&status, relinfo_hash);
+	while ((ri = hash_seq_search(&status)) != NULL)
+		if (relid == InvalidOid || ri->relid == relid)
+			ri->valid = false;
+}
+
+/* Builds the cached description of a relation.  Runs under the historic snapshot. */
+static void
+relinfo_build(RelInfo *ri, Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	Bitmapset  *keyattrs;
+	Oid			keyindex;
+	int			attno;
+	MemoryContext old;
+
+	if (ri->context == NULL)
+		ri->context = AllocSetContextCreate(CacheMemoryContext, "event_bridge relinfo",
+											ALLOCSET_SMALL_SIZES);
+	else
+		MemoryContextReset(ri->context);
+	old = MemoryContextSwitchTo(ri->context);
+
+	ri->name = psprintf("%s.%s",
+						get_namespace_name(RelationGetNamespace(rel)),
+						RelationGetRelationName(rel));
+	ri->replident = rel->rd_rel->relreplident;
+	ri->natts = desc->natts;
+	ri->out = palloc0(sizeof(FmgrInfo) * desc->natts);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		Oid			typoutput;
+		bool		typisvarlena;
+
+		if (att->attisdropped)
+			continue;
+		getTypeOutputInfo(att->atttypid, &typoutput, &typisvarlena);
+		fmgr_info_cxt(typoutput, &ri->out[i], ri->context);
+	}
+
+	/* The key: replica identity index, else primary key, else none. */
+	(void) RelationGetIndexList(rel);
+	keyindex = OidIsValid(rel->rd_replidindex) ? rel->rd_replidindex : rel->rd_pkindex;
+	keyattrs = NULL;
+	if (OidIsValid(keyindex))
+		keyattrs = RelationGetIndexAttrBitmap(rel,
+											  OidIsValid(rel->rd_replidindex) ?
+											  INDEX_ATTR_BITMAP_IDENTITY_KEY :
+											  INDEX_ATTR_BITMAP_PRIMARY_KEY);
+	ri->nkeys = 0;
+	ri->keys = palloc(sizeof(AttrNumber) * Max(1, bms_num_members(keyattrs)));
+	attno = -1;
+	while ((attno = bms_next_member(keyattrs, attno)) >= 0)
+		ri->keys[ri->nkeys++] = attno + FirstLowInvalidHeapAttributeNumber;
+
+	MemoryContextSwitchTo(old);
+	ri->valid = true;
+	ri->generation = 0;
+}
+
+static RelInfo *
+relinfo_get(Relation rel)
+{
+	Oid			relid = RelationGetRelid(rel);
+	RelInfo    *ri;
+	bool		found;
+
+	if (relinfo_hash == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(RelInfo);
+		ctl.hcxt = CacheMemoryContext;
+		relinfo_hash = hash_create("event_bridge relinfo", 64, &ctl,
+								   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		CacheRegisterRelcacheCallback(relinfo_invalidate, (Datum) 0);
+	}
+
+	ri = hash_search(relinfo_hash, &relid, HASH_ENTER, &found);
+	if (!found)
+	{
+		ri->valid = false;
+		ri->context = NULL;
+		ri->streams = NIL;
+		ri->generation = 0;
+	}
+	if (!ri->valid)
+		relinfo_build(ri, rel);
+	if (eb_capture_active && ri->generation != eb_streams_generation)
+	{
+		MemoryContext old = MemoryContextSwitchTo(ri->context);
+
+		list_free(ri->streams);
+		ri->streams = capture_streams_for_relation(relid);
+		ri->generation = eb_streams_generation;
+		MemoryContextSwitchTo(old);
+	}
+	return ri;
+}
+
+static bool
+is_unchanged_toast(Form_pg_attribute att, Datum value)
+{
+	return att->attlen == -1 && VARATT_IS_EXTERNAL_ONDISK(DatumGetPointer(value));
+}
+
+/* Appends one column value as a JSON string, or null. */
+static void
+append_value(StringInfo buf, RelInfo *ri, int i, Datum value)
+{
+	char	   *text = OutputFunctionCall(&ri->out[i], value);
+
+	escape_json(buf, text);
+}
+
+/*
+ * Formats the JSON array of a record.  tuple is the row (new or old);
+ * fill is the old row, to take unchanged TOASTed values from; carried says
+ * whether tuple holds every column (false: only key columns were logged).
+ */
+static void
+format_record(StringInfo buf, PluginState *st, RelInfo *ri, TupleDesc desc,
+			  int64 record_id, char operation, TimestampTz commit_time,
+			  bool before, HeapTuple tuple, HeapTuple fill, bool carried)
+{
+	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
+	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
+	Datum	   *fvalues = NULL;
+	bool	   *fnulls = NULL;
+	int64		commit_ms = commit_time / 1000 +
+		((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000);
+
+	resetStringInfo(buf);
+	appendStringInfo(buf, "[\"" INT64_FORMAT "\",\"%c\",\"%s\",", record_id, operation,
+					 st->instance_id);
+	escape_json(buf, st->db_name);
+	appendStringInfoChar(buf, ',');
+	escape_json(buf, ri->name);
+	appendStringInfo(buf, ",\"" INT64_FORMAT "\",\"%c\",\"%c\"", commit_ms,
+					 before ? 'Y' : 'N', before ? 'N' : 'Y');
+
+	if (tuple != NULL)
+		heap_deform_tuple(tuple, desc, values, nulls);
+	if (fill != NULL)
+	{
+		fvalues = palloc(sizeof(Datum) * desc->natts);
+		fnulls = palloc(sizeof(bool) * desc->natts);
+		heap_deform_tuple(fill, desc, fvalues, fnulls);
+	}
+
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		bool		is_key = false;
+
+		if (att->attisdropped)
+			continue;
+		appendStringInfoChar(buf, ',');
+
+		for (int k = 0; k < ri->nkeys; k++)
+			is_key |= (ri->keys[k] == att->attnum);
+
+		if (tuple == NULL || (!carried && !is_key))
+			escape_json(buf, EB_UNAVAILABLE);
+		else if (nulls[i])
+			appendStringInfoString(buf, "null");
+		else if (is_unchanged_toast(att, values[i]))
+		{
+			if (fvalues != NULL && !fnulls[i] && !is_unchanged_toast(att, fvalues[i]))
+				append_value(buf, ri, i, fvalues[i]);
+			else
+				escape_json(buf, EB_UNAVAILABLE);
+		}
+		else
+			append_value(buf, ri, i, values[i]);
+	}
+	appendStringInfoChar(buf, ']');
+}
+
+/* Text of the key columns, comma-separated; NULL when the table has no key. */
+static char *
+format_key(RelInfo *ri, TupleDesc desc, HeapTuple tuple)
+{
+	StringInfoData buf;
+
+	if (ri->nkeys == 0 || tuple == NULL)
+		return NULL;
+	initStringInfo(&buf);
+	for (int k = 0; k < ri->nkeys; k++)
+	{
+		bool		isnull;
+		Datum		value = heap_getattr(tuple, ri->keys[k], desc, &isnull);
+
+		if (k > 0)
+			appendStringInfoChar(&buf, ',');
+		if (!isnull)
+			appendStringInfoString(&buf, OutputFunctionCall(&ri->out[ri->keys[k] - 1], value));
+	}
+	return buf.data;
+}
+
+/* Creates or drops a stream from a decoded change of event_bridge.streams. */
+static void
+apply_streams_change(ReorderBufferTXN *txn, Relation rel, ReorderBufferChange *change)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	HeapTuple	tuple;
+	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
+	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
+
+	if (change->action == REORDER_BUFFER_CHANGE_INSERT && change->data.tp.newtuple)
+	{
+		ArrayType  *arr;
+		Datum	   *elems;
+		int			nelems;
+		Oid		   *relids;
+
+		tuple = &change->data.tp.newtuple->tuple;
+		heap_deform_tuple(tuple, desc, values, nulls);
+		arr = DatumGetArrayTypeP(values[Anum_eb_streams_tables - 1]);
+		deconstruct_array(arr, OIDOID, sizeof(Oid), true, TYPALIGN_INT,
+						  &elems, NULL, &nelems);
+		relids = palloc(sizeof(Oid) * nelems);
+		for (int i = 0; i < nelems; i++)
+			relids[i] = DatumGetObjectId(elems[i]);
+		capture_add_stream(DatumGetInt32(values[Anum_eb_streams_stream_id - 1]),
+						   DatumGetInt32(values[Anum_eb_streams_shard_count - 1]),
+						   DatumGetBool(values[Anum_eb_streams_before_images - 1]),
+						   nelems, relids, txn->end_lsn);
+	}
+	else if (change->action == REORDER_BUFFER_CHANGE_DELETE && change->data.tp.oldtuple)
+	{
+		tuple = &change->data.tp.oldtuple->tuple;
+		heap_deform_tuple(tuple, desc, values, nulls);
+		capture_remove_stream(DatumGetInt32(values[Anum_eb_streams_stream_id - 1]));
+	}
+}
+
+/* Hands one record to the capture worker, or writes it as a text line. */
+static void
+emit(LogicalDecodingContext *ctx, CaptureStream *stream, const char *key,
+	 int64 record_id, char operation, RelInfo *ri, StringInfo data)
+{
+	if (stream != NULL)
+	{
+		int32		shard = 0;
+		int			keylen = key ? strlen(key) : 0;
+
+		if (key != NULL && stream->shard_count > 1)
+			shard = hash_bytes((const unsigned char *) key, keylen) % stream->shard_count;
+		capture_append(stream, shard, record_id, operation, ri->name,
+					   key, keylen, data->data, data->len);
+	}
+	else
+	{
+		OutputPluginPrepareWrite(ctx, true);
+		appendStringInfo(ctx->out, "%s %c %s", ri->name, operation, data->data);
+		OutputPluginWrite(ctx, true);
+	}
+}
+
+static void
+eb_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt, bool is_init)
+{
+	PluginState *st = palloc0(sizeof(PluginState));
+
+	st->change_context = AllocSetContextCreate(ctx->context, "event_bridge change",
+											   ALLOCSET_DEFAULT_SIZES);
+	st->instance_id = psprintf(UINT64_FORMAT, GetSystemIdentifier());
+	ctx->output_plugin_private = st;
+	opt->output_type = OUTPUT_PLUGIN_TEXTUAL_OUTPUT;
+	opt->receive_rewrites = false;
+}
+
+static void
+eb_shutdown(LogicalDecodingContext *ctx)
+{
+	PluginState *st = ctx->output_plugin_private;
+
+	MemoryContextDelete(st->change_context);
+}
+
+static void
+eb_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
+{
+}
+
+static void
+eb_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr commit_lsn)
+{
+}
+
+/* The capture worker's own writes (records, offsets) are never decoded. */
+static bool
+eb_filter_by_origin(LogicalDecodingContext *ctx, RepOriginId origin_id)
+{
+	return origin_id != InvalidRepOriginId &&
+		(origin_id == eb_capture_origin_id || origin_id == eb_delivery_origin_id);
+}
+
+static void
+eb_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
+		  Relation relation, ReorderBufferChange *change)
+{
+	PluginState *st = ctx->output_plugin_private;
+	MemoryContext old = MemoryContextSwitchTo(st->change_context);
+	TupleDesc	desc = RelationGetDescr(relation);
+	HeapTuple	newtup = NULL;
+	HeapTuple	oldtup = NULL;
+	RelInfo    *ri;
+	char		operation;
+	char	   *key;
+	int64		record_id = 0;
+	bool		old_carried;
+	StringInfoData before;
+	StringInfoData after;
+	ListCell   *lc;
+
+	if (eb_capture_active && RelationGetRelid(relation) == eb_streams_relid)
+	{
+		apply_streams_change(txn, relation, change);
+		goto done;
+	}
+
+	ri = relinfo_get(relation);
+	if (eb_capture_active && ri->streams == NIL)
+		goto done;
+
+	switch (change->action)
+	{
+		case REORDER_BUFFER_CHANGE_INSERT:
+			operation = 'I';
+			break;
+		case REORDER_BUFFER_CHANGE_UPDATE:
+			operation = 'U';
+			break;
+		case REORDER_BUFFER_CHANGE_DELETE:
+			operation = 'D';
+			break;
+		default:
+			goto done;
+	}
+	if (change->data.tp.newtuple)
+		newtup = &change->data.tp.newtuple->tuple;
+	if (change->data.tp.oldtuple)
+		oldtup = &change->data.tp.oldtuple->tuple;
+	old_carried = (ri->replident == REPLICA_IDENTITY_FULL);
+
+	if (st->db_name == NULL)
+		st->db_name = MemoryContextStrdup(ctx->context, get_database_name(MyDatabaseId));
+
+	key = format_key(ri, desc, operation == 'D' ? oldtup : newtup);
+	if (eb_capture_active)
+		record_id = capture_next_record_id();
+
+	initStringInfo(&before);
+	initStringInfo(&after);
+	if (operation != 'I')
+		format_record(&before, st, ri, desc, record_id, operation,
+					  txn->xact_time.commit_time, true, oldtup, NULL, old_carried);
+	if (operation != 'D')
+		format_record(&after, st, ri, desc, record_id, operation,
+					  txn->xact_time.commit_time, false, newtup, oldtup, true);
+
+	if (!eb_capture_active)
+	{
+		if (operation != 'I')
+			emit(ctx, NULL, key, record_id, operation, ri, &before);
+		if (operation != 'D')
+			emit(ctx, NULL, key, record_id, operation, ri, &after);
+		goto done;
+	}
+
+	foreach(lc, ri->streams)
+	{
+		CaptureStream *stream = (CaptureStream *) lfirst(lc);
+
+		if (operation == 'D' || (operation == 'U' && stream->before_images))
+			emit(ctx, stream, key, record_id, operation, ri, &before);
+		if (operation != 'D')
+			emit(ctx, stream, key, record_id, operation, ri, &after);
+	}
+
+done:
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(st->change_context);
+}
+
+void
+_PG_output_plugin_init(OutputPluginCallbacks *cb)
+{
+	cb->startup_cb = eb_startup;
+	cb->begin_cb = eb_begin;
+	cb->change_cb = eb_change;
+	cb->commit_cb = eb_commit;
+	cb->filter_by_origin_cb = eb_filter_by_origin;
+	cb->shutdown_cb = eb_shutdown;
+}

@@ -1,0 +1,277 @@
+/*-------------------------------------------------------------------------
+ *
+ * event_bridge.c
+ *	  Module load: GUCs, shared memory, the launcher's registration and the
+ *	  hooks every backend runs (commit wake-ups, DROP DATABASE).
+ *
+ * A backend that commits sets the capture worker's latch, at most once per
+ * worker wake-up, so captured changes are decoded within milliseconds
+ * instead of after a polling period.
+ *
+ * IDENTIFICATION
+ *	  src/event_bridge.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <signal.h>
+
+#include "access/xact.h"
+#include "catalog/objectaccess.h"
+#include "catalog/pg_database.h"
+#include "catalog/pg_extension.h"
+#include "commands/extension.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "utils/guc.h"
+
+#include "event_bridge.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+EbShared   *eb_shared = NULL;
+bool		eb_preloaded = false;
+
+char	   *eb_region = NULL;
+int			eb_capture_buffer_kb = 8192;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+static object_access_hook_type prev_object_access_hook = NULL;
+
+/* Entry of this backend's database, looked up once. */
+static EbDatabase *my_db_entry = NULL;
+
+static void
+eb_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(EbShared)));
+	RequestNamedLWLockTranche("event_bridge", 1);
+}
+
+static void
+eb_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	eb_shared = ShmemInitStruct("event_bridge", sizeof(EbShared), &found);
+	if (!found)
+	{
+		memset(eb_shared, 0, sizeof(EbShared));
+		eb_shared->lock = &(GetNamedLWLockTranche("event_bridge"))->lock;
+		for (int i = 0; i < EB_MAX_DATABASES; i++)
+			pg_atomic_init_u32(&eb_shared->dbs[i].wal_pending, 0);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * Returns the shared entry of a database, or NULL.  With create, a free
+ * entry is taken (NULL when all are in use).  Takes the lock itself.
+ */
+EbDatabase *
+eb_database_entry(Oid dboid, bool create)
+{
+	EbDatabase *found = NULL;
+	EbDatabase *free_entry = NULL;
+
+	LWLockAcquire(eb_shared->lock, create ? LW_EXCLUSIVE : LW_SHARED);
+	for (int i = 0; i < EB_MAX_DATABASES; i++)
+	{
+		EbDatabase *db = &eb_shared->dbs[i];
+
+		if (db->dboid == dboid)
+		{
+			found = db;
+			break;
+		}
+		if (db->dboid == InvalidOid && free_entry == NULL)
+			free_entry = db;
+	}
+	if (found == NULL && create && free_entry != NULL)
+	{
+		memset(free_entry->workers, 0, sizeof(free_entry->workers));
+		free_entry->slot_ready = false;
+		free_entry->no_extension = false;
+		free_entry->dropping_since = 0;
+		pg_atomic_write_u32(&free_entry->wal_pending, 0);
+		free_entry->dboid = dboid;
+		found = free_entry;
+	}
+	LWLockRelease(eb_shared->lock);
+	return found;
+}
+
+/* Sets the latch of a running worker; does nothing if it is not running. */
+void
+eb_wake_worker(EbWorkerSlot *slot)
+{
+	int			procno = slot->procno;
+
+	if (slot->pid != 0)
+		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+}
+
+static void
+eb_worker_detach(int code, Datum arg)
+{
+	EbWorkerSlot *slot = (EbWorkerSlot *) DatumGetPointer(arg);
+
+	LWLockAcquire(eb_shared->lock, LW_EXCLUSIVE);
+	if (slot->pid == MyProcPid)
+		slot->pid = 0;
+	LWLockRelease(eb_shared->lock);
+}
+
+/* Publishes the calling process in a worker slot until it exits. */
+void
+eb_worker_attach(EbWorkerSlot *slot)
+{
+	LWLockAcquire(eb_shared->lock, LW_EXCLUSIVE);
+	slot->pid = MyProcPid;
+	slot->procno = MyProc->pgprocno;
+	LWLockRelease(eb_shared->lock);
+	before_shmem_exit(eb_worker_detach, PointerGetDatum(slot));
+}
+
+/*
+ * At commit of a transaction that wrote, wake this database's capture worker
+ * unless a wake-up is already pending.  Costs one atomic exchange.
+ */
+static void
+eb_xact_callback(XactEvent event, void *arg)
+{
+	if (event != XACT_EVENT_COMMIT || eb_shared == NULL ||
+		!OidIsValid(MyDatabaseId) || GetTopTransactionIdIfAny() == InvalidTransactionId)
+		return;
+
+	if (my_db_entry == NULL || my_db_entry->dboid != MyDatabaseId)
+	{
+		my_db_entry = NULL;
+		for (int i = 0; i < EB_MAX_DATABASES; i++)
+			if (eb_shared->dbs[i].dboid == MyDatabaseId)
+				my_db_entry = &eb_shared->dbs[i];
+		if (my_db_entry == NULL)
+			return;
+	}
+
+	if (my_db_entry->workers[EB_WORKER_CAPTURE].pid != 0 &&
+		my_db_entry->workers[EB_WORKER_CAPTURE].pid != MyProcPid &&
+		pg_atomic_exchange_u32(&my_db_entry->wal_pending, 1) == 0)
+		eb_wake_worker(&my_db_entry->workers[EB_WORKER_CAPTURE]);
+}
+
+/*
+ * Asks a database's workers to exit and waits up to ten seconds until they
+ * have; they release the replication slot as they go.
+ */
+static void
+stop_workers(EbDatabase *db)
+{
+	LWLockAcquire(eb_shared->lock, LW_EXCLUSIVE);
+	for (int k = 0; k < EB_NUM_WORKER_KINDS; k++)
+		if (db->workers[k].pid != 0)
+			kill(db->workers[k].pid, SIGTERM);
+	LWLockRelease(eb_shared->lock);
+
+	for (int i = 0; i < 1000; i++)
+	{
+		bool		running = false;
+
+		for (int k = 0; k < EB_NUM_WORKER_KINDS; k++)
+			running |= (db->workers[k].pid != 0);
+		if (!running)
+			break;
+		CHECK_FOR_INTERRUPTS();
+		pg_usleep(10000L);
+	}
+}
+
+/*
+ * DROP DATABASE waits for no background worker and refuses a database with
+ * an active slot, so its workers are stopped before it checks.  DROP
+ * EXTENSION stops them too: they restart, find no extension once the drop
+ * has committed, drop the slot and exit for good.
+ */
+static void
+eb_object_access(ObjectAccessType access, Oid classId, Oid objectId,
+				 int subId, void *arg)
+{
+	EbDatabase *db;
+
+	if (prev_object_access_hook)
+		prev_object_access_hook(access, classId, objectId, subId, arg);
+
+	if (access != OAT_DROP || eb_shared == NULL)
+		return;
+
+	if (classId == DatabaseRelationId)
+	{
+		db = eb_database_entry(objectId, false);
+		if (db == NULL)
+			return;
+		LWLockAcquire(eb_shared->lock, LW_EXCLUSIVE);
+		db->dropping_since = GetCurrentTimestamp();
+		LWLockRelease(eb_shared->lock);
+		stop_workers(db);
+	}
+	else if (classId == ExtensionRelationId &&
+			 objectId == get_extension_oid("event_bridge", true))
+	{
+		db = eb_database_entry(MyDatabaseId, false);
+		if (db != NULL)
+			stop_workers(db);
+	}
+}
+
+void
+_PG_init(void)
+{
+	DefineCustomStringVariable("event_bridge.region",
+							   "Region written into the events' region field.",
+							   NULL,
+							   &eb_region,
+							   "local",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("event_bridge.capture_buffer_kb",
+							"Decoded records the capture worker keeps in memory before it spills them to a temporary file.",
+							NULL,
+							&eb_capture_buffer_kb,
+							8192, 64, 1024 * 1024,
+							PGC_SIGHUP,
+							GUC_UNIT_KB,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("event_bridge");
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	eb_preloaded = true;
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = eb_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = eb_shmem_startup;
+	prev_object_access_hook = object_access_hook;
+	object_access_hook = eb_object_access;
+	RegisterXactCallback(eb_xact_callback, NULL);
+
+	eb_register_launcher();
+}

@@ -1,0 +1,86 @@
+/*-------------------------------------------------------------------------
+ *
+ * event_bridge.h
+ *	  Declarations shared by the files of event_bridge: shared memory, the
+ *	  workers' entry points and the capture state the output plugin fills.
+ *
+ * IDENTIFICATION
+ *	  src/event_bridge.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef EVENT_BRIDGE_H
+#define EVENT_BRIDGE_H
+
+#include "postgres.h"
+
+#include "access/xlogdefs.h"
+#include "port/atomics.h"
+#include "storage/lwlock.h"
+#include "utils/timestamp.h"
+
+/* Databases that may have event_bridge workers at the same time. */
+#define EB_MAX_DATABASES	64
+
+/* Names derived from the database OID (slots and origins are cluster-wide). */
+#define EB_SLOT_FORMAT				"event_bridge_%u"
+#define EB_CAPTURE_ORIGIN_FORMAT	"event_bridge_capture_%u"
+#define EB_DELIVERY_ORIGIN_FORMAT	"event_bridge_delivery_%u"
+
+/* What a worker is, for the launcher and for wake-ups. */
+typedef enum EbWorkerKind
+{
+	EB_WORKER_CAPTURE = 0,
+	EB_WORKER_DELIVERY,
+	EB_NUM_WORKER_KINDS
+} EbWorkerKind;
+
+/* One running worker: only its pid and PGPROC number live here. */
+typedef struct EbWorkerSlot
+{
+	pid_t		pid;
+	int			procno;
+} EbWorkerSlot;
+
+/*
+ * Shared state of one database.  dboid is InvalidOid for a free entry.
+ * no_extension is set by a worker that found no event_bridge extension; the
+ * launcher starts no workers there until create_stream clears it.
+ */
+typedef struct EbDatabase
+{
+	Oid			dboid;
+	EbWorkerSlot workers[EB_NUM_WORKER_KINDS];
+	bool		slot_ready;
+	bool		no_extension;
+	TimestampTz dropping_since;
+	pg_atomic_uint32 wal_pending;	/* a commit happened since the last read */
+} EbDatabase;
+
+typedef struct EbShared
+{
+	LWLock	   *lock;
+	EbWorkerSlot launcher;
+	EbDatabase	dbs[EB_MAX_DATABASES];
+} EbShared;
+
+extern EbShared *eb_shared;
+
+/* GUCs */
+extern char *eb_region;
+extern int	eb_capture_buffer_kb;
+
+/* event_bridge.c */
+extern bool eb_preloaded;
+extern EbDatabase *eb_database_entry(Oid dboid, bool create);
+extern void eb_wake_worker(EbWorkerSlot *slot);
+extern void eb_worker_attach(EbWorkerSlot *slot);
+
+/* launcher.c */
+extern PGDLLEXPORT void event_bridge_launcher_main(Datum main_arg);
+extern void eb_register_launcher(void);
+
+/* capture.c */
+extern PGDLLEXPORT void event_bridge_capture_main(Datum main_arg);
+
+#endif							/* EVENT_BRIDGE_H */

@@ -1,0 +1,280 @@
+#!/usr/bin/env python3
+"""Test HTTP "function endpoint" for event_bridge (Python 3.11 stdlib only).
+
+Usage:
+  python3 test/receiver.py --port 8401 --log /tmp/x.jsonl [--print]
+      [--delay-ms N] [--fail-first N] [--fail-status 500]
+      [--schedule SPEC --seed S] [--slow-ms 5000] [--port-file PATH]
+
+Listens on 127.0.0.1 only, HTTP/1.1 keep-alive.  --port 0 picks a free port;
+--port-file then gets that port number once the server is listening (written
+to a temp file and renamed, so readers never see a partial file).
+
+POST on any path is accepted.  The body is parsed as one of two formats:
+  datahub  {"eventSourceARN": "/projects/<db>/topics/<stream>",
+            "records": [{"eventId": "<shard>:<seq>", "systemTime": ms,
+                         "data": "<JSON array as a string>"}], ...}
+  dis      {"ShardID": "shardId-0000000003", "StreamName": ...,
+            "Message": {"records": [{"sequence_number": "12",
+                         "data": "<base64 of the JSON array>"}], ...}}
+            (event id = "<number from ShardID>:<sequence_number>")
+Anything else is logged as format "unknown".  GET /stats returns
+{"requests": n, "records": m, "unique_event_ids": k}: requests counts every
+POST, records/unique_event_ids only those answered with 2xx.
+
+Log: one JSON line per POST, appended and flushed BEFORE the reply (and
+before any delay), also for injected errors, so a test can count attempts:
+  {"t_ms": receive time (epoch ms, float), "path": "/...",
+   "format": "datahub"|"dis"|"unknown", "status": status answered or null,
+   "fault": fault name or null, "shard": int or null, "event_ids": [...],
+   "body_sha256": hex of the raw body, "records": [{"event_id": "0:12",
+   "system_time": int or null, "data": decoded JSON array}, ...]}
+A request whose body was cut off by the client gets no reply and is logged
+with status null plus an extra "error" key.  Fault "reset" logs status null;
+"partial" logs 200 (the status in its truncated reply).
+
+Faults (the request number / random draw is taken under the lock in arrival
+order; cut-off requests do not count):
+  --delay-ms N      sleep N ms before answering every POST.
+  --fail-first N    the first N POSTs get --fail-status (fault "fail-first").
+  --schedule SPEC   later POSTs draw an outcome from random.Random(--seed),
+                    weighted, e.g. 200:70,500:10,503:5,429:5,slow:4,reset:3
+                    NNN = that status (429 adds "Retry-After: 1");
+                    slow = sleep --slow-ms then 200; reset = close the socket
+                    with SO_LINGER 0 (client sees a TCP reset); partial =
+                    headers promise more body than is sent, then close.
+--print writes one line per record to stdout: "<event_id>  <data>"; if the
+array starts with two strings they are shown first (e.g. "I public.orders").
+"""
+import argparse, base64, hashlib, http.server, json, os, random
+import signal, socket, struct, sys, threading, time
+
+ARGS = None                     # parsed command line, set in main()
+LOCK = threading.Lock()         # guards the log file, counters and the RNG
+STATE = {"requests": 0, "complete": 0, "records": 0, "ids": set(),
+         "log": None, "rng": None, "schedule": []}
+OK = b'{"ok":true}'
+
+
+def parse_json(text):
+    """Decode JSON from str/bytes; if that fails return the input as text."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return text.decode("latin-1") if isinstance(text, bytes) else text
+
+
+def to_int(s):
+    return int(s) if isinstance(s, str) and s.isdigit() else None
+
+
+def decode(body):
+    """Return (format, shard, records) for a raw request body."""
+    doc = parse_json(body)
+    if not isinstance(doc, dict):
+        return "unknown", None, []
+    if "eventSource" in doc or "eventSourceARN" in doc:            # DataHub
+        recs = [{"event_id": r.get("eventId"),
+                 "system_time": r.get("systemTime"),
+                 "data": parse_json(r.get("data"))}
+                for r in doc.get("records") or []]
+        first = recs[0]["event_id"] if recs else None
+        shard = to_int(first.split(":")[0]) if isinstance(first, str) else None
+        return "datahub", shard, recs
+    if "ShardID" in doc and isinstance(doc.get("Message"), dict):   # DIS
+        shard = to_int(str(doc["ShardID"]).rsplit("-", 1)[-1])  # "0..03"
+        recs = []
+        for r in doc["Message"].get("records") or []:
+            try:
+                data = parse_json(base64.b64decode(r.get("data") or ""))
+            except ValueError:                      # not valid base64
+                data = r.get("data")
+            recs.append({"event_id": f"{shard}:{r.get('sequence_number')}",
+                         "system_time": None, "data": data})
+        return "dis", shard, recs
+    return "unknown", None, []
+
+
+def choose_fault():
+    """Outcome for the next complete request: "fail-first", "200", "503",
+    "slow", "reset" or "partial".  Must be called with LOCK held."""
+    STATE["complete"] += 1
+    if STATE["complete"] <= ARGS.fail_first:
+        return "fail-first"
+    if STATE["schedule"]:
+        names, weights = zip(*STATE["schedule"])
+        return STATE["rng"].choices(names, weights)[0]
+    return "200"
+
+
+def summary(data, width=120):
+    """Short text for --print: two leading strings (op, table), then rest."""
+    if isinstance(data, list) and len(data) >= 2 \
+            and isinstance(data[0], str) and isinstance(data[1], str):
+        text = f"{data[0]} {data[1]}  {json.dumps(data[2:])}"
+    else:
+        text = json.dumps(data)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"   # keep-alive: always send Content-Length
+    disable_nagle_algorithm = True  # else keep-alive replies stall ~40 ms
+
+    def log_message(self, *args):   # silence the default stderr access log
+        pass
+
+    def reply(self, status, body, ctype="text/plain", extra=()):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in extra:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path.split("?")[0] != "/stats":
+            return self.reply(404, b"not found\n")
+        with LOCK:
+            stats = {"requests": STATE["requests"], "records": STATE["records"],
+                     "unique_event_ids": len(STATE["ids"])}
+        self.reply(200, json.dumps(stats).encode(), "application/json")
+
+    def read_body(self):
+        """Return (body bytes, error text or None if the body is complete)."""
+        self.connection.settimeout(30)   # don't wait forever for a lost body
+        try:
+            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                body, size = b"", -1
+                while size != 0:          # <hex size>\r\n<data>\r\n ... 0\r\n
+                    size = int(self.rfile.readline().split(b";")[0], 16)
+                    body += self.rfile.read(size + 2)[:size]
+                return body, None
+            want = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(want)
+            if len(body) < want:
+                return body, f"body cut off: got {len(body)} of {want} bytes"
+            return body, None
+        except (OSError, ValueError) as e:
+            return b"", f"body read failed: {e}"
+        finally:
+            self.connection.settimeout(None)   # idle keep-alive may wait
+
+    def do_POST(self):
+        t_ms = time.time() * 1000.0
+        body, error = self.read_body()
+        try:
+            fmt, shard, recs = decode(body)
+        except Exception:              # odd shapes, e.g. records not objects
+            fmt, shard, recs = "unknown", None, []
+        entry = {"t_ms": t_ms, "path": self.path, "format": fmt,
+                 "status": None, "fault": None, "shard": shard,
+                 "event_ids": [r["event_id"] for r in recs],
+                 "body_sha256": hashlib.sha256(body).hexdigest(),
+                 "records": recs}
+        with LOCK:                     # decide, count and log atomically
+            fault = None if error else choose_fault()
+            if error:
+                entry["error"] = error
+            elif fault == "fail-first":
+                entry["status"], entry["fault"] = ARGS.fail_status, fault
+            elif fault.isdigit():
+                entry["status"] = int(fault)
+                entry["fault"] = None if fault == "200" else fault
+            else:                      # slow / reset / partial
+                entry["status"] = None if fault == "reset" else 200
+                entry["fault"] = fault
+            STATE["requests"] += 1
+            if 200 <= (entry["status"] or 0) < 300 and fault != "partial":
+                STATE["records"] += len(recs)
+                STATE["ids"].update(entry["event_ids"])
+            STATE["log"].write(json.dumps(entry) + "\n")
+            STATE["log"].flush()
+            if ARGS.print:
+                for r in recs:
+                    print(f"{r['event_id']}  {summary(r['data'])}", flush=True)
+
+        if error:                      # the client went away mid-body
+            self.close_connection = True
+            return
+        time.sleep(ARGS.delay_ms / 1000.0)
+        if fault == "slow":
+            time.sleep(ARGS.slow_ms / 1000.0)
+        if fault == "reset":
+            # SO_LINGER 0 + close => the kernel sends RST instead of FIN.
+            # rfile holds a reference to the socket, so close it first.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       struct.pack("ii", 1, 0))
+            self.rfile.close()
+            self.connection.close()
+            self.close_connection = True
+        elif fault == "partial":       # promise 100 more bytes than we send
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(OK) + 100))
+            self.end_headers()
+            self.wfile.write(OK[:5])
+            self.close_connection = True
+        elif entry["status"] == 200:
+            self.reply(200, OK, "application/json")
+        else:
+            status = entry["status"]
+            extra = [("Retry-After", "1")] if status == 429 else []
+            self.reply(status, f"injected {status}\n".encode(), extra=extra)
+
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True           # don't wait for open connections on exit
+    request_queue_size = 128        # listen backlog (default 5 drops SYNs)
+
+
+def parse_schedule(spec):
+    """'200:70,reset:3' -> [("200", 70.0), ("reset", 3.0)]"""
+    out = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, _, weight = item.partition(":")
+        if not (name.isdigit() or name in ("slow", "reset", "partial")):
+            sys.exit(f"receiver: bad schedule outcome {name!r}")
+        out.append((name, float(weight or 1)))
+    return out
+
+
+def main():
+    global ARGS
+    p = argparse.ArgumentParser(description="event_bridge test endpoint")
+    p.add_argument("--port", type=int, required=True, help="0 = a free port")
+    p.add_argument("--log", required=True, help="JSON-lines file to append")
+    p.add_argument("--print", action="store_true", help="print each record")
+    p.add_argument("--delay-ms", type=int, default=0)
+    p.add_argument("--fail-first", type=int, default=0)
+    p.add_argument("--fail-status", type=int, default=500)
+    p.add_argument("--schedule", default="", help="e.g. 200:90,503:5,reset:5")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slow-ms", type=int, default=5000)
+    p.add_argument("--port-file", help="write the listening port here")
+    ARGS = p.parse_args()
+    STATE["schedule"] = parse_schedule(ARGS.schedule)
+    STATE["rng"] = random.Random(ARGS.seed)
+    STATE["log"] = open(ARGS.log, "a", encoding="utf-8")
+
+    server = Server(("127.0.0.1", ARGS.port), Handler)  # binds + listens
+    port = server.server_address[1]
+    if ARGS.port_file:                 # atomic: write a temp file, rename
+        tmp = f"{ARGS.port_file}.tmp.{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(f"{port}\n")
+        os.replace(tmp, ARGS.port_file)
+
+    def stop(signum, frame):           # shutdown() blocks: call it off-thread
+        threading.Thread(target=server.shutdown).start()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    print(f"receiver: listening on 127.0.0.1:{port}", file=sys.stderr)
+    server.serve_forever(poll_interval=0.1)
+    server.server_close()              # log lines are already flushed
+
+
+if __name__ == "__main__":
+    main()
