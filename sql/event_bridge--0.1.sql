@@ -188,6 +188,11 @@ BEGIN
                 USING ERRCODE = 'wrong_object_type',
                       DETAIL = 'Temporary, unlogged and system tables are not written to the logical WAL.';
         END IF;
+        IF NOT has_table_privilege(t, 'SELECT') THEN
+            RAISE EXCEPTION 'permission denied for table %', t
+                USING ERRCODE = 'insufficient_privilege',
+                      DETAIL = 'Capturing a table needs the SELECT privilege on it.';
+        END IF;
         IF before_images AND rel.relreplident <> 'f' THEN
             RAISE EXCEPTION 'table "%" needs REPLICA IDENTITY FULL for before images', t
                 USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -221,13 +226,17 @@ GRANT EXECUTE ON FUNCTION event_bridge.create_stream(text, regclass[], int, inte
 
 CREATE FUNCTION event_bridge.drop_stream(stream_name text)
 RETURNS void
-LANGUAGE plpgsql VOLATILE STRICT
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog
 AS $$
 DECLARE
     sid int;
 BEGIN
     PERFORM event_bridge._check_admin();
+    IF stream_name IS NULL THEN
+        RAISE EXCEPTION 'stream name must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     SELECT s.stream_id INTO sid FROM event_bridge.streams s
      WHERE s.stream_name = drop_stream.stream_name FOR UPDATE;
     IF NOT FOUND THEN
@@ -302,12 +311,41 @@ AS $$
       FROM s JOIN event_bridge.records r ON r.stream_id = s.stream_id
      WHERE r.shard_id = $2 AND r.sequence >= $3
      ORDER BY r.sequence
-     LIMIT $4
+     LIMIT (SELECT $4 FROM s)   -- evaluated even for LIMIT 0, so the checks run
 $$;
 COMMENT ON FUNCTION event_bridge.get_records(text, int, bigint, int) IS
     'Reads up to max_records records of one shard from from_sequence on (DataHub GetRecords)';
 REVOKE ALL ON FUNCTION event_bridge.get_records(text, int, bigint, int) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION event_bridge.get_records(text, int, bigint, int) TO event_bridge_admin;
+
+CREATE FUNCTION event_bridge.wait_for_capture(timeout interval DEFAULT '30 seconds')
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog
+AS $$
+DECLARE
+    target   pg_lsn := pg_current_wal_lsn();
+    deadline timestamptz := clock_timestamp() + timeout;
+    slot     name := 'event_bridge_' || (SELECT oid FROM pg_database WHERE datname = current_database());
+BEGIN
+    IF timeout IS NULL OR timeout < interval '0' THEN
+        RAISE EXCEPTION 'timeout "%" must not be negative', timeout
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    LOOP
+        IF EXISTS (SELECT FROM pg_replication_slots
+                    WHERE slot_name = slot AND confirmed_flush_lsn >= target) THEN
+            RETURN true;
+        END IF;
+        IF clock_timestamp() >= deadline THEN
+            RETURN false;
+        END IF;
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION event_bridge.wait_for_capture(interval) IS
+    'Waits until every transaction committed before the call is in the streams; false if timeout passed first';
 
 CREATE FUNCTION event_bridge._capture_lag_bytes()
 RETURNS bigint

@@ -114,6 +114,7 @@ relinfo_build(RelInfo *ri, Relation rel)
 											ALLOCSET_SMALL_SIZES);
 	else
 		MemoryContextReset(ri->context);
+	ri->streams = NIL;			/* was in the context just reset */
 	old = MemoryContextSwitchTo(ri->context);
 
 	ri->name = psprintf("%s.%s",

@@ -175,16 +175,23 @@ eb_xact_callback(XactEvent event, void *arg)
 }
 
 /*
- * Asks a database's workers to exit and waits up to ten seconds until they
- * have; they release the replication slot as they go.
+ * Asks a database's workers to exit and waits up to ten seconds until those
+ * have; they release the replication slot as they go.  The launcher starts
+ * no new ones for a few seconds (see launcher.c).
  */
 static void
 stop_workers(EbDatabase *db)
 {
+	pid_t		pids[EB_NUM_WORKER_KINDS];
+
 	LWLockAcquire(eb_shared->lock, LW_EXCLUSIVE);
+	db->dropping_since = GetCurrentTimestamp();
 	for (int k = 0; k < EB_NUM_WORKER_KINDS; k++)
-		if (db->workers[k].pid != 0)
-			kill(db->workers[k].pid, SIGTERM);
+	{
+		pids[k] = db->workers[k].pid;
+		if (pids[k] != 0)
+			kill(pids[k], SIGTERM);
+	}
 	LWLockRelease(eb_shared->lock);
 
 	for (int i = 0; i < 1000; i++)
@@ -192,7 +199,7 @@ stop_workers(EbDatabase *db)
 		bool		running = false;
 
 		for (int k = 0; k < EB_NUM_WORKER_KINDS; k++)
-			running |= (db->workers[k].pid != 0);
+			running |= (pids[k] != 0 && db->workers[k].pid == pids[k]);
 		if (!running)
 			break;
 		CHECK_FOR_INTERRUPTS();
@@ -221,12 +228,8 @@ eb_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 	if (classId == DatabaseRelationId)
 	{
 		db = eb_database_entry(objectId, false);
-		if (db == NULL)
-			return;
-		LWLockAcquire(eb_shared->lock, LW_EXCLUSIVE);
-		db->dropping_since = GetCurrentTimestamp();
-		LWLockRelease(eb_shared->lock);
-		stop_workers(db);
+		if (db != NULL)
+			stop_workers(db);
 	}
 	else if (classId == ExtensionRelationId &&
 			 objectId == get_extension_oid("event_bridge", true))

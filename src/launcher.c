@@ -44,8 +44,12 @@ typedef struct LauncherDb
 
 static LauncherDb launcher_dbs[EB_MAX_DATABASES];
 
-/* Milliseconds a database marked as dropping gets no new workers. */
-#define EB_DROP_GRACE_MS	30000
+/*
+ * Milliseconds a database whose extension or itself is being dropped gets no
+ * new workers.  Afterwards a worker starts again: it finds the database gone,
+ * or the extension gone (then it drops the slot), or the drop rolled back.
+ */
+#define EB_DROP_GRACE_MS	3000
 
 /* Milliseconds between two starts of the same worker (crash loops). */
 #define EB_RESTART_DELAY_MS	1000
