@@ -7,7 +7,11 @@ OBJS = \
 	src/launcher.o \
 	src/decoder.o \
 	src/capture.o \
-	src/api.o
+	src/api.o \
+	src/format.o \
+	src/http.o \
+	src/delivery.o \
+	src/connector_api.o
 
 DATA = $(wildcard sql/event_bridge--*.sql)
 PGFILEDESC = "event_bridge - row changes to function calls"

@@ -376,3 +376,535 @@ SELECT s.stream_name,
 COMMENT ON VIEW event_bridge.stream_status IS
     'One row per stream: its tables, shards, stored records, their time range and how far capture lags behind the WAL';
 GRANT SELECT ON event_bridge.stream_status TO event_bridge_admin;
+
+/* =====================================================================
+ * Connectors
+ *
+ * A connector delivers one stream to one HTTP endpoint (a DataHub
+ * DataConnector).  The database's delivery worker reads each shard's
+ * records after the connector's offset, POSTs them in batches, one batch
+ * in flight per shard, and moves the offset only after a 2xx answer.
+ * ===================================================================== */
+
+/*
+ * One row per connector.  Every API call that changes a connector bumps
+ * version; the delivery worker reloads a connector when its version moved.
+ * headers holds secrets (tokens): the status views show only their names.
+ */
+CREATE TABLE event_bridge.connectors (
+    connector_id   int PRIMARY KEY,
+    connector_name text NOT NULL UNIQUE,
+    stream_id      int NOT NULL REFERENCES event_bridge.streams ON DELETE CASCADE,
+    endpoint       text NOT NULL,
+    format         text NOT NULL CHECK (format IN ('datahub', 'dis')),
+    batch_size     int NOT NULL CHECK (batch_size BETWEEN 1 AND 10000),
+    batch_window   interval NOT NULL,
+    retry_interval interval NOT NULL,
+    max_retries    int NOT NULL CHECK (max_retries >= 0),
+    timeout        interval NOT NULL,
+    headers        jsonb NOT NULL DEFAULT '{}',
+    stopped        boolean NOT NULL DEFAULT false,
+    version        bigint NOT NULL DEFAULT 1,
+    created_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE SEQUENCE event_bridge.connector_id_seq AS int OWNED BY event_bridge.connectors.connector_id;
+COMMENT ON TABLE event_bridge.connectors IS
+    'Connectors (DataHub DataConnectors): which stream goes to which endpoint, in which format, with which batching and retries';
+
+/*
+ * Position and health of every shard of every connector, written by the
+ * delivery worker after each attempt.  delivered_sequence is the offset:
+ * every record up to it is done (acknowledged with a 2xx, or skipped by the
+ * start time); -1 = none.  Records appended before skip_before (epoch ms)
+ * are skipped, for a start time that was not reached when the position was
+ * set.  reset_connector bumps position_generation, and the worker moves the
+ * offset only while it is unchanged, so a batch in flight cannot undo a
+ * reset.  failures counts consecutive failed attempts; retry_last_sequence
+ * ends the batch that failed, so that a retry sends the same records, also
+ * after a restart.
+ */
+CREATE TABLE event_bridge.connector_shards (
+    connector_id        int NOT NULL REFERENCES event_bridge.connectors ON DELETE CASCADE,
+    shard_id            int NOT NULL,
+    delivered_sequence  bigint NOT NULL,
+    skip_before         bigint NOT NULL DEFAULT 0,
+    position_generation int NOT NULL DEFAULT 0,
+    suspended           boolean NOT NULL DEFAULT false,
+    failures            int NOT NULL DEFAULT 0,
+    retry_last_sequence bigint,
+    delivered           bigint NOT NULL DEFAULT 0,
+    attempts            bigint NOT NULL DEFAULT 0,
+    failed_attempts     bigint NOT NULL DEFAULT 0,
+    last_attempt_at     timestamptz,
+    last_http_status    int,
+    last_success_at     timestamptz,
+    last_event_id       text,
+    last_error          text,
+    last_error_at       timestamptz,
+    PRIMARY KEY (connector_id, shard_id)
+);
+COMMENT ON TABLE event_bridge.connector_shards IS
+    'Per connector and shard: the delivery offset, consecutive failures, suspension and the last outcome';
+
+/*
+ * The attempts log: the last attempts of every connector shard, numbered by
+ * connector_shards.attempts.  The worker deletes the oldest as it adds one.
+ */
+CREATE TABLE event_bridge.connector_attempts (
+    connector_id   int NOT NULL,
+    shard_id       int NOT NULL,
+    attempt        bigint NOT NULL,
+    attempted_at   timestamptz NOT NULL,
+    duration_ms    double precision NOT NULL,
+    first_sequence bigint NOT NULL,
+    last_sequence  bigint NOT NULL,
+    http_status    int,
+    error          text,
+    response       text,
+    PRIMARY KEY (connector_id, shard_id, attempt),
+    FOREIGN KEY (connector_id, shard_id) REFERENCES event_bridge.connector_shards ON DELETE CASCADE
+);
+COMMENT ON TABLE event_bridge.connector_attempts IS
+    'The last delivery attempts of every connector shard: HTTP status, error, start of the response body, time';
+
+SELECT pg_catalog.pg_extension_config_dump('event_bridge.connectors', '');
+SELECT pg_catalog.pg_extension_config_dump('event_bridge.connector_id_seq', '');
+
+REVOKE ALL ON event_bridge.connectors, event_bridge.connector_shards,
+    event_bridge.connector_attempts FROM PUBLIC;
+REVOKE ALL ON SEQUENCE event_bridge.connector_id_seq FROM PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON event_bridge.connectors, event_bridge.connector_shards,
+    event_bridge.connector_attempts TO event_bridge_admin;
+GRANT USAGE ON SEQUENCE event_bridge.connector_id_seq TO event_bridge_admin;
+
+/* Internal C helpers of connectors. */
+
+CREATE FUNCTION event_bridge._check_endpoint(endpoint text)
+RETURNS void
+LANGUAGE C IMMUTABLE STRICT
+AS 'MODULE_PATHNAME', 'event_bridge_check_endpoint';
+COMMENT ON FUNCTION event_bridge._check_endpoint(text) IS
+    'Internal: refuses an endpoint that is not an http or https URL, without quoting it';
+
+CREATE FUNCTION event_bridge._wake_delivery()
+RETURNS void
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'event_bridge_wake_delivery';
+COMMENT ON FUNCTION event_bridge._wake_delivery() IS
+    'Internal: wakes this database''s delivery worker when the calling transaction commits';
+
+CREATE FUNCTION event_bridge._format_batch(
+    format         text,
+    database_name  text,
+    stream_name    text,
+    region         text,
+    shard_id       int,
+    sequences      bigint[],
+    system_times   bigint[],
+    partition_keys text[],
+    data           text[],
+    now_ms         bigint)
+RETURNS text
+LANGUAGE C IMMUTABLE
+AS 'MODULE_PATHNAME', 'event_bridge_format_batch';
+COMMENT ON FUNCTION event_bridge._format_batch(text, text, text, text, int, bigint[], bigint[], text[], text[], bigint) IS
+    'Internal: the HTTP body the delivery worker sends for a batch of records, for tests';
+
+REVOKE ALL ON FUNCTION event_bridge._check_endpoint(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION event_bridge._wake_delivery() FROM PUBLIC;
+REVOKE ALL ON FUNCTION event_bridge._format_batch(text, text, text, text, int, bigint[], bigint[], text[], text[], bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION event_bridge._check_endpoint(text) TO event_bridge_admin;
+GRANT EXECUTE ON FUNCTION event_bridge._wake_delivery() TO event_bridge_admin;
+GRANT EXECUTE ON FUNCTION event_bridge._format_batch(text, text, text, text, int, bigint[], bigint[], text[], text[], bigint) TO event_bridge_admin;
+
+/*
+ * The first sequence of a shard whose record was appended at or after
+ * start_ms (epoch milliseconds), or the shard's next sequence if there is
+ * none yet; NULL start_ms means the earliest retained record.  A binary
+ * search: inside a shard, system_time grows with the sequence.
+ */
+CREATE FUNCTION event_bridge._start_sequence(stream_id int, shard_id int, start_ms bigint)
+RETURNS bigint
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog
+AS $$
+DECLARE
+    lo    bigint;
+    hi    bigint;
+    mid   bigint;
+    seq   bigint;
+    t     bigint;
+BEGIN
+    SELECT h.next_sequence INTO hi FROM event_bridge.shards h
+     WHERE h.stream_id = $1 AND h.shard_id = $2;
+    SELECT r.sequence INTO lo FROM event_bridge.records r
+     WHERE r.stream_id = $1 AND r.shard_id = $2 ORDER BY r.sequence LIMIT 1;
+    IF lo IS NULL OR start_ms IS NULL THEN
+        RETURN coalesce(lo, hi, 0);
+    END IF;
+    /* Every record before lo is older than start_ms; the answer is in [lo, hi]. */
+    WHILE lo < hi LOOP
+        mid := lo + (hi - lo) / 2;
+        seq := NULL;
+        SELECT r.sequence, r.system_time INTO seq, t FROM event_bridge.records r
+         WHERE r.stream_id = $1 AND r.shard_id = $2 AND r.sequence >= mid
+         ORDER BY r.sequence LIMIT 1;
+        IF seq IS NULL OR seq >= hi THEN
+            hi := mid;
+        ELSIF t >= start_ms THEN
+            hi := seq;
+        ELSE
+            lo := seq + 1;
+        END IF;
+    END LOOP;
+    RETURN lo;
+END
+$$;
+
+/*
+ * Checks the caller's rights, locks a connector against concurrent API calls,
+ * bumps its version so that the worker reloads it, and returns its id.
+ */
+CREATE FUNCTION event_bridge._lock_connector(connector_name text)
+RETURNS int
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog
+AS $$
+DECLARE
+    cid int;
+BEGIN
+    PERFORM event_bridge._check_admin();
+    IF connector_name IS NULL THEN
+        RAISE EXCEPTION 'connector name must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    UPDATE event_bridge.connectors c SET version = c.version + 1
+     WHERE c.connector_name = _lock_connector.connector_name
+    RETURNING c.connector_id INTO cid;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'connector "%" does not exist', connector_name
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN cid;
+END
+$$;
+
+CREATE FUNCTION event_bridge.create_connector(
+    connector_name text,
+    stream_name    text,
+    endpoint       text,
+    start_time     timestamptz DEFAULT now(),
+    format         text     DEFAULT 'datahub',
+    batch_size     int      DEFAULT 100,
+    batch_window   interval DEFAULT '0',
+    retry_interval interval DEFAULT '1 second',
+    max_retries    int      DEFAULT 512,
+    timeout        interval DEFAULT '30 seconds',
+    headers        jsonb    DEFAULT '{}')
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog
+AS $$
+DECLARE
+    s        record;
+    h        record;
+    cid      int;
+    start_ms bigint := floor(extract(epoch FROM start_time) * 1000)::bigint;
+BEGIN
+    PERFORM event_bridge._check_admin();
+
+    IF connector_name IS NULL OR stream_name IS NULL OR endpoint IS NULL OR format IS NULL
+       OR batch_size IS NULL OR batch_window IS NULL OR retry_interval IS NULL
+       OR max_retries IS NULL OR timeout IS NULL OR headers IS NULL THEN
+        RAISE EXCEPTION 'arguments of create_connector must not be null'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'Only start_time may be null: it then means the earliest retained record.';
+    END IF;
+    IF connector_name !~ '^[A-Za-z_][A-Za-z0-9_.-]{0,127}$' THEN
+        RAISE EXCEPTION 'invalid connector name "%"', connector_name
+            USING ERRCODE = 'invalid_name',
+                  DETAIL = 'A connector name starts with a letter or underscore and holds at most 128 letters, digits, "_", "." or "-".';
+    END IF;
+    SELECT st.stream_id, st.shard_count INTO s FROM event_bridge.streams st
+     WHERE st.stream_name = create_connector.stream_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'stream "%" does not exist', stream_name
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    IF EXISTS (SELECT FROM event_bridge.connectors c WHERE c.connector_name = create_connector.connector_name) THEN
+        RAISE EXCEPTION 'connector "%" already exists', connector_name
+            USING ERRCODE = 'duplicate_object';
+    END IF;
+    PERFORM event_bridge._check_endpoint(endpoint);
+    IF format NOT IN ('datahub', 'dis') THEN
+        RAISE EXCEPTION 'unknown event format "%"', format
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The formats are datahub (Alibaba Function Compute) and dis (Huawei FunctionGraph).';
+    END IF;
+    IF batch_size < 1 OR batch_size > 10000 THEN
+        RAISE EXCEPTION 'batch_size % is out of range', batch_size
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'batch_size must be between 1 and 10000.';
+    END IF;
+    IF batch_window < interval '0' OR batch_window > interval '1 day' THEN
+        RAISE EXCEPTION 'batch_window "%" is out of range', batch_window
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'batch_window must be between 0 and 1 day.';
+    END IF;
+    IF retry_interval <= interval '0' OR retry_interval > interval '1 day' THEN
+        RAISE EXCEPTION 'retry_interval "%" is out of range', retry_interval
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'retry_interval must be positive and at most 1 day.';
+    END IF;
+    IF timeout <= interval '0' OR timeout > interval '1 day' THEN
+        RAISE EXCEPTION 'timeout "%" is out of range', timeout
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'timeout must be positive and at most 1 day.';
+    END IF;
+    IF max_retries < 0 THEN
+        RAISE EXCEPTION 'max_retries % must not be negative', max_retries
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF jsonb_typeof(headers) <> 'object' THEN
+        RAISE EXCEPTION 'headers must be a JSON object'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('headers is a JSON %s.', jsonb_typeof(headers)),
+                  HINT = 'Pass headers like ''{"X-Auth-Token": "..."}''.';
+    END IF;
+    /* Header values are secrets: errors name the header, never its value. */
+    FOR h IN SELECT e.key, e.value FROM jsonb_each(headers) e ORDER BY e.key LOOP
+        IF h.key !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$' THEN
+            RAISE EXCEPTION 'invalid header name "%"', h.key
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'A header name is a token of letters, digits and !#$%&''*+.^_`|~-.';
+        END IF;
+        IF jsonb_typeof(h.value) <> 'string' THEN
+            RAISE EXCEPTION 'value of header "%" must be a JSON string', h.key
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = format('It is a JSON %s.', jsonb_typeof(h.value));
+        END IF;
+        IF (h.value #>> '{}') ~ '[\r\n]' THEN
+            RAISE EXCEPTION 'value of header "%" must not contain a line break', h.key
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF lower(h.key) IN ('content-length', 'transfer-encoding', 'connection', 'expect') THEN
+            RAISE EXCEPTION 'header "%" cannot be set', h.key
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'event_bridge sets the headers that frame the request itself.';
+        END IF;
+    END LOOP;
+
+    cid := nextval('event_bridge.connector_id_seq');
+    INSERT INTO event_bridge.connectors (connector_id, connector_name, stream_id, endpoint, format,
+        batch_size, batch_window, retry_interval, max_retries, timeout, headers)
+    VALUES (cid, connector_name, s.stream_id, endpoint, format,
+        batch_size, batch_window, retry_interval, max_retries, timeout, headers);
+    INSERT INTO event_bridge.connector_shards (connector_id, shard_id, delivered_sequence, skip_before)
+    SELECT cid, g, event_bridge._start_sequence(s.stream_id, g, start_ms) - 1, coalesce(start_ms, 0)
+      FROM generate_series(0, s.shard_count - 1) g;
+    PERFORM event_bridge._wake_delivery();
+EXCEPTION
+    WHEN unique_violation THEN
+        RAISE EXCEPTION 'connector "%" already exists', connector_name
+            USING ERRCODE = 'duplicate_object';
+END
+$$;
+COMMENT ON FUNCTION event_bridge.create_connector(text, text, text, timestamptz, text, int, interval, interval, int, interval, jsonb) IS
+    'Creates a connector that POSTs the records of a stream appended from start_time on to an http(s) endpoint, in order per shard, in the datahub or dis event format';
+
+CREATE FUNCTION event_bridge.stop_connector(name text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog
+AS $$
+DECLARE
+    cid int := event_bridge._lock_connector(stop_connector.name);
+BEGIN
+    UPDATE event_bridge.connectors SET stopped = true
+     WHERE connector_id = cid;
+    PERFORM event_bridge._wake_delivery();
+END
+$$;
+COMMENT ON FUNCTION event_bridge.stop_connector(text) IS
+    'Stops a connector (state STOPPED): no batch is sent after the ones in flight; start_connector continues from its offsets';
+
+CREATE FUNCTION event_bridge.start_connector(name text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog
+AS $$
+DECLARE
+    cid int := event_bridge._lock_connector(start_connector.name);
+BEGIN
+    UPDATE event_bridge.connectors SET stopped = false
+     WHERE connector_id = cid;
+    PERFORM event_bridge._wake_delivery();
+END
+$$;
+COMMENT ON FUNCTION event_bridge.start_connector(text) IS
+    'Starts a stopped connector again: delivery continues from its offsets';
+
+CREATE FUNCTION event_bridge.resume_connector(name text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog
+AS $$
+DECLARE
+    cid int := event_bridge._lock_connector(resume_connector.name);
+BEGIN
+    UPDATE event_bridge.connector_shards SET suspended = false, failures = 0
+     WHERE connector_id = cid AND suspended;
+    IF NOT FOUND THEN
+        RAISE NOTICE 'connector "%" has no suspended shard', name;
+    END IF;
+    PERFORM event_bridge._wake_delivery();
+END
+$$;
+COMMENT ON FUNCTION event_bridge.resume_connector(text) IS
+    'Clears the suspension of a connector''s SUSPENDED shards: each retries the batch that failed at once';
+
+CREATE FUNCTION event_bridge.reset_connector(name text, start_time timestamptz)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog
+AS $$
+DECLARE
+    cid      int := event_bridge._lock_connector(reset_connector.name);
+    start_ms bigint := floor(extract(epoch FROM start_time) * 1000)::bigint;
+BEGIN
+    UPDATE event_bridge.connector_shards cs
+       SET delivered_sequence = event_bridge._start_sequence(c.stream_id, cs.shard_id, start_ms) - 1,
+           skip_before = coalesce(start_ms, 0),
+           position_generation = cs.position_generation + 1,
+           suspended = false,
+           failures = 0,
+           retry_last_sequence = NULL
+      FROM event_bridge.connectors c
+     WHERE c.connector_id = cid AND cs.connector_id = cid;
+    PERFORM event_bridge._wake_delivery();
+END
+$$;
+COMMENT ON FUNCTION event_bridge.reset_connector(text, timestamptz) IS
+    'Moves every shard of a connector to its first record appended at or after start_time (NULL: the earliest retained), to replay or to skip ahead; clears suspensions';
+
+CREATE FUNCTION event_bridge.drop_connector(name text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog
+AS $$
+DECLARE
+    cid int := event_bridge._lock_connector(drop_connector.name);
+BEGIN
+    DELETE FROM event_bridge.connectors
+     WHERE connector_id = cid;
+    PERFORM event_bridge._wake_delivery();
+END
+$$;
+COMMENT ON FUNCTION event_bridge.drop_connector(text) IS
+    'Drops a connector, its offsets and its attempts log; a batch in flight is abandoned';
+
+DO $$
+DECLARE
+    f text;
+BEGIN
+    FOREACH f IN ARRAY ARRAY[
+        'event_bridge._start_sequence(int, int, bigint)',
+        'event_bridge._lock_connector(text)',
+        'event_bridge.create_connector(text, text, text, timestamptz, text, int, interval, interval, int, interval, jsonb)',
+        'event_bridge.stop_connector(text)',
+        'event_bridge.start_connector(text)',
+        'event_bridge.resume_connector(text)',
+        'event_bridge.reset_connector(text, timestamptz)',
+        'event_bridge.drop_connector(text)']
+    LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO event_bridge_admin', f);
+    END LOOP;
+END
+$$;
+
+/* An endpoint as the views show it: without the password of its userinfo. */
+CREATE FUNCTION event_bridge._endpoint_without_secrets(endpoint text)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT
+SET search_path = pg_catalog
+AS $$
+    SELECT regexp_replace(endpoint, '^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@]*@', '\1***@')
+$$;
+
+CREATE VIEW event_bridge.shard_status AS
+SELECT c.connector_name,
+       cs.shard_id,
+       CASE WHEN c.stopped THEN 'STOPPED'
+            WHEN cs.suspended THEN 'SUSPENDED'
+            ELSE 'RUNNING' END AS state,
+       cs.delivered_sequence,
+       h.next_sequence,
+       greatest(h.next_sequence - cs.delivered_sequence - 1, 0) AS pending,
+       cs.failures,
+       cs.last_error,
+       cs.last_error_at,
+       cs.last_http_status,
+       cs.last_event_id,
+       cs.last_success_at,
+       cs.delivered,
+       coalesce(greatest(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint -
+           (SELECT r.system_time FROM event_bridge.records r
+             WHERE r.stream_id = c.stream_id AND r.shard_id = cs.shard_id
+               AND r.sequence > cs.delivered_sequence
+             ORDER BY r.sequence LIMIT 1), 0), 0) AS lag_ms,
+       cs.attempts,
+       cs.failed_attempts,
+       cs.last_attempt_at
+  FROM event_bridge.connectors c
+  JOIN event_bridge.connector_shards cs ON cs.connector_id = c.connector_id
+  JOIN event_bridge.shards h ON h.stream_id = c.stream_id AND h.shard_id = cs.shard_id;
+COMMENT ON VIEW event_bridge.shard_status IS
+    'One row per connector and shard: state, offset (delivered_sequence, -1 = none), the stream''s next sequence, pending records, consecutive failures and the last error';
+GRANT SELECT ON event_bridge.shard_status TO event_bridge_admin;
+
+CREATE VIEW event_bridge.connector_status AS
+SELECT c.connector_name,
+       s.stream_name,
+       event_bridge._endpoint_without_secrets(c.endpoint) AS endpoint,
+       CASE WHEN c.stopped THEN 'STOPPED'
+            WHEN bool_or(ss.state = 'SUSPENDED') THEN 'SUSPENDED'
+            ELSE 'RUNNING' END AS state,
+       sum(ss.delivered)::bigint AS delivered,
+       sum(ss.pending)::bigint AS pending,
+       max(ss.lag_ms) AS lag_ms,
+       (array_agg(ss.last_event_id ORDER BY ss.last_success_at DESC NULLS LAST))[1] AS last_event_id,
+       max(ss.last_success_at) AS last_success_at,
+       sum(ss.failures)::bigint AS failures,
+       (array_agg(ss.last_error ORDER BY ss.last_error_at DESC NULLS LAST))[1] AS last_error,
+       max(ss.last_error_at) AS last_error_at,
+       (array_agg(ss.last_http_status ORDER BY ss.last_attempt_at DESC NULLS LAST))[1] AS last_http_status,
+       ARRAY(SELECT jsonb_object_keys(c.headers) ORDER BY 1) AS header_names,
+       c.format,
+       c.batch_size,
+       c.batch_window,
+       c.retry_interval,
+       c.max_retries,
+       c.timeout,
+       count(*)::int AS shard_count,
+       count(*) FILTER (WHERE ss.state = 'SUSPENDED')::int AS suspended_shards,
+       sum(ss.attempts)::bigint AS attempts,
+       sum(ss.failed_attempts)::bigint AS failed_attempts,
+       c.created_at
+  FROM event_bridge.connectors c
+  JOIN event_bridge.streams s ON s.stream_id = c.stream_id
+  JOIN event_bridge.shard_status ss ON ss.connector_name = c.connector_name
+ GROUP BY c.connector_id, s.stream_name;
+COMMENT ON VIEW event_bridge.connector_status IS
+    'One row per connector: state (RUNNING, STOPPED, SUSPENDED if any shard is), records delivered and pending, lag, the last success and the last error; header names but never their values';
+GRANT SELECT ON event_bridge.connector_status TO event_bridge_admin;
+
+CREATE VIEW event_bridge.connector_attempts_log AS
+SELECT c.connector_name, a.shard_id, a.attempt, a.attempted_at, a.duration_ms,
+       a.first_sequence, a.last_sequence, a.last_sequence - a.first_sequence + 1 AS records,
+       a.http_status, a.error, a.response
+  FROM event_bridge.connector_attempts a
+  JOIN event_bridge.connectors c ON c.connector_id = a.connector_id;
+COMMENT ON VIEW event_bridge.connector_attempts_log IS
+    'The last delivery attempts of every connector shard, newest attempt numbers last';
+GRANT SELECT ON event_bridge.connector_attempts_log TO event_bridge_admin;

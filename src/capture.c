@@ -609,27 +609,16 @@ load_state(void)
 }
 
 /*
- * Checks, in a transaction of its own, that the extension still exists.  If
- * it is gone, drops the slot and the origins and exits for good.
+ * Checks that the extension still exists.  If it is gone, drops the slot and
+ * the origins and exits for good.
  */
 static void
 exit_if_extension_dropped(const char *slot_name, bool holding_slot)
 {
-	Oid			current;
 	char	   *name;
 
-	StartTransactionCommand();
-	current = get_extension_oid("event_bridge", true);
-	CommitTransactionCommand();
-	if (OidIsValid(current) && (extension_oid == InvalidOid || current == extension_oid))
-	{
-		extension_oid = current;
+	if (eb_extension_installed(&extension_oid, "capture"))
 		return;
-	}
-	if (OidIsValid(current))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("event_bridge was dropped and created again; capture worker restarts")));
 
 	if (holding_slot)
 		ReplicationSlotRelease();
@@ -646,11 +635,9 @@ exit_if_extension_dropped(const char *slot_name, bool holding_slot)
 	CommitTransactionCommand();
 
 	LWLockAcquire(eb_shared->lock, LW_EXCLUSIVE);
-	my_db->no_extension = true;
 	my_db->slot_ready = false;
 	LWLockRelease(eb_shared->lock);
-	ereport(DEBUG1, (errmsg("event_bridge is not installed in this database; capture worker exits")));
-	proc_exit(0);
+	eb_exit_without_extension(my_db, "capture");
 }
 
 static void
@@ -670,15 +657,7 @@ event_bridge_capture_main(Datum main_arg)
 	TimestampTz last_check = 0;
 	Oid			schema;
 
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
-
-	my_db = eb_database_entry(dboid, true);
-	if (my_db == NULL)
-		proc_exit(0);
-	eb_worker_attach(&my_db->workers[EB_WORKER_CAPTURE]);
+	my_db = eb_worker_start(main_arg, EB_WORKER_CAPTURE);
 	before_shmem_exit(slot_not_ready, (Datum) 0);
 	snprintf(slot_name, sizeof(slot_name), EB_SLOT_FORMAT, dboid);
 

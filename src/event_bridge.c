@@ -24,10 +24,13 @@
 #include "commands/extension.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+#include "tcop/tcopprot.h"
 #include "utils/guc.h"
 
 #include "event_bridge.h"
@@ -145,6 +148,68 @@ eb_worker_attach(EbWorkerSlot *slot)
 	slot->procno = MyProc->pgprocno;
 	LWLockRelease(eb_shared->lock);
 	before_shmem_exit(eb_worker_detach, PointerGetDatum(slot));
+}
+
+/*
+ * Starts a worker of a database: signal handlers, the connection to the
+ * database whose OID is the worker's argument, and its shared slot.  Returns
+ * the database's entry; exits quietly if every entry is taken.
+ */
+EbDatabase *
+eb_worker_start(Datum main_arg, EbWorkerKind kind)
+{
+	Oid			dboid = DatumGetObjectId(main_arg);
+	EbDatabase *db;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+
+	db = eb_database_entry(dboid, true);
+	if (db == NULL)
+		proc_exit(0);
+	eb_worker_attach(&db->workers[kind]);
+	return db;
+}
+
+/*
+ * Checks, in a transaction of its own, that event_bridge is still installed
+ * in this database; *extension_oid remembers the OID seen first.  Returns
+ * false if the extension is gone.  If it was dropped and created again, the
+ * worker errors out, to restart with fresh state.
+ */
+bool
+eb_extension_installed(Oid *extension_oid, const char *worker)
+{
+	Oid			current;
+
+	StartTransactionCommand();
+	current = get_extension_oid("event_bridge", true);
+	CommitTransactionCommand();
+	if (!OidIsValid(current))
+		return false;
+	if (OidIsValid(*extension_oid) && current != *extension_oid)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("event_bridge was dropped and created again; %s worker restarts", worker)));
+	*extension_oid = current;
+	return true;
+}
+
+/*
+ * Marks a database as having no event_bridge, so that the launcher starts no
+ * more workers there, and exits the calling worker for good.
+ */
+void
+eb_exit_without_extension(EbDatabase *db, const char *worker)
+{
+	LWLockAcquire(eb_shared->lock, LW_EXCLUSIVE);
+	db->no_extension = true;
+	LWLockRelease(eb_shared->lock);
+	ereport(DEBUG1,
+			(errmsg("event_bridge is not installed in this database; %s worker exits", worker)));
+	proc_exit(0);
 }
 
 /*

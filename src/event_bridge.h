@@ -83,4 +83,12 @@ extern void eb_register_launcher(void);
 /* capture.c */
 extern PGDLLEXPORT void event_bridge_capture_main(Datum main_arg);
 
+/* event_bridge.c: shared by the workers of a database */
+extern EbDatabase *eb_worker_start(Datum main_arg, EbWorkerKind kind);
+extern bool eb_extension_installed(Oid *extension_oid, const char *worker);
+extern void eb_exit_without_extension(EbDatabase *db, const char *worker) pg_attribute_noreturn();
+
+/* delivery.c */
+extern PGDLLEXPORT void event_bridge_delivery_main(Datum main_arg);
+
 #endif							/* EVENT_BRIDGE_H */

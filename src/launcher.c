@@ -167,7 +167,7 @@ ensure_workers(Oid dboid)
 		!TimestampDifferenceExceeds(db->dropping_since, GetCurrentTimestamp(), EB_DROP_GRACE_MS))
 		return;
 
-	for (int k = 0; k < EB_WORKER_DELIVERY; k++)
+	for (int k = 0; k < EB_NUM_WORKER_KINDS; k++)
 	{
 		pid_t		pid;
 

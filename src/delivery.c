@@ -1,0 +1,969 @@
+/*-------------------------------------------------------------------------
+ *
+ * delivery.c
+ *	  The delivery worker: one per database, it POSTs the records of every
+ *	  connector's stream to the connector's endpoint, in order per shard, and
+ *	  keeps each shard's offset, failures and attempts in the catalog.
+ *
+ * Terms.  A batch is up to batch_size consecutive records of one shard,
+ * sent as one HTTP POST.  An attempt is one sending of a batch; it succeeds
+ * with a 2xx answer.  A shard's offset (connector_shards.delivered_sequence)
+ * is the last sequence it is done with.  Each shard has at most one batch
+ * in hand, so at most one in flight; the shards of all connectors run
+ * concurrently on one libcurl multi handle (http.c).
+ *
+ * A turn of the loop: collect the finished requests; in one transaction,
+ * record their outcomes (a success moves the offset), reload the connectors
+ * whose version moved, and read the next batch of every idle shard; commit;
+ * then start the requests.  Between turns the worker waits in http_wait for
+ * the network, a timer or its latch, which the capture worker sets after
+ * every commit of new records: new records are on their way within
+ * milliseconds.  No transaction is open while requests run.
+ *
+ * No loss: batches are read from committed records after the committed
+ * offset, and the offset moves only in the transaction that records the
+ * 2xx.  After a crash the batch that was in flight is sent again, with the
+ * same eventIds; it is the only possible duplicate.  The worker's
+ * transactions run under the database's delivery replication origin, so
+ * the capture worker never decodes them.
+ *
+ * Failures: a failed attempt (non-2xx, connection error, timeout) is tried
+ * again with the same body after retry_interval; after max_retries
+ * consecutive failures the shard is SUSPENDED until resume_connector.  The
+ * failed batch's last sequence is stored with the failure, so that a retry
+ * after a restart sends the same records.
+ *
+ * IDENTIFICATION
+ *	  src/delivery.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "replication/origin.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "event_bridge.h"
+#include "format.h"
+#include "http.h"
+
+/* Attempts kept per connector shard in event_bridge.connector_attempts. */
+#define EB_ATTEMPTS_KEPT	100
+
+/* Milliseconds between two looks at the catalog when nothing happens. */
+#define EB_DELIVERY_CHECK_MS	1000
+
+/* Milliseconds from 1970-01-01 to PostgreSQL's epoch, 2000-01-01. */
+#define EB_EPOCH_OFFSET_MS \
+	((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000)
+
+typedef struct Connector Connector;
+
+/* A shard of a connector, as the worker drives it. */
+typedef struct Shard
+{
+	Connector  *connector;
+	int32		shard_id;
+	bool		loaded;			/* the fields below come from the catalog */
+	int64		delivered_sequence; /* the committed offset */
+	int32		generation;		/* connector_shards.position_generation */
+	int64		skip_before;	/* epoch ms; earlier records are skipped */
+	int64		retry_last;		/* last sequence of the failed batch, or -1 */
+	bool		suspended;
+	HttpRequest *request;
+
+	/* The batch in hand: read, in flight, or waiting for its retry. */
+	bool		has_batch;
+	bool		in_flight;
+	int64		first_sequence;
+	int64		last_sequence;
+	int			nrecords;
+	StringInfoData body;		/* in batch_context */
+	MemoryContext batch_context;
+
+	/* Not before this: the retry time, or the end of the batch window. */
+	TimestampTz not_before;
+} Shard;
+
+/* A connector's configuration and shards. */
+struct Connector
+{
+	int32		connector_id;
+	int64		version;		/* -1: reload at the next turn */
+	bool		seen;
+	char	   *name;
+	int32		stream_id;
+	char	   *stream_name;
+	HttpEndpoint endpoint;
+	char	  **headers;		/* "Name: value" lines */
+	int			nheaders;
+	EbFormat	format;
+	int			batch_size;
+	int64		batch_window_ms;
+	int64		retry_interval_ms;
+	int			max_retries;
+	int64		timeout_ms;
+	bool		stopped;
+	bool		unusable;		/* the endpoint cannot be parsed */
+	int			nshards;
+	Shard	   *shards;
+	MemoryContext context;		/* the configuration; reset at reload */
+};
+
+/* A request that finished, waiting to be recorded. */
+typedef struct Finished
+{
+	Shard	   *shard;
+	HttpOutcome outcome;
+} Finished;
+
+/* The statements the worker runs, as saved SPI plans. */
+typedef enum CatalogStatementId
+{
+	STMT_VERSIONS,
+	STMT_CONNECTOR,
+	STMT_SHARDS,
+	STMT_READ,
+	STMT_SKIP,
+	STMT_SUCCESS,
+	STMT_FAILURE,
+	STMT_STALE,
+	STMT_LOG_ATTEMPT,
+	STMT_TRIM_ATTEMPTS,
+	NUM_STATEMENTS
+} CatalogStatementId;
+
+typedef struct CatalogStatement
+{
+	const char *sql;
+	int			nargs;
+	Oid			argtypes[10];
+} CatalogStatement;
+
+static const CatalogStatement statements[NUM_STATEMENTS] = {
+	[STMT_VERSIONS] = {
+		"SELECT connector_id, version FROM event_bridge.connectors", 0
+	},
+	[STMT_CONNECTOR] = {
+		"SELECT c.connector_name, c.stream_id, s.stream_name, s.shard_count, c.endpoint,"
+		" c.format, c.batch_size,"
+		" ceil(extract(epoch FROM c.batch_window) * 1000)::bigint,"
+		" ceil(extract(epoch FROM c.retry_interval) * 1000)::bigint,"
+		" c.max_retries,"
+		" ceil(extract(epoch FROM c.timeout) * 1000)::bigint,"
+		" ARRAY(SELECT e.key || ': ' || e.value FROM jsonb_each_text(c.headers) e ORDER BY e.key),"
+		" c.stopped, c.version"
+		" FROM event_bridge.connectors c JOIN event_bridge.streams s ON s.stream_id = c.stream_id"
+		" WHERE c.connector_id = $1",
+		1, {INT4OID}
+	},
+	[STMT_SHARDS] = {
+		"SELECT shard_id, delivered_sequence, position_generation, skip_before, suspended,"
+		" retry_last_sequence"
+		" FROM event_bridge.connector_shards WHERE connector_id = $1",
+		1, {INT4OID}
+	},
+	[STMT_READ] = {
+		"SELECT sequence, system_time, partition_key, data FROM event_bridge.records"
+		" WHERE stream_id = $1 AND shard_id = $2 AND sequence > $3 AND sequence <= $4"
+		" ORDER BY sequence LIMIT $5",
+		5, {INT4OID, INT4OID, INT8OID, INT8OID, INT4OID}
+	},
+	[STMT_SKIP] = {
+		"UPDATE event_bridge.connector_shards SET delivered_sequence = $4"
+		" WHERE connector_id = $1 AND shard_id = $2 AND position_generation = $3",
+		4, {INT4OID, INT4OID, INT4OID, INT8OID}
+	},
+	[STMT_SUCCESS] = {
+		"UPDATE event_bridge.connector_shards SET delivered_sequence = $4,"
+		" delivered = delivered + $5, failures = 0, retry_last_sequence = NULL,"
+		" attempts = attempts + 1, last_attempt_at = $6, last_http_status = $7,"
+		" last_success_at = $6, last_event_id = $8"
+		" WHERE connector_id = $1 AND shard_id = $2 AND position_generation = $3"
+		" RETURNING attempts, suspended",
+		8, {INT4OID, INT4OID, INT4OID, INT8OID, INT4OID, TIMESTAMPTZOID, INT4OID, TEXTOID}
+	},
+	[STMT_FAILURE] = {
+		"UPDATE event_bridge.connector_shards SET failures = failures + 1,"
+		" suspended = (failures + 1 >= $4), retry_last_sequence = $5,"
+		" attempts = attempts + 1, failed_attempts = failed_attempts + 1,"
+		" last_attempt_at = $6, last_http_status = $7, last_error = $8, last_error_at = $6"
+		" WHERE connector_id = $1 AND shard_id = $2 AND position_generation = $3"
+		" RETURNING attempts, suspended, failures",
+		8, {INT4OID, INT4OID, INT4OID, INT4OID, INT8OID, TIMESTAMPTZOID, INT4OID, TEXTOID}
+	},
+	[STMT_STALE] = {
+		"UPDATE event_bridge.connector_shards SET attempts = attempts + 1,"
+		" failed_attempts = failed_attempts + $3, last_attempt_at = $4, last_http_status = $5"
+		" WHERE connector_id = $1 AND shard_id = $2"
+		" RETURNING attempts",
+		5, {INT4OID, INT4OID, INT4OID, TIMESTAMPTZOID, INT4OID}
+	},
+	[STMT_LOG_ATTEMPT] = {
+		"INSERT INTO event_bridge.connector_attempts (connector_id, shard_id, attempt,"
+		" attempted_at, duration_ms, first_sequence, last_sequence, http_status, error, response)"
+		" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+		10, {INT4OID, INT4OID, INT8OID, TIMESTAMPTZOID, FLOAT8OID, INT8OID, INT8OID, INT4OID,
+		TEXTOID, TEXTOID}
+	},
+	[STMT_TRIM_ATTEMPTS] = {
+		"DELETE FROM event_bridge.connector_attempts"
+		" WHERE connector_id = $1 AND shard_id = $2 AND attempt = $3",
+		3, {INT4OID, INT4OID, INT8OID}
+	},
+};
+
+static SPIPlanPtr plans[NUM_STATEMENTS];
+
+static MemoryContext worker_context = NULL;
+static List *connectors = NIL;
+static EbDatabase *my_db = NULL;
+static Oid	extension_oid = InvalidOid;
+static char *database_name = NULL;
+
+/* Set when a shard has more to read at once: the next wait does not sleep. */
+static bool turn_again = false;
+
+/* ---------------------------------------------------------------------
+ * Small helpers
+ * ------------------------------------------------------------------- */
+
+static int64
+epoch_ms(TimestampTz t)
+{
+	return t / 1000 + EB_EPOCH_OFFSET_MS;
+}
+
+static TimestampTz
+from_epoch_ms(int64 ms)
+{
+	return (ms - EB_EPOCH_OFFSET_MS) * 1000;
+}
+
+/*
+ * Runs one of the worker's statements and returns the number of rows it
+ * returned or changed; the rows are in SPI_tuptable.  Must be called inside
+ * a transaction, connected to SPI.
+ */
+static uint64
+run(CatalogStatementId id, Datum *values, const char *nulls)
+{
+	int			rc;
+
+	if (plans[id] == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(statements[id].sql, statements[id].nargs,
+									   (Oid *) statements[id].argtypes);
+
+		if (plan == NULL || SPI_keepplan(plan) != 0)
+			elog(ERROR, "could not prepare event_bridge delivery statement %d: %s",
+				 (int) id, SPI_result_code_string(SPI_result));
+		plans[id] = plan;
+	}
+	rc = SPI_execute_plan(plans[id], values, nulls, false, 0);
+	if (rc < 0)
+		elog(ERROR, "event_bridge delivery statement %d failed: %s",
+			 (int) id, SPI_result_code_string(rc));
+	return SPI_processed;
+}
+
+/* A column of a row that SPI returned. */
+static Datum
+column(uint64 row, int attno, bool *isnull)
+{
+	return SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, attno, isnull);
+}
+
+static int64
+column_int64(uint64 row, int attno)
+{
+	bool		isnull;
+	Datum		d = column(row, attno, &isnull);
+
+	return isnull ? -1 : DatumGetInt64(d);
+}
+
+static int32
+column_int32(uint64 row, int attno)
+{
+	bool		isnull;
+	Datum		d = column(row, attno, &isnull);
+
+	return isnull ? -1 : DatumGetInt32(d);
+}
+
+static bool
+column_bool(uint64 row, int attno)
+{
+	bool		isnull;
+	Datum		d = column(row, attno, &isnull);
+
+	return !isnull && DatumGetBool(d);
+}
+
+/* A text column as a string in the current memory context, or NULL. */
+static char *
+column_text(uint64 row, int attno)
+{
+	bool		isnull;
+	Datum		d = column(row, attno, &isnull);
+
+	return isnull ? NULL : TextDatumGetCString(d);
+}
+
+/* ---------------------------------------------------------------------
+ * Connectors in memory
+ * ------------------------------------------------------------------- */
+
+/* Forgets the batch in hand of a shard, stopping its request if in flight. */
+static void
+drop_batch(Shard *sh)
+{
+	if (sh->in_flight)
+		http_request_cancel(sh->request);
+	sh->in_flight = false;
+	sh->has_batch = false;
+	sh->not_before = 0;
+	MemoryContextReset(sh->batch_context);
+	memset(&sh->body, 0, sizeof(sh->body));
+}
+
+static void
+remove_connector(Connector *c)
+{
+	for (int i = 0; i < c->nshards; i++)
+	{
+		drop_batch(&c->shards[i]);
+		http_request_free(c->shards[i].request);
+		MemoryContextDelete(c->shards[i].batch_context);
+	}
+	if (c->shards != NULL)
+		pfree(c->shards);
+	MemoryContextDelete(c->context);
+	pfree(c);
+}
+
+static void
+create_shards(Connector *c, int nshards)
+{
+	c->nshards = nshards;
+	c->shards = MemoryContextAllocZero(worker_context, sizeof(Shard) * nshards);
+	for (int i = 0; i < nshards; i++)
+	{
+		Shard	   *sh = &c->shards[i];
+
+		sh->connector = c;
+		sh->shard_id = i;
+		sh->retry_last = -1;
+		sh->request = http_request_create(sh);
+		sh->batch_context = AllocSetContextCreate(worker_context, "event_bridge batch",
+												  ALLOCSET_DEFAULT_SIZES);
+	}
+}
+
+/* Takes a shard's catalog row (STMT_SHARDS, row i) into memory. */
+static void
+load_shard(Connector *c, uint64 i)
+{
+	int32		shard_id = column_int32(i, 1);
+	int32		generation = column_int32(i, 3);
+	bool		suspended = column_bool(i, 5);
+	Shard	   *sh;
+
+	if (shard_id < 0 || shard_id >= c->nshards)
+		return;
+	sh = &c->shards[shard_id];
+	if (!sh->loaded || generation != sh->generation)
+	{
+		/* Created or reset: start from the catalog's position. */
+		drop_batch(sh);
+		sh->delivered_sequence = column_int64(i, 2);
+		sh->generation = generation;
+		sh->retry_last = column_int64(i, 6);
+		sh->loaded = true;
+	}
+	sh->skip_before = column_int64(i, 4);
+	if (sh->suspended && !suspended)
+		sh->not_before = 0;		/* resumed: retry at once */
+	sh->suspended = suspended;
+}
+
+/*
+ * Reads a connector's configuration and shards from the catalog.  Returns
+ * false if the connector no longer exists.  Must be called inside a
+ * transaction.
+ */
+static bool
+load_connector(Connector *c)
+{
+	Datum		arg = Int32GetDatum(c->connector_id);
+	MemoryContext old;
+	ArrayType  *headers;
+	Datum	   *lines;
+	int			nlines;
+	bool		isnull;
+	char	   *endpoint;
+	char	   *format;
+	uint64		n;
+
+	if (run(STMT_CONNECTOR, &arg, NULL) != 1)
+		return false;
+
+	MemoryContextReset(c->context);
+	old = MemoryContextSwitchTo(c->context);
+	c->name = column_text(0, 1);
+	c->stream_id = column_int32(0, 2);
+	c->stream_name = column_text(0, 3);
+	endpoint = column_text(0, 5);
+	format = column_text(0, 6);
+	c->batch_size = column_int32(0, 7);
+	c->batch_window_ms = column_int64(0, 8);
+	c->retry_interval_ms = Max(column_int64(0, 9), 1);
+	c->max_retries = column_int32(0, 10);
+	c->timeout_ms = Max(column_int64(0, 11), 1);
+	headers = DatumGetArrayTypeP(column(0, 12, &isnull));
+	deconstruct_array(headers, TEXTOID, -1, false, TYPALIGN_INT, &lines, NULL, &nlines);
+	c->nheaders = nlines;
+	c->headers = palloc(sizeof(char *) * Max(nlines, 1));
+	for (int i = 0; i < nlines; i++)
+		c->headers[i] = TextDatumGetCString(lines[i]);
+	c->stopped = column_bool(0, 13);
+	c->version = column_int64(0, 14);
+	if (!format_by_name(format, &c->format))
+		c->format = EB_FORMAT_DATAHUB;	/* the table's CHECK forbids this */
+	c->unusable = (http_parse_endpoint(endpoint, &c->endpoint) != NULL);
+	if (c->unusable)
+		ereport(WARNING,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("event_bridge connector \"%s\" has an endpoint that is not a valid URL; it delivers nothing",
+						c->name)));
+	if (c->shards == NULL)
+		create_shards(c, column_int32(0, 4));
+	MemoryContextSwitchTo(old);
+
+	n = run(STMT_SHARDS, &arg, NULL);
+	for (uint64 i = 0; i < n; i++)
+		load_shard(c, i);
+	return true;
+}
+
+/*
+ * Brings the connectors in memory in line with the catalog: new ones are
+ * loaded, changed ones reloaded, dropped ones removed with their requests.
+ * Must be called inside a transaction.
+ */
+static void
+sync_connectors(void)
+{
+	uint64		n = run(STMT_VERSIONS, NULL, NULL);
+	int32	   *ids = palloc(sizeof(int32) * Max(n, 1));
+	int64	   *versions = palloc(sizeof(int64) * Max(n, 1));
+	ListCell   *lc;
+
+	/* Copy the rows: loading runs other statements. */
+	for (uint64 i = 0; i < n; i++)
+	{
+		ids[i] = column_int32(i, 1);
+		versions[i] = column_int64(i, 2);
+	}
+
+	foreach(lc, connectors)
+		((Connector *) lfirst(lc))->seen = false;
+	for (uint64 i = 0; i < n; i++)
+	{
+		Connector  *c = NULL;
+
+		foreach(lc, connectors)
+		{
+			if (((Connector *) lfirst(lc))->connector_id == ids[i])
+				c = (Connector *) lfirst(lc);
+		}
+		if (c == NULL)
+		{
+			MemoryContext old = MemoryContextSwitchTo(worker_context);
+
+			c = palloc0(sizeof(Connector));
+			c->connector_id = ids[i];
+			c->version = -1;
+			c->context = AllocSetContextCreate(worker_context, "event_bridge connector",
+											   ALLOCSET_SMALL_SIZES);
+			connectors = lappend(connectors, c);
+			MemoryContextSwitchTo(old);
+		}
+		c->seen = (c->version == versions[i] || load_connector(c));
+	}
+
+	foreach(lc, connectors)
+	{
+		Connector  *c = (Connector *) lfirst(lc);
+
+		if (!c->seen)
+		{
+			remove_connector(c);
+			connectors = foreach_delete_current(connectors, lc);
+		}
+	}
+}
+
+/* ---------------------------------------------------------------------
+ * Batches
+ * ------------------------------------------------------------------- */
+
+/* Moves a shard's offset over records it skips.  Must be called inside a transaction. */
+static void
+skip_records(Shard *sh, int64 last_skipped)
+{
+	Datum		values[4];
+
+	values[0] = Int32GetDatum(sh->connector->connector_id);
+	values[1] = Int32GetDatum(sh->shard_id);
+	values[2] = Int32GetDatum(sh->generation);
+	values[3] = Int64GetDatum(last_skipped);
+	if (run(STMT_SKIP, values, NULL) == 1)
+		sh->delivered_sequence = last_skipped;
+	else
+		sh->connector->version = -1;	/* reset meanwhile: reload */
+}
+
+/*
+ * Reads the next batch of an idle shard and builds its body.  Leaves the
+ * shard idle if there are no records yet, or if the batch window asks to
+ * wait for more.  Must be called inside a transaction.
+ */
+static void
+read_batch(Shard *sh, TimestampTz now)
+{
+	Connector  *c = sh->connector;
+	Datum		values[5];
+	FormatRecord *records;
+	FormatBatch batch;
+	uint64		n;
+	int			first = 0;
+	MemoryContext old;
+
+	values[0] = Int32GetDatum(c->stream_id);
+	values[1] = Int32GetDatum(sh->shard_id);
+	values[2] = Int64GetDatum(sh->delivered_sequence);
+	values[3] = Int64GetDatum(sh->retry_last >= 0 ? sh->retry_last : PG_INT64_MAX);
+	values[4] = Int32GetDatum(c->batch_size);
+	n = run(STMT_READ, values, NULL);
+	if (n == 0)
+		return;
+
+	records = palloc(sizeof(FormatRecord) * n);
+	for (uint64 i = 0; i < n; i++)
+	{
+		records[i].sequence = column_int64(i, 1);
+		records[i].system_time = column_int64(i, 2);
+		records[i].partition_key = column_text(i, 3);
+		records[i].data = column_text(i, 4);
+	}
+	if (records[0].sequence != sh->delivered_sequence + 1)
+		ereport(WARNING,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("event_bridge connector \"%s\" shard %d misses records " INT64_FORMAT " to " INT64_FORMAT,
+						c->name, sh->shard_id, sh->delivered_sequence + 1, records[0].sequence - 1),
+				 errdetail("They were removed before the connector delivered them.")));
+
+	/* Records appended before the start time are skipped, not sent. */
+	while (first < n && records[first].system_time < sh->skip_before)
+		first++;
+	if (first > 0)
+	{
+		skip_records(sh, records[first - 1].sequence);
+		if (first == n)
+		{
+			turn_again = (n == c->batch_size);
+			return;
+		}
+	}
+
+	/* A batch window waits for a full batch, up to the window's end. */
+	if (sh->retry_last < 0 && n - first < c->batch_size && c->batch_window_ms > 0)
+	{
+		TimestampTz window_end = from_epoch_ms(records[first].system_time + c->batch_window_ms);
+
+		if (now < window_end)
+		{
+			sh->not_before = window_end;
+			return;
+		}
+	}
+
+	batch.format = c->format;
+	batch.database = database_name;
+	batch.stream = c->stream_name;
+	batch.region = eb_region;
+	batch.shard_id = sh->shard_id;
+	batch.now_ms = epoch_ms(now);
+	batch.nrecords = n - first;
+	batch.records = records + first;
+
+	old = MemoryContextSwitchTo(sh->batch_context);
+	initStringInfo(&sh->body);
+	MemoryContextSwitchTo(old);
+	format_body(&sh->body, &batch);
+
+	sh->has_batch = true;
+	sh->first_sequence = records[first].sequence;
+	sh->last_sequence = records[n - 1].sequence;
+	sh->nrecords = n - first;
+	sh->not_before = 0;
+}
+
+/* Starts sending a shard's batch. */
+static void
+send_batch(Shard *sh)
+{
+	Connector  *c = sh->connector;
+
+	http_request_start(sh->request, &c->endpoint, c->headers, c->nheaders,
+					   sh->body.data, sh->body.len, c->timeout_ms);
+	sh->in_flight = true;
+}
+
+/*
+ * Milliseconds to wait before trying a batch again after its failures-th
+ * consecutive failure.  Constant for now; backoff would go here.
+ */
+static int64
+retry_delay_ms(Connector *c, int failures)
+{
+	return c->retry_interval_ms;
+}
+
+/* ---------------------------------------------------------------------
+ * Outcomes
+ * ------------------------------------------------------------------- */
+
+/* Adds an attempt to the attempts log and drops the oldest one kept. */
+static void
+log_attempt(Shard *sh, int64 attempt, const HttpOutcome *o)
+{
+	Datum		values[10];
+	char		nulls[10];
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = Int32GetDatum(sh->connector->connector_id);
+	values[1] = Int32GetDatum(sh->shard_id);
+	values[2] = Int64GetDatum(attempt);
+	values[3] = TimestampTzGetDatum(o->started_at);
+	values[4] = Float8GetDatum(o->elapsed_us / 1000.0);
+	values[5] = Int64GetDatum(sh->first_sequence);
+	values[6] = Int64GetDatum(sh->last_sequence);
+	values[7] = Int32GetDatum((int32) o->status);
+	nulls[7] = (o->status == 0) ? 'n' : ' ';
+	values[8] = CStringGetTextDatum(o->error);
+	nulls[8] = (o->error[0] == '\0') ? 'n' : ' ';
+	values[9] = CStringGetTextDatum(o->response);
+	nulls[9] = (o->response[0] == '\0') ? 'n' : ' ';
+	run(STMT_LOG_ATTEMPT, values, nulls);
+
+	values[2] = Int64GetDatum(attempt - EB_ATTEMPTS_KEPT);
+	run(STMT_TRIM_ATTEMPTS, values, NULL);
+}
+
+/*
+ * Records an attempt whose shard was reset (or dropped) while it ran: it
+ * counts and is logged, but moves nothing.
+ */
+static int64
+record_stale_outcome(Shard *sh, const HttpOutcome *o)
+{
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+
+	sh->connector->version = -1;
+	values[0] = Int32GetDatum(sh->connector->connector_id);
+	values[1] = Int32GetDatum(sh->shard_id);
+	values[2] = Int32GetDatum(o->ok ? 0 : 1);
+	values[3] = TimestampTzGetDatum(GetCurrentTimestamp());
+	values[4] = Int32GetDatum((int32) o->status);
+	nulls[4] = (o->status == 0) ? 'n' : ' ';
+	return run(STMT_STALE, values, nulls) == 1 ? column_int64(0, 1) : 0;
+}
+
+/*
+ * Records how a shard's attempt went: a success moves the offset and frees
+ * the shard for its next batch; a failure schedules the retry or suspends
+ * the shard.  Must be called inside a transaction.
+ */
+static void
+record_outcome(Shard *sh, const HttpOutcome *o)
+{
+	Connector  *c = sh->connector;
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	TimestampTz now = GetCurrentTimestamp();
+	int64		attempt = 0;
+
+	sh->in_flight = false;
+	values[0] = Int32GetDatum(c->connector_id);
+	values[1] = Int32GetDatum(sh->shard_id);
+	values[2] = Int32GetDatum(sh->generation);
+	values[5] = TimestampTzGetDatum(now);
+	values[6] = Int32GetDatum((int32) o->status);
+	nulls[6] = (o->status == 0) ? 'n' : ' ';
+
+	if (o->ok)
+	{
+		values[3] = Int64GetDatum(sh->last_sequence);
+		values[4] = Int32GetDatum(sh->nrecords);
+		values[7] = CStringGetTextDatum(psprintf("%d:" INT64_FORMAT,
+												 sh->shard_id, sh->last_sequence));
+		if (run(STMT_SUCCESS, values, nulls) == 1)
+		{
+			attempt = column_int64(0, 1);
+			sh->delivered_sequence = sh->last_sequence;
+			sh->retry_last = -1;
+		}
+		else
+			attempt = record_stale_outcome(sh, o);
+		if (attempt > 0)
+			log_attempt(sh, attempt, o);
+		drop_batch(sh);
+		return;
+	}
+
+	values[3] = Int32GetDatum(c->max_retries);
+	values[4] = Int64GetDatum(sh->last_sequence);
+	values[7] = CStringGetTextDatum(o->error);
+	if (run(STMT_FAILURE, values, nulls) != 1)
+	{
+		attempt = record_stale_outcome(sh, o);
+		if (attempt > 0)
+			log_attempt(sh, attempt, o);
+		drop_batch(sh);
+		return;
+	}
+
+	attempt = column_int64(0, 1);
+	sh->suspended = column_bool(0, 2);
+	sh->retry_last = sh->last_sequence;
+	sh->not_before = TimestampTzPlusMilliseconds(now, retry_delay_ms(c, column_int32(0, 3)));
+	if (sh->suspended)
+		ereport(LOG,
+				(errmsg("event_bridge connector \"%s\" shard %d is suspended after %d consecutive failures",
+						c->name, sh->shard_id, column_int32(0, 3)),
+				 errdetail("The last error was: %s.", o->error),
+				 errhint("Run SELECT event_bridge.resume_connector('%s') to retry.", c->name)));
+	log_attempt(sh, attempt, o);
+}
+
+/* ---------------------------------------------------------------------
+ * The loop
+ * ------------------------------------------------------------------- */
+
+/* May a shard send (or read) now, as far as its connector and state go? */
+static bool
+shard_active(Shard *sh)
+{
+	Connector  *c = sh->connector;
+
+	return sh->loaded && !sh->suspended && !c->stopped && !c->unusable;
+}
+
+/*
+ * One turn: record finished requests, read new batches, send what is due.
+ * woken says the latch was set: new records or changed connectors.
+ */
+static void
+delivery_turn(bool woken, TimestampTz *last_sync)
+{
+	List	   *finished = NIL;
+	Finished   *f;
+	TimestampTz now = GetCurrentTimestamp();
+	bool		catalog = woken || turn_again ||
+		TimestampDifferenceExceeds(*last_sync, now, EB_DELIVERY_CHECK_MS);
+	ListCell   *lc;
+
+	for (;;)
+	{
+		f = palloc(sizeof(Finished));
+		f->shard = (Shard *) http_next_finished(&f->outcome);
+		if (f->shard == NULL)
+			break;
+		finished = lappend(finished, f);
+	}
+
+	/* Batch windows that end now need a read. */
+	foreach(lc, connectors)
+	{
+		Connector  *c = (Connector *) lfirst(lc);
+
+		for (int i = 0; i < c->nshards; i++)
+			catalog |= (!c->shards[i].has_batch && c->shards[i].not_before != 0 &&
+						c->shards[i].not_before <= now);
+	}
+
+	if (catalog || finished != NIL)
+	{
+		MemoryContext turn_context = CurrentMemoryContext;
+
+		turn_again = false;
+		StartTransactionCommand();
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+
+		foreach(lc, finished)
+		{
+			f = (Finished *) lfirst(lc);
+			record_outcome(f->shard, &f->outcome);
+		}
+		sync_connectors();
+		foreach(lc, connectors)
+		{
+			Connector  *c = (Connector *) lfirst(lc);
+
+			for (int i = 0; i < c->nshards; i++)
+				if (!c->shards[i].has_batch && shard_active(&c->shards[i]))
+					read_batch(&c->shards[i], now);
+		}
+
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(turn_context);
+		pgstat_report_stat(false);
+		*last_sync = now;
+	}
+
+	/* Committed: now the network. */
+	now = GetCurrentTimestamp();
+	foreach(lc, connectors)
+	{
+		Connector  *c = (Connector *) lfirst(lc);
+
+		for (int i = 0; i < c->nshards; i++)
+		{
+			Shard	   *sh = &c->shards[i];
+
+			if (sh->has_batch && !sh->in_flight && shard_active(sh) && sh->not_before <= now)
+				send_batch(sh);
+		}
+	}
+}
+
+/* Milliseconds until the next turn is due without a wake-up. */
+static long
+next_turn_ms(TimestampTz last_sync)
+{
+	TimestampTz next = TimestampTzPlusMilliseconds(last_sync, EB_DELIVERY_CHECK_MS);
+	TimestampTz now = GetCurrentTimestamp();
+	ListCell   *lc;
+
+	if (turn_again)
+		return 0;
+	foreach(lc, connectors)
+	{
+		Connector  *c = (Connector *) lfirst(lc);
+
+		for (int i = 0; i < c->nshards; i++)
+		{
+			Shard	   *sh = &c->shards[i];
+
+			if (sh->not_before != 0 && !sh->in_flight && shard_active(sh))
+				next = Min(next, sh->not_before);
+		}
+	}
+	return (long) Max((next - now + 999) / 1000, 0);
+}
+
+/*
+ * Waits until the database's delivery origin exists (the capture worker
+ * creates it) and runs this session's transactions under it, so that the
+ * capture worker does not decode them.
+ */
+static void
+use_delivery_origin(void)
+{
+	char	   *name = psprintf(EB_DELIVERY_ORIGIN_FORMAT, MyDatabaseId);
+
+	for (;;)
+	{
+		RepOriginId origin;
+
+		StartTransactionCommand();
+		origin = replorigin_by_name(name, true);
+		if (origin != InvalidRepOriginId)
+		{
+			replorigin_session_setup(origin);
+			replorigin_session_origin = origin;
+		}
+		CommitTransactionCommand();
+		if (origin != InvalidRepOriginId)
+			return;
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 EB_DELIVERY_CHECK_MS, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (!eb_extension_installed(&extension_oid, "delivery"))
+			eb_exit_without_extension(my_db, "delivery");
+	}
+}
+
+void
+event_bridge_delivery_main(Datum main_arg)
+{
+	Oid			dboid = DatumGetObjectId(main_arg);
+	MemoryContext loop_context;
+	TimestampTz last_sync = 0;
+	TimestampTz last_check = GetCurrentTimestamp();
+	bool		woken = true;
+
+	my_db = eb_worker_start(main_arg, EB_WORKER_DELIVERY);
+	if (!eb_extension_installed(&extension_oid, "delivery"))
+		eb_exit_without_extension(my_db, "delivery");
+	use_delivery_origin();
+
+	worker_context = AllocSetContextCreate(TopMemoryContext, "event_bridge delivery",
+										   ALLOCSET_DEFAULT_SIZES);
+	loop_context = AllocSetContextCreate(TopMemoryContext, "event_bridge delivery turn",
+										 ALLOCSET_DEFAULT_SIZES);
+	StartTransactionCommand();
+	database_name = MemoryContextStrdup(worker_context, get_database_name(dboid));
+	CommitTransactionCommand();
+	http_init();
+	pgstat_report_activity(STATE_RUNNING, "delivering");
+
+	for (;;)
+	{
+		MemoryContext old;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		if (TimestampDifferenceExceeds(last_check, GetCurrentTimestamp(), EB_DELIVERY_CHECK_MS))
+		{
+			if (!eb_extension_installed(&extension_oid, "delivery"))
+				eb_exit_without_extension(my_db, "delivery");
+			last_check = GetCurrentTimestamp();
+		}
+
+		old = MemoryContextSwitchTo(loop_context);
+		delivery_turn(woken, &last_sync);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(loop_context);
+
+		woken = http_wait(next_turn_ms(last_sync), PG_WAIT_EXTENSION);
+	}
+}

@@ -1,0 +1,54 @@
+/*-------------------------------------------------------------------------
+ *
+ * format.h
+ *	  Event bodies: a batch of records of one shard turned into the JSON
+ *	  body of one HTTP POST, in one of the supported event formats.
+ *
+ * IDENTIFICATION
+ *	  src/format.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef EVENT_BRIDGE_FORMAT_H
+#define EVENT_BRIDGE_FORMAT_H
+
+#include "postgres.h"
+
+#include "lib/stringinfo.h"
+
+/* The event formats a connector can deliver in (connectors.format). */
+typedef enum EbFormat
+{
+	EB_FORMAT_DATAHUB = 0,		/* Alibaba DataHub -> Function Compute */
+	EB_FORMAT_DIS				/* Huawei FunctionGraph DIS trigger */
+} EbFormat;
+
+/* One record, as a body needs it; the strings belong to the caller. */
+typedef struct FormatRecord
+{
+	int64		sequence;
+	int64		system_time;	/* epoch milliseconds */
+	const char *partition_key;	/* NULL: the row has no key */
+	const char *data;			/* the record's JSON array, as text */
+} FormatRecord;
+
+/*
+ * A batch: consecutive records of one shard, and what the envelope names.
+ * now_ms is the sending time, for DIS's millis_behind_latest.
+ */
+typedef struct FormatBatch
+{
+	EbFormat	format;
+	const char *database;
+	const char *stream;
+	const char *region;
+	int32		shard_id;
+	int64		now_ms;
+	int			nrecords;
+	const FormatRecord *records;
+} FormatBatch;
+
+extern bool format_by_name(const char *name, EbFormat *format);
+extern void format_body(StringInfo out, const FormatBatch *batch);
+
+#endif							/* EVENT_BRIDGE_FORMAT_H */

@@ -1,0 +1,62 @@
+/*-------------------------------------------------------------------------
+ *
+ * http.h
+ *	  The HTTP transport of the delivery worker: POST requests driven by one
+ *	  libcurl multi handle, waited for together with the process latch.
+ *
+ * IDENTIFICATION
+ *	  src/http.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef EVENT_BRIDGE_HTTP_H
+#define EVENT_BRIDGE_HTTP_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+
+/* Bytes of a response body kept for the attempts log. */
+#define EB_HTTP_RESPONSE_KEEP	256
+
+/* Bytes of an error text, libcurl's CURL_ERROR_SIZE. */
+#define EB_HTTP_ERROR_SIZE		256
+
+/*
+ * An endpoint as requests use it: the URL without its userinfo, which goes
+ * apart so that no error text can echo it.  Strings are palloc'd.
+ */
+typedef struct HttpEndpoint
+{
+	char	   *url;
+	char	   *scheme;			/* lower case; NULL if the URL has none */
+	char	   *username;		/* NULL: none */
+	char	   *password;		/* NULL: none */
+} HttpEndpoint;
+
+/* One reusable request slot; it keeps its libcurl handle and connection. */
+typedef struct HttpRequest HttpRequest;
+
+/* How a finished request went. */
+typedef struct HttpOutcome
+{
+	bool		ok;				/* answered with a 2xx status */
+	long		status;			/* HTTP status, 0 if there was no answer */
+	char		error[EB_HTTP_ERROR_SIZE];	/* "" when ok */
+	char		response[EB_HTTP_RESPONSE_KEEP + 1];	/* start of the body */
+	TimestampTz started_at;
+	int64		elapsed_us;
+} HttpOutcome;
+
+extern const char *http_parse_endpoint(const char *url, HttpEndpoint *endpoint);
+extern void http_init(void);
+extern HttpRequest *http_request_create(void *owner);
+extern void http_request_free(HttpRequest *request);
+extern void http_request_start(HttpRequest *request, const HttpEndpoint *endpoint,
+							   char *const *headers, int nheaders,
+							   const char *body, size_t body_len, int64 timeout_ms);
+extern void http_request_cancel(HttpRequest *request);
+extern void *http_next_finished(HttpOutcome *outcome);
+extern bool http_wait(long timeout_ms, uint32 wait_event_info);
+
+#endif							/* EVENT_BRIDGE_HTTP_H */
