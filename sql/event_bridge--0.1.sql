@@ -560,6 +560,8 @@ BEGIN
     RETURN lo;
 END
 $$;
+COMMENT ON FUNCTION event_bridge._start_sequence(int, int, bigint) IS
+    'Internal: the first sequence of a shard appended at or after a time (epoch ms), or the shard''s next sequence';
 
 /*
  * Checks the caller's rights, locks a connector against concurrent API calls,
@@ -588,6 +590,8 @@ BEGIN
     RETURN cid;
 END
 $$;
+COMMENT ON FUNCTION event_bridge._lock_connector(text) IS
+    'Internal: checks rights, locks a connector by name, bumps its version so the delivery worker reloads it, returns its id';
 
 CREATE FUNCTION event_bridge.create_connector(
     connector_name text,
@@ -831,6 +835,8 @@ SET search_path = pg_catalog
 AS $$
     SELECT regexp_replace(endpoint, '^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@]*@', '\1***@')
 $$;
+COMMENT ON FUNCTION event_bridge._endpoint_without_secrets(text) IS
+    'Internal: an endpoint URL with its userinfo masked, as the status views show it';
 
 CREATE VIEW event_bridge.shard_status AS
 SELECT c.connector_name,

@@ -46,7 +46,8 @@ event_bridge_check_endpoint(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("endpoint is not a valid URL"),
-				 errdetail("%s", problem)));
+				 errdetail("%s", problem),
+				 errhint("An endpoint is an http:// or https:// URL, such as https://fc.example.com/invoke.")));
 	if (endpoint.scheme == NULL ||
 		(strcmp(endpoint.scheme, "http") != 0 && strcmp(endpoint.scheme, "https") != 0))
 		ereport(ERROR,

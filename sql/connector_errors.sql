@@ -1,0 +1,115 @@
+-- Connectors: bad input is refused with a specific SQLSTATE (printed after
+-- each case) and a message that names the bad value but never a secret;
+-- a refused call changes nothing.
+CREATE EXTENSION event_bridge;
+\set SHOW_CONTEXT never
+CREATE TABLE t (id int PRIMARY KEY, v text);
+ALTER TABLE t REPLICA IDENTITY FULL;
+SELECT event_bridge.create_stream('s', ARRAY['t']::regclass[], shard_count => 2);
+SELECT event_bridge.create_connector('taken', 's', 'http://127.0.0.1:1/');
+
+-- a NULL connector name
+SELECT event_bridge.create_connector(NULL, 's', 'http://127.0.0.1:1/'); \echo :SQLSTATE
+-- a NULL endpoint
+SELECT event_bridge.create_connector('c', 's', NULL); \echo :SQLSTATE
+-- a NULL batch_size
+SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', batch_size => NULL); \echo :SQLSTATE
+-- a connector name with a space
+SELECT event_bridge.create_connector('my connector', 's', 'http://127.0.0.1:1/'); \echo :SQLSTATE
+-- an unknown stream
+SELECT event_bridge.create_connector('c', 'no_such_stream', 'http://127.0.0.1:1/'); \echo :SQLSTATE
+-- a name that is taken
+SELECT event_bridge.create_connector('taken', 's', 'http://127.0.0.1:1/'); \echo :SQLSTATE
+-- an ftp URL
+SELECT event_bridge.create_connector('c', 's', 'ftp://fc.example.com/invoke'); \echo :SQLSTATE
+-- a URL without a scheme
+SELECT event_bridge.create_connector('c', 's', 'fc.example.com/invoke'); \echo :SQLSTATE
+-- no URL at all
+SELECT event_bridge.create_connector('c', 's', 'http://'); \echo :SQLSTATE
+-- a URL with a space
+SELECT event_bridge.create_connector('c', 's', 'http://fc.example.com/in voke'); \echo :SQLSTATE
+-- a bad scheme whose userinfo holds a password: the error does not quote it
+SELECT event_bridge.create_connector('c', 's', 'gopher://user:s3cret@fc.example.com/'); \echo :SQLSTATE
+-- an unknown format
+SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', format => 'xml'); \echo :SQLSTATE
+-- a format in the wrong case
+SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', format => 'DIS'); \echo :SQLSTATE
+-- batch_size below and above 1..10000
+SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', batch_size => 0); \echo :SQLSTATE
+SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', batch_size => 10001); \echo :SQLSTATE
+-- a negative batch_window
+SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', batch_window => '-1 second'); \echo :SQLSTATE
+-- a batch_window over a day
+SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', batch_window => '25 hours'); \echo :SQLSTATE
+-- a zero retry_interval
+SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', retry_interval => '0'); \echo :SQLSTATE
+-- a negative timeout
+SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', timeout => '-5 seconds'); \echo :SQLSTATE
+-- a zero timeout
+SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', timeout => '0'); \echo :SQLSTATE
+-- a negative max_retries
+SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', max_retries => -1); \echo :SQLSTATE
+-- headers that are an array
+SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', headers => '["X-Auth-Token"]'); \echo :SQLSTATE
+-- headers that are a string
+SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', headers => '"token"'); \echo :SQLSTATE
+-- a header whose value is a number
+SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', headers => '{"X-Auth-Token": 42}'); \echo :SQLSTATE
+-- a header whose value is an object
+SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', headers => '{"X-Auth-Token": {"v": "s3cret"}}'); \echo :SQLSTATE
+-- a header value with a line break (header injection): the error does not quote it
+SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', headers => '{"X-Auth-Token": "s3cret\r\nX-Evil: 1"}'); \echo :SQLSTATE
+-- a header name with a space
+SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', headers => '{"X Auth": "s3cret"}'); \echo :SQLSTATE
+-- an empty header name
+SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', headers => '{"": "s3cret"}'); \echo :SQLSTATE
+-- a header that frames the request
+SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', headers => '{"Content-Length": "5"}'); \echo :SQLSTATE
+
+-- Nothing of the refused calls is left.
+SELECT connector_name FROM event_bridge.connectors ORDER BY 1;
+SELECT count(*) AS shard_rows FROM event_bridge.connector_shards;
+
+-- stop, start, resume, reset and drop of an unknown connector
+SELECT event_bridge.stop_connector('nope'); \echo :SQLSTATE
+SELECT event_bridge.start_connector('nope'); \echo :SQLSTATE
+SELECT event_bridge.resume_connector('nope'); \echo :SQLSTATE
+SELECT event_bridge.reset_connector('nope', now()); \echo :SQLSTATE
+SELECT event_bridge.drop_connector('nope'); \echo :SQLSTATE
+-- a NULL name
+SELECT event_bridge.stop_connector(NULL); \echo :SQLSTATE
+SELECT event_bridge.drop_connector(NULL); \echo :SQLSTATE
+
+-- _format_batch with arrays of different lengths
+SELECT event_bridge._format_batch('datahub', 'd', 's', 'r', 0, '{1,2}', '{1}', '{a}', '{x}', 0); \echo :SQLSTATE
+-- _format_batch with no records
+SELECT event_bridge._format_batch('datahub', 'd', 's', 'r', 0, '{}', '{}', '{}', '{}', 0); \echo :SQLSTATE
+-- _format_batch with a NULL record
+SELECT event_bridge._format_batch('dis', 'd', 's', 'r', 0, '{1}', '{1}', '{a}', '{NULL}', 0); \echo :SQLSTATE
+
+-- Rights: only superusers and event_bridge_admin members manage connectors
+-- and read them; admins see header values, the views show names only.
+CREATE ROLE eb_nobody;
+CREATE ROLE eb_admin_member IN ROLE event_bridge_admin;
+SET ROLE eb_nobody;
+-- a user who is no admin creates a connector
+SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/'); \echo :SQLSTATE
+-- a user who is no admin stops one
+SELECT event_bridge.stop_connector('taken'); \echo :SQLSTATE
+-- a user who is no admin reads the headers
+SELECT headers FROM event_bridge.connectors; \echo :SQLSTATE
+-- a user who is no admin reads the status
+SELECT state FROM event_bridge.connector_status; \echo :SQLSTATE
+RESET ROLE;
+SET ROLE eb_admin_member;
+SELECT event_bridge.create_connector('by_member', 's', 'https://fc.example.com/invoke',
+    headers => '{"X-Auth-Token": "s3cret", "X-Tenant": "t1"}');
+SELECT connector_name, header_names FROM event_bridge.connector_status ORDER BY 1;
+SELECT headers->>'X-Auth-Token' AS token FROM event_bridge.connectors WHERE connector_name = 'by_member';
+SELECT event_bridge.drop_connector('by_member');
+RESET ROLE;
+
+-- Clean up: DROP EXTENSION stops the workers and drops the slot.
+DROP EXTENSION event_bridge;
+DROP ROLE eb_nobody, eb_admin_member;
+DROP TABLE t;
