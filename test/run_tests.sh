@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# test/run_tests.sh: the whole test suite, on a fresh Debian 12 machine.
+# Installs what it needs, builds and installs event_bridge, then runs the
+# pg_regress suite and the TAP suite (each in throw-away servers) as a
+# non-root user, in a copy of the tree that user owns.
+#
+#   sudo bash test/run_tests.sh            # everything
+#   sudo bash test/run_tests.sh regress    # pg_regress only
+#   sudo bash test/run_tests.sh tap [t/file.pl ...]   # TAP only
+
+source "$(dirname "$0")/setup.sh"
+eb_need_root
+eb_install_packages
+eb_ensure_user
+eb_build_install
+
+what=${1:-all}
+shift || true
+
+work=$(mktemp -d /tmp/event_bridge-tests.XXXXXX)
+cp -a "$EB_ROOT/." "$work/"
+rm -rf "$work/.git" "$work/results" "$work/tmp_check" "$work/log"
+chown -R "$EB_USER" "$work"
+cd "$work"
+
+status=0
+if [ "$what" = all ] || [ "$what" = regress ]; then
+    echo "== pg_regress"
+    if ! eb_as_user make -s installcheck PG_CONFIG="$PG_BIN/pg_config" PROVE_TESTS= TAP_TESTS= ; then
+        status=1
+        [ -f regression.diffs ] && cat regression.diffs
+    fi
+fi
+if [ "$what" = all ] || [ "$what" = tap ]; then
+    echo "== TAP"
+    tests=${*:-$(ls test/t/*.pl)}
+    if ! eb_as_user make -s installcheck PG_CONFIG="$PG_BIN/pg_config" REGRESS= PROVE_FLAGS="--timer" PROVE_TESTS="$tests"; then
+        status=1
+        for f in tmp_check/log/regress_log_*; do
+            [ -f "$f" ] && { echo "---- $f (last 60 lines)"; tail -60 "$f"; }
+        done
+    fi
+fi
+
+if [ $status -eq 0 ]; then
+    echo "== all tests passed"
+    rm -rf "$work"
+else
+    echo "== tests FAILED; outputs kept in $work" >&2
+fi
+exit $status

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# test/setup.sh: shared by demo.sh, run_tests.sh and bench scripts.
+# Installs what event_bridge needs on Debian 12 (as root), builds and
+# installs the extension, and provides the non-root user that runs servers.
+
+set -euo pipefail
+
+EB_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+EB_USER=${EB_USER:-eb_test}
+PG_BIN=/usr/lib/postgresql/15/bin
+export PATH="$PG_BIN:$PATH"
+
+eb_need_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "run this as root (it installs packages and the extension): sudo bash $0" >&2
+        exit 1
+    fi
+}
+
+# Installs the Debian packages that are missing.
+eb_install_packages() {
+    local wanted="postgresql-15 postgresql-server-dev-15 libcurl4-openssl-dev libipc-run-perl make gcc python3 curl $*"
+    local missing=()
+    for p in $wanted; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "== installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+# Creates the non-root user that runs PostgreSQL servers.
+eb_ensure_user() {
+    id "$EB_USER" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$EB_USER"
+}
+
+# Builds and installs the extension into the system's PostgreSQL 15.
+eb_build_install() {
+    echo "== building and installing event_bridge"
+    make -C "$EB_ROOT" -s PG_CONFIG="$PG_BIN/pg_config" >/dev/null
+    make -C "$EB_ROOT" -s PG_CONFIG="$PG_BIN/pg_config" install >/dev/null
+}
+
+# Runs a command as the server user.
+eb_as_user() {
+    runuser -u "$EB_USER" -- "$@"
+}

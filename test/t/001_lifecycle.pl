@@ -1,0 +1,135 @@
+# Worker lifecycle: start by themselves in every database with the extension,
+# come back after a restart and a crash, go away on drop_stream, DROP
+# EXTENSION and DROP DATABASE; missing settings give the exact line to add.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use EventBridgeTest;
+
+my $node = eb_node('lifecycle');
+
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'event_bridge launcher'"),
+	'the launcher starts with the server');
+
+for my $db ('db1', 'db2')
+{
+	$node->safe_psql('postgres', "CREATE DATABASE $db");
+	$node->safe_psql($db, q{
+		CREATE EXTENSION event_bridge;
+		CREATE TABLE t (id int PRIMARY KEY, v text);
+		ALTER TABLE t REPLICA IDENTITY FULL;
+		SELECT event_bridge.create_stream('s', ARRAY['t']::regclass[], shard_count => 2);
+		INSERT INTO t SELECT g, 'a' FROM generate_series(1, 10) g;});
+	ok(wait_capture($node, $db), "$db: captured");
+	is($node->safe_psql($db, 'SELECT records FROM event_bridge.stream_status'), '10',
+		"$db: ten records");
+	isnt(worker_pid($node, $db, 'capture'), '', "$db: capture worker runs");
+}
+is($node->safe_psql('postgres',
+	"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'event_bridge capture'"),
+	'2', 'one capture worker per database with the extension, none elsewhere');
+
+# Restart: workers come back and changes made while down are captured once.
+$node->stop('fast');
+$node->start;
+$node->safe_psql('db1', "INSERT INTO t SELECT g, 'b' FROM generate_series(11, 20) g");
+ok($node->poll_query_until('db1',
+	"SELECT count(*) = 2 FROM pg_stat_activity WHERE backend_type = 'event_bridge capture'"),
+	'capture workers of both databases back after restart');
+ok(wait_capture($node, 'db1'), 'db1: captured after restart');
+is($node->safe_psql('db1', 'SELECT records FROM event_bridge.stream_status'), '20',
+	'db1: every change once after restart');
+
+# Crash: kill -9 of the capture worker restarts the whole server.
+my $pid = worker_pid($node, 'db1', 'capture');
+$node->safe_psql('db1', "INSERT INTO t SELECT g, 'c' FROM generate_series(21, 30) g");
+kill 'KILL', $pid;
+ok($node->poll_query_until('db1',
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'event_bridge capture' AND datname = 'db1'"),
+	'capture worker back after a crash');
+$node->safe_psql('db1', "INSERT INTO t SELECT g, 'd' FROM generate_series(31, 40) g");
+ok(wait_capture($node, 'db1'), 'db1: captured after crash');
+is($node->safe_psql('db1', 'SELECT records FROM event_bridge.stream_status'), '40',
+	'db1: every change once after a crash');
+is(shard_gaps($node, 'db1', 's'), '', 'db1: sequences gapless after a crash');
+
+# drop_stream: records go, the worker stays for the other streams.
+$node->safe_psql('db1', q{
+	SELECT event_bridge.create_stream('s2', ARRAY['t']::regclass[]);
+	SELECT event_bridge.drop_stream('s');
+	INSERT INTO t VALUES (41, 'e');});
+ok(wait_capture($node, 'db1'), 'db1: captured after drop_stream');
+is($node->safe_psql('db1', 'SELECT count(*) FROM event_bridge.records'), '1',
+	'drop_stream removed the records of the dropped stream');
+
+# DROP EXTENSION: the worker goes and the slot is dropped.
+my $db2oid = $node->safe_psql('postgres', "SELECT oid FROM pg_database WHERE datname = 'db2'");
+$node->safe_psql('db2', 'DROP EXTENSION event_bridge');
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) = 0 FROM pg_replication_slots WHERE slot_name = 'event_bridge_$db2oid'"),
+	'DROP EXTENSION drops the slot');
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'event_bridge capture' AND datname = 'db2'"),
+	'DROP EXTENSION stops the capture worker');
+
+# ... and CREATE EXTENSION again starts afresh.
+$node->safe_psql('db2', q{
+	CREATE EXTENSION event_bridge;
+	SELECT event_bridge.create_stream('s', ARRAY['t']::regclass[]);
+	INSERT INTO t VALUES (100, 'again');});
+ok(wait_capture($node, 'db2'), 'db2: captured after CREATE EXTENSION again');
+is($node->safe_psql('db2', 'SELECT records FROM event_bridge.stream_status'), '1',
+	'db2: a new stream holds only new changes');
+
+# DROP DATABASE while its worker is busy.
+my $db1oid = $node->safe_psql('postgres', "SELECT oid FROM pg_database WHERE datname = 'db1'");
+$node->safe_psql('db1', "INSERT INTO t SELECT g, 'x' FROM generate_series(1000, 50000) g");
+$node->safe_psql('postgres', 'DROP DATABASE db1');
+is($node->safe_psql('postgres',
+	"SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'event_bridge_$db1oid'"),
+	'0', 'DROP DATABASE succeeds and drops the slot');
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'event_bridge capture' AND datname = 'db1'"),
+	'no worker left for the dropped database');
+ok(wait_capture($node, 'db2'), 'db2 still captures');
+
+# Missing settings: the first call that needs one names the exact line.
+$node->append_conf('postgresql.conf', "output_plugin_libraries = 'pgoutput, test_decoding'");
+$node->reload;
+$node->safe_psql('postgres', 'CREATE DATABASE db3');
+$node->safe_psql('db3', 'CREATE EXTENSION event_bridge; CREATE TABLE t (id int PRIMARY KEY)');
+my ($ret, $out, $err) = $node->psql('db3',
+	"SELECT event_bridge.create_stream('s', ARRAY['t']::regclass[], before_images => false)");
+like($err, qr/HINT:  Add output_plugin_libraries = 'pgoutput, test_decoding, event_bridge' to postgresql.conf and reload the server/,
+	'output_plugin_libraries: the hint is the exact line');
+is($node->safe_psql('db3', 'SELECT count(*) FROM event_bridge.streams'), '0',
+	'nothing created');
+
+$node->stop;
+
+# A server configured with nothing: one hint at a time, each the exact line.
+my $bare = PostgreSQL::Test::Cluster->new('bare');
+$bare->init;
+$bare->append_conf('postgresql.conf', "wal_level = replica");
+$bare->start;
+$bare->safe_psql('postgres', 'CREATE EXTENSION event_bridge; CREATE TABLE t (id int PRIMARY KEY)');
+($ret, $out, $err) = $bare->psql('postgres',
+	"SELECT event_bridge.create_stream('s', ARRAY['t']::regclass[], before_images => false)");
+like($err, qr/HINT:  Add shared_preload_libraries = 'event_bridge' to postgresql.conf and restart the server/,
+	'shared_preload_libraries: the hint is the exact line');
+$bare->append_conf('postgresql.conf', "shared_preload_libraries = 'event_bridge'");
+$bare->restart;
+($ret, $out, $err) = $bare->psql('postgres',
+	"SELECT event_bridge.create_stream('s', ARRAY['t']::regclass[], before_images => false)");
+like($err, qr/HINT:  Add wal_level = logical to postgresql.conf and restart the server/,
+	'wal_level: the hint is the exact line');
+is($bare->safe_psql('postgres', 'SELECT count(*) FROM event_bridge.streams'), '0',
+	'nothing created');
+$bare->stop;
+
+done_testing();
