@@ -43,8 +43,11 @@ order; cut-off requests do not count):
                     slow = sleep --slow-ms then 200; reset = close the socket
                     with SO_LINGER 0 (client sees a TCP reset); partial =
                     headers promise more body than is sent, then close.
---print writes one line per record to stdout: "<event_id>  <data>"; if the
-array starts with two strings they are shown first (e.g. "I public.orders").
+--print writes one line per record to stdout: "<event_id>  <op> <table>
+<columns>" for event_bridge's TUPLE records (op and table are fields 1 and
+4 of the data array, the columns follow its eight metadata fields), else
+"<event_id>  <data>".
+--keep-body adds the raw request body to each log line as "body".
 """
 import argparse, base64, hashlib, http.server, json, os, random
 import signal, socket, struct, sys, threading, time
@@ -108,10 +111,11 @@ def choose_fault():
 
 
 def summary(data, width=120):
-    """Short text for --print: two leading strings (op, table), then rest."""
-    if isinstance(data, list) and len(data) >= 2 \
-            and isinstance(data[0], str) and isinstance(data[1], str):
-        text = f"{data[0]} {data[1]}  {json.dumps(data[2:])}"
+    """Short text for --print: operation, table and columns of a record."""
+    if isinstance(data, list) and len(data) >= 8 \
+            and isinstance(data[1], str) and isinstance(data[4], str):
+        flags = "before" if data[6] == "Y" else "after"
+        text = f"{data[1]} {data[4]} {flags:6} {json.dumps(data[8:], ensure_ascii=False)}"
     else:
         text = json.dumps(data)
     return text if len(text) <= width else text[:width - 3] + "..."
@@ -173,6 +177,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                  "event_ids": [r["event_id"] for r in recs],
                  "body_sha256": hashlib.sha256(body).hexdigest(),
                  "records": recs}
+        if ARGS.keep_body:
+            entry["body"] = body.decode("utf-8", "replace")
         with LOCK:                     # decide, count and log atomically
             fault = None if error else choose_fault()
             if error:
@@ -246,6 +252,8 @@ def main():
     p.add_argument("--port", type=int, required=True, help="0 = a free port")
     p.add_argument("--log", required=True, help="JSON-lines file to append")
     p.add_argument("--print", action="store_true", help="print each record")
+    p.add_argument("--keep-body", action="store_true",
+                   help="log the raw request body too")
     p.add_argument("--delay-ms", type=int, default=0)
     p.add_argument("--fail-first", type=int, default=0)
     p.add_argument("--fail-status", type=int, default=500)

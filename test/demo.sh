@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# test/demo.sh: the main job, end to end, on a fresh Debian 12 machine.
+# Installs what it needs, builds and installs event_bridge, starts a
+# throw-away PostgreSQL with the extension and a local function endpoint
+# (test/receiver.py), creates a stream and a connector, makes changes, and
+# shows the records, the events the function received and the status views.
+# Everything is removed at the end.
+#
+#   sudo bash test/demo.sh
+
+source "$(dirname "$0")/setup.sh"
+eb_need_root
+eb_install_packages
+eb_ensure_user
+eb_build_install
+
+PORT=${PORT:-55433}
+DIR=$(mktemp -d /tmp/event_bridge-demo.XXXXXX)
+chown "$EB_USER" "$DIR"
+cleanup() {
+    [ -f "$DIR/receiver.pid" ] && kill "$(cat "$DIR/receiver.pid")" 2>/dev/null
+    eb_as_user pg_ctl -D "$DIR/data" -m fast stop >/dev/null 2>&1
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+echo "== starting a throw-away PostgreSQL 15 in $DIR"
+eb_as_user initdb -D "$DIR/data" -A trust -U postgres >/dev/null
+cat >> "$DIR/data/postgresql.conf" <<CONF
+# event_bridge needs these three lines:
+shared_preload_libraries = 'event_bridge'
+wal_level = logical
+output_plugin_libraries = 'pgoutput, test_decoding, event_bridge'
+
+port = $PORT
+unix_socket_directories = '$DIR'
+listen_addresses = ''
+CONF
+eb_as_user pg_ctl -D "$DIR/data" -l "$DIR/server.log" -w start >/dev/null
+
+echo "== starting a local function endpoint (test/receiver.py)"
+eb_as_user python3 "$EB_ROOT/test/receiver.py" --port 0 --port-file "$DIR/receiver.port" \
+    --log "$DIR/received.jsonl" --print --keep-body > "$DIR/received.txt" 2>&1 &
+echo $! > "$DIR/receiver.pid"
+for _ in $(seq 100); do [ -s "$DIR/receiver.port" ] && break; sleep 0.1; done
+ENDPOINT="http://127.0.0.1:$(cat "$DIR/receiver.port")/invoke"
+
+PSQL="psql -X -h $DIR -p $PORT -U postgres -d postgres -v ON_ERROR_STOP=1"
+run() { echo; echo "postgres=# $1"; $PSQL -c "$1"; }
+
+run "CREATE EXTENSION event_bridge"
+run "CREATE TABLE orders (id int PRIMARY KEY, customer text, amount numeric(10,2));
+ALTER TABLE orders REPLICA IDENTITY FULL"
+run "SELECT event_bridge.create_stream('orders', ARRAY['orders']::regclass[], shard_count => 2)"
+run "SELECT event_bridge.create_connector('orders_fc', 'orders', '$ENDPOINT',
+       headers => '{\"X-Auth-Token\": \"demo-secret\"}')"
+run "INSERT INTO orders VALUES (1, 'alice', 10.50), (2, 'bob', 20.00), (3, 'carol', 30.00)"
+run "UPDATE orders SET amount = 12.00 WHERE id = 1"
+run "DELETE FROM orders WHERE id = 2"
+
+# Wait until the connector has delivered everything.
+for _ in $(seq 300); do
+    [ "$($PSQL -At -c "SELECT pending = 0 AND delivered = 6 FROM event_bridge.connector_status")" = t ] && break
+    sleep 0.1
+done
+
+run "SELECT event_id, operation, data FROM event_bridge.get_records('orders', 0, 0)
+UNION ALL
+SELECT event_id, operation, data FROM event_bridge.get_records('orders', 1, 0)"
+echo
+echo "== the function received (eventId, operation, table, image, columns):"
+grep -v '^receiver:' "$DIR/received.txt"
+echo
+echo "== the first request body, as the function got it:"
+python3 -c 'import json, sys; print(json.dumps(json.loads(json.loads(open(sys.argv[1]).readline())["body"]), indent=1))' "$DIR/received.jsonl"
+run "SELECT * FROM event_bridge.stream_status"
+run "SELECT connector_name, stream_name, endpoint, state, delivered, pending, lag_ms, last_event_id,
+       failures, last_error, last_http_status, header_names
+  FROM event_bridge.connector_status"
+run "SELECT connector_name, shard_id, state, delivered_sequence, next_sequence, pending, failures, last_error
+  FROM event_bridge.shard_status ORDER BY shard_id"
