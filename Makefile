@@ -7,6 +7,7 @@ OBJS = \
 	src/launcher.o \
 	src/decoder.o \
 	src/capture.o \
+	src/retention.o \
 	src/api.o \
 	src/format.o \
 	src/http.o \

@@ -47,6 +47,7 @@
 #include "storage/buffile.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -458,6 +459,25 @@ reset_after_flush(void)
 }
 
 /*
+ * Sets or clears this process's PROC_IN_LOGICAL_DECODING flag.  Snapshots of
+ * other backends leave out the transactions of a process with the flag set,
+ * as if they had ended: a reader of event_bridge.records would then take a
+ * flush that is still running for an aborted one and mark its rows invalid
+ * for good (HEAP_XMIN_INVALID).  So the flag is off while a flush writes.
+ */
+static void
+set_in_logical_decoding(bool on)
+{
+	LWLockAcquire(ProcArrayLock, LW_EXCLUSIVE);
+	if (on)
+		MyProc->statusFlags |= PROC_IN_LOGICAL_DECODING;
+	else
+		MyProc->statusFlags &= ~PROC_IN_LOGICAL_DECODING;
+	ProcGlobal->statusFlags[MyProc->pgxactoff] = MyProc->statusFlags;
+	LWLockRelease(ProcArrayLock);
+}
+
+/*
  * Appends the pending records and the capture state in one transaction that
  * also moves the origin to upto, then lets the slot advance to upto.
  */
@@ -465,8 +485,11 @@ static void
 flush(XLogRecPtr upto)
 {
 	int64		now_ms;
+	bool		decoding = (MyProc->statusFlags & PROC_IN_LOGICAL_DECODING) != 0;
 
 	InvalidateSystemCaches();
+	if (decoding)
+		set_in_logical_decoding(false);
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
@@ -483,6 +506,8 @@ flush(XLogRecPtr upto)
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	if (decoding)
+		set_in_logical_decoding(true);
 	pgstat_report_stat(false);
 	InvalidateSystemCaches();
 
@@ -655,6 +680,7 @@ event_bridge_capture_main(Datum main_arg)
 	XLogRecPtr	origin_lsn;
 	XLogRecPtr	read_pos;
 	TimestampTz last_check = 0;
+	TimestampTz last_cleanup = 0;
 	Oid			schema;
 
 	my_db = eb_worker_start(main_arg, EB_WORKER_CAPTURE);
@@ -745,6 +771,14 @@ event_bridge_capture_main(Datum main_arg)
 		{
 			exit_if_extension_dropped(slot_name, true);
 			last_check = GetCurrentTimestamp();
+		}
+		if (TimestampDifferenceExceeds(last_cleanup, GetCurrentTimestamp(),
+									   eb_cleanup_interval_ms))
+		{
+			set_in_logical_decoding(false);		/* it writes, see above */
+			eb_trim_records();
+			set_in_logical_decoding(true);
+			last_cleanup = GetCurrentTimestamp();
 		}
 
 		pg_atomic_write_u32(&my_db->wal_pending, 0);

@@ -44,6 +44,7 @@ bool		eb_preloaded = false;
 
 char	   *eb_region = NULL;
 int			eb_capture_buffer_kb = 8192;
+int			eb_cleanup_interval_ms = 10000;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -324,6 +325,15 @@ _PG_init(void)
 							8192, 64, 1024 * 1024,
 							PGC_SIGHUP,
 							GUC_UNIT_KB,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("event_bridge.cleanup_interval",
+							"Time between two passes that remove records past their stream's retention.",
+							NULL,
+							&eb_cleanup_interval_ms,
+							10000, 100, 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("event_bridge");

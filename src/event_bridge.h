@@ -69,12 +69,16 @@ extern EbShared *eb_shared;
 /* GUCs */
 extern char *eb_region;
 extern int	eb_capture_buffer_kb;
+extern int	eb_cleanup_interval_ms;
 
 /* event_bridge.c */
 extern bool eb_preloaded;
 extern EbDatabase *eb_database_entry(Oid dboid, bool create);
 extern void eb_wake_worker(EbWorkerSlot *slot);
 extern void eb_worker_attach(EbWorkerSlot *slot);
+
+/* retention.c */
+extern void eb_trim_records(void);
 
 /* launcher.c */
 extern PGDLLEXPORT void event_bridge_launcher_main(Datum main_arg);

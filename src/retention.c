@@ -1,0 +1,142 @@
+/*-------------------------------------------------------------------------
+ *
+ * retention.c
+ *	  Removes records that are older than their stream's retention and that
+ *	  every connector of the stream has delivered.
+ *
+ * The capture worker calls this when it is idle, at most once per
+ * event_bridge.cleanup_interval.  Records go in small batches, each its own
+ * transaction, oldest first along each shard, so there is never a DELETE
+ * storm and autovacuum keeps the table's size steady.  The shards' sequence
+ * counters live in event_bridge.shards and are untouched: sequences keep
+ * counting after cleanup.
+ *
+ * IDENTIFICATION
+ *	  src/retention.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "pgstat.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "event_bridge.h"
+
+/* Records deleted per transaction, and the time one pass may take. */
+#define EB_TRIM_BATCH		5000
+#define EB_TRIM_PASS_MS		500
+
+/*
+ * Deletes one batch from the oldest end of a shard: records appended before
+ * cutoff_ms, delivered by every connector of the stream.  Returns the number
+ * of records deleted.  Must be called inside a transaction, connected to SPI.
+ */
+static uint64
+trim_shard_batch(int32 stream_id, int32 shard_id, int64 cutoff_ms)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[4] = {INT4OID, INT4OID, INT8OID, INT8OID};
+	Datum		values[4];
+
+	if (plan == NULL)
+	{
+		plan = SPI_prepare(
+			"WITH lo AS ("
+			"  SELECT min(sequence) AS lo FROM event_bridge.records"
+			"   WHERE stream_id = $1 AND shard_id = $2),"
+			" needed AS ("
+			"  SELECT min(cs.delivered_sequence) AS delivered"
+			"    FROM event_bridge.connector_shards cs"
+			"    JOIN event_bridge.connectors c USING (connector_id)"
+			"   WHERE c.stream_id = $1 AND cs.shard_id = $2)"
+			" DELETE FROM event_bridge.records r USING lo, needed"
+			"  WHERE r.stream_id = $1 AND r.shard_id = $2"
+			"    AND r.sequence >= lo.lo AND r.sequence < lo.lo + $4"
+			"    AND r.system_time < $3"
+			"    AND (needed.delivered IS NULL OR r.sequence <= needed.delivered)",
+			4, argtypes);
+		if (plan == NULL || SPI_keepplan(plan) != 0)
+			elog(ERROR, "could not prepare event_bridge retention delete");
+	}
+	values[0] = Int32GetDatum(stream_id);
+	values[1] = Int32GetDatum(shard_id);
+	values[2] = Int64GetDatum(cutoff_ms);
+	values[3] = Int64GetDatum(EB_TRIM_BATCH);
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not delete expired event_bridge records");
+	return SPI_processed;
+}
+
+/* Lists (stream_id, shard_id, cutoff) of every shard that has records. */
+static List *
+shards_to_trim(void)
+{
+	List	   *result = NIL;
+	MemoryContext caller = CurrentMemoryContext;
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	if (SPI_execute("SELECT h.stream_id, h.shard_id,"
+					"       (extract(epoch FROM now() - s.retention) * 1000)::bigint"
+					"  FROM event_bridge.shards h JOIN event_bridge.streams s USING (stream_id)"
+					" WHERE h.next_sequence > 0",
+					true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not list event_bridge shards");
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		MemoryContext old = MemoryContextSwitchTo(caller);
+		int64	   *item = palloc(sizeof(int64) * 3);
+
+		item[0] = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		item[1] = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		item[2] = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+		result = lappend(result, item);
+		MemoryContextSwitchTo(old);
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return result;
+}
+
+/*
+ * One cleanup pass over every shard, bounded in time.  Runs its own
+ * transactions; must be called outside a transaction.
+ */
+void
+eb_trim_records(void)
+{
+	TimestampTz start = GetCurrentTimestamp();
+	List	   *shards = shards_to_trim();
+	ListCell   *lc;
+
+	foreach(lc, shards)
+	{
+		int64	   *item = (int64 *) lfirst(lc);
+		uint64		deleted;
+
+		do
+		{
+			StartTransactionCommand();
+			PushActiveSnapshot(GetTransactionSnapshot());
+			SPI_connect();
+			deleted = trim_shard_batch((int32) item[0], (int32) item[1], item[2]);
+			SPI_finish();
+			PopActiveSnapshot();
+			CommitTransactionCommand();
+			pgstat_report_stat(false);
+			if (TimestampDifferenceExceeds(start, GetCurrentTimestamp(), EB_TRIM_PASS_MS))
+				return;
+		} while (deleted == EB_TRIM_BATCH);
+	}
+	list_free_deep(shards);
+}
