@@ -1,0 +1,143 @@
+# ConnectorTest.pm: helpers of the connector TAP tests: the local function
+# endpoint (test/receiver.py), its JSON-lines log, and checks of what it got.
+package ConnectorTest;
+
+use strict;
+use warnings;
+use Exporter 'import';
+use FindBin;
+use JSON::PP;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep time);
+
+our @EXPORT = qw(start_receiver stop_receiver receiver_log wait_for_log
+  acked_ids acked_by_shard check_shard_order wait_delivered);
+
+my $receiver_py = "$FindBin::RealBin/../receiver.py";
+
+# Starts test/receiver.py on 127.0.0.1 and waits until it listens.  Options:
+# port (0 = a free one), log (a file to append to), args (more arguments).
+# Returns {pid, port, log}.
+sub start_receiver
+{
+	my (%opt) = @_;
+	my $dir = PostgreSQL::Test::Utils::tempdir();
+	my $log = $opt{log} // "$dir/receiver.jsonl";
+	my $port_file = "$dir/port";
+	my @cmd = ('python3', $receiver_py, '--port', $opt{port} // 0,
+		'--port-file', $port_file, '--log', $log, @{ $opt{args} // [] });
+
+	my $pid = fork();
+	die "fork failed: $!" unless defined $pid;
+	if ($pid == 0)
+	{
+		open STDOUT, '>', '/dev/null';
+		exec(@cmd) or die "could not run receiver: $!";
+	}
+	my $deadline = time + 30;
+	usleep(10_000) while !-s $port_file && time < $deadline;
+	die "receiver did not start" unless -s $port_file;
+	open my $fh, '<', $port_file or die $!;
+	my $port = <$fh>;
+	close $fh;
+	chomp $port;
+	return { pid => $pid, port => $port, log => $log };
+}
+
+# Stops a receiver and waits until its port is free.
+sub stop_receiver
+{
+	my ($r) = @_;
+	kill 'TERM', $r->{pid};
+	waitpid($r->{pid}, 0);
+	delete $r->{pid};
+}
+
+# Every complete line of a receiver's log, decoded, in arrival order.  Reads
+# only what was added since the last call.
+sub receiver_log
+{
+	my ($r) = @_;
+	$r->{entries} //= [];
+	$r->{offset} //= 0;
+	open my $fh, '<', $r->{log} or return $r->{entries};
+	seek($fh, $r->{offset}, 0);
+	while (my $line = <$fh>)
+	{
+		last unless $line =~ /\n\z/;    # a line being written
+		push @{ $r->{entries} }, decode_json($line);
+		$r->{offset} += length($line);
+	}
+	close $fh;
+	return $r->{entries};
+}
+
+# Polls a receiver's log until $cond->(entries) holds; returns the entries,
+# or undef after the default TAP timeout.
+sub wait_for_log
+{
+	my ($r, $cond) = @_;
+	my $deadline = time + $PostgreSQL::Test::Utils::timeout_default;
+	while (time < $deadline)
+	{
+		my $entries = receiver_log($r);
+		return $entries if $cond->($entries);
+		usleep(20_000);
+	}
+	return undef;
+}
+
+# Event ids of the requests answered with a 2xx, in arrival order; only
+# those of one path (e.g. '/dis') if given.
+sub acked_ids
+{
+	my ($entries, $path) = @_;
+	return [
+		map { @{ $_->{event_ids} } }
+		  grep {
+			defined $_->{status}
+			  && $_->{status} >= 200
+			  && $_->{status} < 300
+			  && (!defined $path || $_->{path} eq $path)
+		  } @$entries ];
+}
+
+# The acknowledged sequences of each shard, in arrival order: {shard => [seq, ...]}.
+sub acked_by_shard
+{
+	my ($ids) = @_;
+	my %by_shard;
+	for my $id (@$ids)
+	{
+		my ($shard, $seq) = split /:/, $id;
+		push @{ $by_shard{$shard} }, $seq;
+	}
+	return \%by_shard;
+}
+
+# Checks that every shard's acknowledged sequences are first .. next-1, each
+# once and in order.  $next is {shard => next_sequence}.
+sub check_shard_order
+{
+	my ($ids, $next, $what, $first) = @_;
+	my $by_shard = acked_by_shard($ids);
+	for my $shard (sort keys %$next)
+	{
+		my @want = (($first // 0) .. $next->{$shard} - 1);
+		is_deeply($by_shard->{$shard} // [], \@want,
+			"$what: shard $shard got sequences $want[0]..$want[-1] once each, in order")
+		  or diag(explain($by_shard->{$shard}));
+	}
+}
+
+# Waits until a connector has nothing pending and every shard is at its head.
+sub wait_delivered
+{
+	my ($node, $db, $connector) = @_;
+	return $node->poll_query_until($db, qq{
+		SELECT bool_and(pending = 0 AND delivered_sequence = next_sequence - 1)
+		  FROM event_bridge.shard_status WHERE connector_name = '$connector'});
+}
+
+1;
