@@ -79,6 +79,7 @@ shards_to_trim(void)
 	List	   *result = NIL;
 	MemoryContext caller = CurrentMemoryContext;
 
+	SetCurrentStatementStartTimestamp();	/* now() below is this moment */
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
