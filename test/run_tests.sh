@@ -33,7 +33,7 @@ if [ "$what" = all ] || [ "$what" = regress ]; then
 fi
 if [ "$what" = all ] || [ "$what" = tap ]; then
     echo "== TAP"
-    tests=${*:-$(ls test/t/*.pl)}
+    tests=${*:-$(echo test/t/*.pl)}
     if ! eb_as_user make -s installcheck PG_CONFIG="$PG_BIN/pg_config" REGRESS= PROVE_FLAGS="--timer" PROVE_TESTS="$tests"; then
         status=1
         for f in tmp_check/log/regress_log_*; do
