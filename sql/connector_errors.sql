@@ -89,9 +89,9 @@ SELECT event_bridge._format_batch('dis', 'd', 's', 'r', 0, '{1}', '{1}', '{a}', 
 
 -- Rights: only superusers and event_bridge_admin members manage connectors
 -- and read them; admins see header values, the views show names only.
-CREATE ROLE eb_nobody;
-CREATE ROLE eb_admin_member IN ROLE event_bridge_admin;
-SET ROLE eb_nobody;
+CREATE ROLE eb_connector_nobody;
+CREATE ROLE eb_connector_admin IN ROLE event_bridge_admin;
+SET ROLE eb_connector_nobody;
 -- a user who is no admin creates a connector
 SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/'); \echo :SQLSTATE
 -- a user who is no admin stops one
@@ -101,7 +101,7 @@ SELECT headers FROM event_bridge.connectors; \echo :SQLSTATE
 -- a user who is no admin reads the status
 SELECT state FROM event_bridge.connector_status; \echo :SQLSTATE
 RESET ROLE;
-SET ROLE eb_admin_member;
+SET ROLE eb_connector_admin;
 SELECT event_bridge.create_connector('by_member', 's', 'https://fc.example.com/invoke',
     headers => '{"X-Auth-Token": "s3cret", "X-Tenant": "t1"}');
 SELECT connector_name, header_names FROM event_bridge.connector_status ORDER BY 1;
@@ -111,5 +111,5 @@ RESET ROLE;
 
 -- Clean up: DROP EXTENSION stops the workers and drops the slot.
 DROP EXTENSION event_bridge;
-DROP ROLE eb_nobody, eb_admin_member;
+DROP ROLE eb_connector_nobody, eb_connector_admin;
 DROP TABLE t;
