@@ -8,6 +8,7 @@ OBJS = \
 	src/decoder.o \
 	src/capture.o \
 	src/retention.o \
+	src/fault.o \
 	src/api.o \
 	src/format.o \
 	src/http.o \
@@ -19,6 +20,11 @@ PGFILEDESC = "event_bridge - row changes to function calls"
 
 PG_CPPFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers
 SHLIB_LINK = -lcurl
+
+# `make FAULT_INJECTION=1` compiles in the fault points the tests use.
+ifdef FAULT_INJECTION
+PG_CPPFLAGS += -DEB_FAULT_INJECTION
+endif
 
 # pg_regress runs in a throw-away instance configured for logical decoding.
 # Regression tests are sql/<name>.sql with expected/<name>.out; the

@@ -91,6 +91,6 @@ SELECT stream_name FROM event_bridge.stream_status ORDER BY 1;
 
 -- Clean up: DROP EXTENSION stops the workers and drops the slot.
 DROP EXTENSION event_bridge;
-DROP ROLE eb_nobody, eb_admin_member;
 DROP TABLE t, t_default, unlogged_t;
 DROP VIEW v;
+DROP ROLE eb_nobody, eb_admin_member;

@@ -502,6 +502,7 @@ flush(XLogRecPtr upto)
 
 	replorigin_session_origin_lsn = upto;
 	replorigin_session_origin_timestamp = GetCurrentTimestamp();
+	EB_FAULT_POINT("capture-before-commit");
 
 	SPI_finish();
 	PopActiveSnapshot();
@@ -511,6 +512,7 @@ flush(XLogRecPtr upto)
 	pgstat_report_stat(false);
 	InvalidateSystemCaches();
 
+	EB_FAULT_POINT("capture-after-commit");
 	reset_after_flush();
 	LogicalConfirmReceivedLocation(upto);
 	eb_wake_worker(&my_db->workers[EB_WORKER_DELIVERY]);

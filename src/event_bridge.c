@@ -336,6 +336,10 @@ _PG_init(void)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
+#ifdef EB_FAULT_INJECTION
+	eb_define_fault_guc();
+#endif
+
 	MarkGUCPrefixReserved("event_bridge");
 
 	if (!process_shared_preload_libraries_in_progress)

@@ -77,6 +77,15 @@ extern EbDatabase *eb_database_entry(Oid dboid, bool create);
 extern void eb_wake_worker(EbWorkerSlot *slot);
 extern void eb_worker_attach(EbWorkerSlot *slot);
 
+/* fault.c: fault points of test builds */
+#ifdef EB_FAULT_INJECTION
+extern void eb_define_fault_guc(void);
+extern void eb_fault(const char *name);
+#define EB_FAULT_POINT(name)	eb_fault(name)
+#else
+#define EB_FAULT_POINT(name)	((void) 0)
+#endif
+
 /* retention.c */
 extern void eb_trim_records(void);
 

@@ -2,7 +2,9 @@
 # test/run_tests.sh: the whole test suite, on a fresh Debian 12 machine.
 # Installs what it needs, builds and installs event_bridge, then runs the
 # pg_regress suite and the TAP suite (each in throw-away servers) as a
-# non-root user, in a copy of the tree that user owns.
+# non-root user, in a copy of the tree that user owns.  The extension is
+# built with its test fault points (make FAULT_INJECTION=1); run
+# test/demo.sh or make install again for a build without them.
 #
 #   sudo bash test/run_tests.sh            # everything
 #   sudo bash test/run_tests.sh regress    # pg_regress only
@@ -12,7 +14,7 @@ source "$(dirname "$0")/setup.sh"
 eb_need_root
 eb_install_packages
 eb_ensure_user
-eb_build_install
+eb_build_install FAULT_INJECTION=1     # fault points for the crash tests
 
 what=${1:-all}
 shift || true

@@ -38,10 +38,13 @@ eb_ensure_user() {
 }
 
 # Builds and installs the extension into the system's PostgreSQL 15.
+# Extra arguments go to make (FAULT_INJECTION=1 for the test suite); the
+# tree is cleaned first so that a build never mixes objects of both kinds.
 eb_build_install() {
-    echo "== building and installing event_bridge"
-    make -C "$EB_ROOT" -s PG_CONFIG="$PG_BIN/pg_config" >/dev/null
-    make -C "$EB_ROOT" -s PG_CONFIG="$PG_BIN/pg_config" install >/dev/null
+    echo "== building and installing event_bridge $*"
+    make -C "$EB_ROOT" -s PG_CONFIG="$PG_BIN/pg_config" clean >/dev/null
+    make -C "$EB_ROOT" -s PG_CONFIG="$PG_BIN/pg_config" "$@" >/dev/null
+    make -C "$EB_ROOT" -s PG_CONFIG="$PG_BIN/pg_config" "$@" install >/dev/null
 }
 
 # Runs a command as the server user.

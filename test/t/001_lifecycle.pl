@@ -96,6 +96,9 @@ is($node->safe_psql('postgres',
 ok($node->poll_query_until('postgres',
 	"SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'event_bridge capture' AND datname = 'db1'"),
 	'no worker left for the dropped database');
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) = 0 FROM pg_replication_origin WHERE roname LIKE 'event_bridge_%\\_$db1oid'"),
+	'the replication origins of the dropped database are dropped');
 ok(wait_capture($node, 'db2'), 'db2 still captures');
 
 # Missing settings: the first call that needs one names the exact line.

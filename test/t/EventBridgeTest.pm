@@ -4,12 +4,14 @@ package EventBridgeTest;
 use strict;
 use warnings;
 use Exporter 'import';
+use IPC::Run;
 use FindBin;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-our @EXPORT = qw(eb_node wait_capture worker_pid shard_gaps rss_anon_kb);
+our @EXPORT = qw(eb_node wait_capture worker_pid shard_gaps rss_anon_kb
+	load_setup load_start check_exactly_once);
 
 # A started node configured like test/regress.conf, plus extra lines.
 sub eb_node
@@ -73,6 +75,78 @@ sub rss_anon_kb
 		return $1 if /^RssAnon:\s+(\d+)/;
 	}
 	return 0;
+}
+
+# The load of the crash tests: inserts into ins and counter updates of hot
+# keys, captured by stream 's' into four shards.
+sub load_setup
+{
+	my ($node) = @_;
+	$node->safe_psql('postgres', q{
+		CREATE EXTENSION event_bridge;
+		CREATE TABLE ins (id bigserial PRIMARY KEY, k int, v int);
+		ALTER TABLE ins REPLICA IDENTITY FULL;
+		CREATE TABLE hot (k int PRIMARY KEY, v int NOT NULL);
+		ALTER TABLE hot REPLICA IDENTITY FULL;
+		INSERT INTO hot SELECT g, 0 FROM generate_series(1, 200) g;
+		SELECT event_bridge.create_stream('s', ARRAY['ins', 'hot']::regclass[], shard_count => 4);});
+	my $script = "$PostgreSQL::Test::Utils::tmp_check/load.sql";
+	open my $fh, '>', $script or die $!;
+	print $fh <<'SQL';
+\set k random(1, 200)
+BEGIN;
+INSERT INTO ins (k, v) VALUES (:k, 1), (:k, 2);
+UPDATE hot SET v = v + 1 WHERE k = :k;
+COMMIT;
+SQL
+	close $fh;
+}
+
+# Starts pgbench with the load for some seconds; returns its IPC::Run handle.
+sub load_start
+{
+	my ($node, $seconds, $clients) = @_;
+	my ($out, $err) = ('', '');
+	return IPC::Run::start(
+		[ 'pgbench', '-n', '-c', $clients // 4, '-T', $seconds,
+		  '-f', "$PostgreSQL::Test::Utils::tmp_check/load.sql",
+		  '-h', $node->host, '-p', $node->port, 'postgres' ],
+		'>', \$out, '2>', \$err);
+}
+
+# Checks, after the load, that stream 's' holds every committed change once:
+# each committed insert once and nothing uncommitted, each hot-key update
+# once and in order in one shard, sequences gapless.
+sub check_exactly_once
+{
+	my ($node, $what) = @_;
+	ok(wait_capture($node, 'postgres'), "$what: captured everything");
+	is($node->safe_psql('postgres', q{
+		WITH captured AS (
+			SELECT (r.data::jsonb->>8)::bigint AS id, count(*) AS n
+			  FROM event_bridge.records r
+			  JOIN event_bridge.streams s USING (stream_id)
+			 WHERE s.stream_name = 's' AND r.table_name = 'public.ins' AND r.operation = 'I'
+			 GROUP BY 1)
+		SELECT count(*) FROM ins i FULL JOIN captured c USING (id)
+		 WHERE c.n IS DISTINCT FROM 1 OR i.id IS NULL}),
+		'0', "$what: each committed insert appears once, and no uncommitted one");
+	is($node->safe_psql('postgres', q{
+		WITH u AS (
+			SELECT (r.data::jsonb->>8)::int AS k, (r.data::jsonb->>9)::int AS v,
+			       row_number() OVER (PARTITION BY (r.data::jsonb->>8) ORDER BY r.sequence) AS nth,
+			       r.shard_id
+			  FROM event_bridge.records r
+			  JOIN event_bridge.streams s USING (stream_id)
+			 WHERE s.stream_name = 's' AND r.table_name = 'public.hot' AND r.data::jsonb->>7 = 'Y'),
+		per_key AS (
+			SELECT k, count(*) AS n, bool_and(v = nth) AS in_order,
+			       count(DISTINCT shard_id) AS shards
+			  FROM u GROUP BY k)
+		SELECT count(*) FROM hot h LEFT JOIN per_key p USING (k)
+		 WHERE coalesce(p.n, 0) <> h.v OR NOT coalesce(p.in_order, true) OR p.shards > 1}),
+		'0', "$what: per key, every update once, in order, in one shard");
+	is(shard_gaps($node, 'postgres', 's'), '', "$what: sequences gapless in every shard");
 }
 
 1;

@@ -1,0 +1,81 @@
+/*-------------------------------------------------------------------------
+ *
+ * fault.c
+ *	  Fault points for tests: named places in the workers where a test can
+ *	  make the process die as if the server had crashed right there.
+ *
+ * Compiled in only with `make FAULT_INJECTION=1` (test/run_tests.sh builds
+ * so); otherwise EB_FAULT_POINT() is empty.  A test arms a point by setting
+ * event_bridge.fault_point to its name and reloading.  The first process that
+ * reaches it writes the name to $PGDATA/event_bridge.fault_fired and kills
+ * itself with SIGKILL, so the postmaster restarts the server.  A point fires
+ * once per arming: it stays quiet while that file names it, and the test
+ * removes the file to arm it again.
+ *
+ * IDENTIFICATION
+ *	  src/fault.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include "miscadmin.h"
+#include "utils/guc.h"
+
+#include "event_bridge.h"
+
+#ifdef EB_FAULT_INJECTION
+
+#define EB_FAULT_FIRED_FILE	"event_bridge.fault_fired"
+
+static char *eb_fault_point = NULL;
+
+void
+eb_define_fault_guc(void)
+{
+	DefineCustomStringVariable("event_bridge.fault_point",
+							   "Test builds only: the fault point that kills its process once.",
+							   NULL,
+							   &eb_fault_point,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+}
+
+/* Kills the calling process if the named fault point is armed. */
+void
+eb_fault(const char *name)
+{
+	char		fired[NAMEDATALEN] = "";
+	FILE	   *f;
+
+	if (eb_fault_point == NULL || strcmp(eb_fault_point, name) != 0)
+		return;
+
+	f = fopen(EB_FAULT_FIRED_FILE, "r");
+	if (f != NULL)
+	{
+		if (fgets(fired, sizeof(fired), f) == NULL)
+			fired[0] = '\0';
+		fclose(f);
+		if (strcmp(fired, name) == 0)
+			return;
+	}
+
+	f = fopen(EB_FAULT_FIRED_FILE, "w");
+	if (f != NULL)
+	{
+		fputs(name, f);
+		fflush(f);
+		fsync(fileno(f));
+		fclose(f);
+	}
+	ereport(LOG, (errmsg("event_bridge fault point \"%s\" fired", name)));
+	kill(MyProcPid, SIGKILL);
+}
+
+#endif							/* EB_FAULT_INJECTION */
