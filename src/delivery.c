@@ -837,6 +837,8 @@ delivery_turn(bool woken, TimestampTz *last_sync)
 
 		SPI_finish();
 		PopActiveSnapshot();
+		if (finished != NIL)
+			EB_FAULT_POINT("delivery-before-offset-commit");
 		CommitTransactionCommand();
 		MemoryContextSwitchTo(turn_context);
 		pgstat_report_stat(false);

@@ -32,6 +32,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "event_bridge.h"
 #include "http.h"
 
 struct HttpRequest
@@ -459,6 +460,8 @@ http_wait(long timeout_ms, uint32 wait_event_info)
 			flags |= CURL_CSELECT_OUT;
 		if (flags != 0)
 			curl_multi_socket_action(multi, events[i].fd, flags, &running);
+		if ((flags & CURL_CSELECT_OUT) && running > 0)
+			EB_FAULT_POINT("delivery-mid-send");
 	}
 	if (timer_set && GetCurrentTimestamp() >= timer_deadline)
 	{

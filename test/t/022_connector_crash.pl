@@ -14,7 +14,7 @@ use ConnectorTest;
 
 my $batch_size = 20;
 my $node = eb_node('connector_crash');
-my $r = start_receiver(args => ['--delay-ms', 20]);
+my $r = start_receiver(args => ['--delay-ms', 30]);
 $node->safe_psql('postgres', qq{
 	CREATE EXTENSION event_bridge;
 	CREATE TABLE orders (id int PRIMARY KEY, v text);
@@ -31,8 +31,9 @@ ok(wait_capture($node, 'postgres'), 'all rows captured');
 my $next = { map { split /\|/ } split /\n/,
 	  $node->safe_psql('postgres', 'SELECT shard_id, next_sequence FROM event_bridge.shards') };
 
-# Crash while the endpoint is busy with the first quarter.
-ok(wait_for_log($r, sub { scalar(@{ acked_ids($_[0]) }) >= 1000 }), 'delivery under way');
+# Crash early, while the endpoint is busy: 200 records take 30 ms per batch
+# of 20 per shard, the rest more than a second.
+ok(wait_for_log($r, sub { scalar(@{ acked_ids($_[0]) }) >= 200 }), 'delivery under way');
 $node->stop('immediate');
 my $at_crash = scalar(@{ acked_ids(receiver_log($r)) });
 cmp_ok($at_crash, '<', 4000, "crashed with $at_crash of 4000 records received");
