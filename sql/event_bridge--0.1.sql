@@ -27,7 +27,7 @@ $$;
 CREATE TABLE event_bridge.streams (
     stream_id     int PRIMARY KEY,
     stream_name   text NOT NULL UNIQUE,
-    tables        oid[] NOT NULL,
+    tables        regclass[] NOT NULL,   -- names in a dump, so a restore maps them
     shard_count   int NOT NULL CHECK (shard_count BETWEEN 1 AND 256),
     retention     interval NOT NULL,
     before_images boolean NOT NULL,
@@ -81,6 +81,9 @@ INSERT INTO event_bridge.capture_state DEFAULT VALUES;
 
 SELECT pg_catalog.pg_extension_config_dump('event_bridge.streams', '');
 SELECT pg_catalog.pg_extension_config_dump('event_bridge.stream_id_seq', '');
+-- Sequence counters go with the streams, so that a restored stream goes on
+-- counting instead of handing out eventIds a consumer has already seen.
+SELECT pg_catalog.pg_extension_config_dump('event_bridge.shards', '');
 
 REVOKE ALL ON ALL TABLES IN SCHEMA event_bridge FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA event_bridge FROM PUBLIC;
@@ -100,6 +103,14 @@ COMMENT ON FUNCTION event_bridge._prepare_capture() IS
     'Internal: checks the server settings capture needs, starts this database''s capture worker and waits until its slot exists';
 REVOKE ALL ON FUNCTION event_bridge._prepare_capture() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION event_bridge._prepare_capture() TO event_bridge_admin;
+
+CREATE FUNCTION event_bridge._extension_created()
+RETURNS void
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'event_bridge_extension_created';
+COMMENT ON FUNCTION event_bridge._extension_created() IS
+    'Internal: has the launcher start this database''s workers once CREATE EXTENSION commits';
+REVOKE ALL ON FUNCTION event_bridge._extension_created() FROM PUBLIC;
 
 CREATE FUNCTION event_bridge._check_admin()
 RETURNS void
@@ -210,7 +221,7 @@ BEGIN
 
     sid := nextval('event_bridge.stream_id_seq');
     INSERT INTO event_bridge.streams (stream_id, stream_name, tables, shard_count, retention, before_images)
-    VALUES (sid, stream_name, tables::oid[], shard_count, retention, before_images);
+    VALUES (sid, stream_name, tables, shard_count, retention, before_images);
     INSERT INTO event_bridge.shards (stream_id, shard_id)
     SELECT sid, g FROM generate_series(0, shard_count - 1) g;
 EXCEPTION
@@ -469,6 +480,8 @@ COMMENT ON TABLE event_bridge.connector_attempts IS
 
 SELECT pg_catalog.pg_extension_config_dump('event_bridge.connectors', '');
 SELECT pg_catalog.pg_extension_config_dump('event_bridge.connector_id_seq', '');
+-- Offsets go with the connectors: a restored connector goes on from them.
+SELECT pg_catalog.pg_extension_config_dump('event_bridge.connector_shards', '');
 
 REVOKE ALL ON event_bridge.connectors, event_bridge.connector_shards,
     event_bridge.connector_attempts FROM PUBLIC;
@@ -914,3 +927,6 @@ SELECT c.connector_name, a.shard_id, a.attempt, a.attempted_at, a.duration_ms,
 COMMENT ON VIEW event_bridge.connector_attempts_log IS
     'The last delivery attempts of every connector shard, newest attempt numbers last';
 GRANT SELECT ON event_bridge.connector_attempts_log TO event_bridge_admin;
+
+/* Last: start this database's workers once CREATE EXTENSION commits. */
+SELECT event_bridge._extension_created();

@@ -25,6 +25,7 @@
 #include "event_bridge.h"
 
 PG_FUNCTION_INFO_V1(event_bridge_prepare_capture);
+PG_FUNCTION_INFO_V1(event_bridge_extension_created);
 
 /* Seconds create_stream waits for the capture worker's slot. */
 #define EB_SLOT_WAIT_SECONDS	60
@@ -141,5 +142,17 @@ event_bridge_prepare_capture(PG_FUNCTION_ARGS)
 			 errmsg("event_bridge capture worker of database \"%s\" did not start",
 					get_database_name(MyDatabaseId)),
 			 errhint("Check max_worker_processes, max_replication_slots and the server log.")));
+	PG_RETURN_VOID();
+}
+
+/*
+ * Called at the end of CREATE EXTENSION: once it commits, the launcher
+ * starts this database's workers, so that a restored or new database
+ * captures without waiting for its first create_stream.
+ */
+Datum
+event_bridge_extension_created(PG_FUNCTION_ARGS)
+{
+	eb_wake_at_commit(EB_WORKER_CAPTURE);
 	PG_RETURN_VOID();
 }

@@ -599,7 +599,7 @@ load_state(void)
 		ArrayType  *arr;
 
 		arr = DatumGetArrayTypeP(SPI_getbinval(tup, desc, 2, &isnull));
-		deconstruct_array(arr, OIDOID, sizeof(Oid), true, TYPALIGN_INT, &elems, NULL, &nelems);
+		deconstruct_array(arr, REGCLASSOID, sizeof(Oid), true, TYPALIGN_INT, &elems, NULL, &nelems);
 		relids = palloc(sizeof(Oid) * nelems);
 		for (int j = 0; j < nelems; j++)
 			relids[j] = DatumGetObjectId(elems[j]);

@@ -28,9 +28,6 @@ PG_FUNCTION_INFO_V1(event_bridge_check_endpoint);
 PG_FUNCTION_INFO_V1(event_bridge_wake_delivery);
 PG_FUNCTION_INFO_V1(event_bridge_format_batch);
 
-/* Set by _wake_delivery: the transaction changed connectors. */
-static bool wake_at_commit = false;
-
 /*
  * Refuses an endpoint that is not an http or https URL.  Errors name the
  * scheme at most: a URL may carry a password in its userinfo.
@@ -57,19 +54,6 @@ event_bridge_check_endpoint(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-static void
-wake_delivery_callback(XactEvent event, void *arg)
-{
-	EbDatabase *db;
-
-	if (event == XACT_EVENT_COMMIT && wake_at_commit &&
-		eb_shared != NULL && (db = eb_database_entry(MyDatabaseId, false)) != NULL)
-		eb_wake_worker(&db->workers[EB_WORKER_DELIVERY]);
-	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
-		event == XACT_EVENT_PREPARE)
-		wake_at_commit = false;
-}
-
 /*
  * Has this database's delivery worker woken when the calling transaction
  * commits, so that it reloads the connectors at once.
@@ -77,14 +61,7 @@ wake_delivery_callback(XactEvent event, void *arg)
 Datum
 event_bridge_wake_delivery(PG_FUNCTION_ARGS)
 {
-	static bool registered = false;
-
-	if (!registered)
-	{
-		RegisterXactCallback(wake_delivery_callback, NULL);
-		registered = true;
-	}
-	wake_at_commit = true;
+	eb_wake_at_commit(EB_WORKER_DELIVERY);
 	PG_RETURN_VOID();
 }
 

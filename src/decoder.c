@@ -316,7 +316,7 @@ apply_streams_change(ReorderBufferTXN *txn, Relation rel, ReorderBufferChange *c
 		tuple = &change->data.tp.newtuple->tuple;
 		heap_deform_tuple(tuple, desc, values, nulls);
 		arr = DatumGetArrayTypeP(values[Anum_eb_streams_tables - 1]);
-		deconstruct_array(arr, OIDOID, sizeof(Oid), true, TYPALIGN_INT,
+		deconstruct_array(arr, REGCLASSOID, sizeof(Oid), true, TYPALIGN_INT,
 						  &elems, NULL, &nelems);
 		relids = palloc(sizeof(Oid) * nelems);
 		for (int i = 0; i < nelems; i++)

@@ -213,16 +213,55 @@ eb_exit_without_extension(EbDatabase *db, const char *worker)
 	proc_exit(0);
 }
 
+/* Wake-ups asked for by this transaction, done when it commits. */
+static bool start_workers_at_commit = false;
+static bool wake_delivery_at_commit = false;
+
 /*
- * At commit of a transaction that wrote, wake this database's capture worker
- * unless a wake-up is already pending.  Costs one atomic exchange.
+ * Has this database's workers started (after CREATE EXTENSION) or its
+ * delivery worker woken (after a connector changed) when the calling
+ * transaction commits: before, they would not see its changes.
+ */
+void
+eb_wake_at_commit(EbWorkerKind kind)
+{
+	if (kind == EB_WORKER_DELIVERY)
+		wake_delivery_at_commit = true;
+	else
+		start_workers_at_commit = true;
+}
+
+/*
+ * At commit: the wake-ups the transaction asked for, and, if it wrote, a
+ * wake-up of this database's capture worker unless one is already pending
+ * (one atomic exchange).
  */
 static void
 eb_xact_callback(XactEvent event, void *arg)
 {
-	if (event != XACT_EVENT_COMMIT || eb_shared == NULL ||
-		!OidIsValid(MyDatabaseId) || GetTopTransactionIdIfAny() == InvalidTransactionId)
+	bool		start_workers = start_workers_at_commit;
+	bool		wake_delivery = wake_delivery_at_commit;
+
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PREPARE)
+		start_workers_at_commit = wake_delivery_at_commit = false;
+
+	if (event != XACT_EVENT_COMMIT || eb_shared == NULL || !OidIsValid(MyDatabaseId))
 		return;
+
+	if (start_workers)
+	{
+		EbDatabase *db = eb_database_entry(MyDatabaseId, true);
+
+		if (db != NULL)
+		{
+			LWLockAcquire(eb_shared->lock, LW_EXCLUSIVE);
+			db->no_extension = false;
+			db->dropping_since = 0;
+			LWLockRelease(eb_shared->lock);
+			eb_wake_worker(&eb_shared->launcher);
+		}
+	}
 
 	if (my_db_entry == NULL || my_db_entry->dboid != MyDatabaseId)
 	{
@@ -234,7 +273,11 @@ eb_xact_callback(XactEvent event, void *arg)
 			return;
 	}
 
-	if (my_db_entry->workers[EB_WORKER_CAPTURE].pid != 0 &&
+	if (wake_delivery)
+		eb_wake_worker(&my_db_entry->workers[EB_WORKER_DELIVERY]);
+
+	if (GetTopTransactionIdIfAny() != InvalidTransactionId &&
+		my_db_entry->workers[EB_WORKER_CAPTURE].pid != 0 &&
 		my_db_entry->workers[EB_WORKER_CAPTURE].pid != MyProcPid &&
 		pg_atomic_exchange_u32(&my_db_entry->wal_pending, 1) == 0)
 		eb_wake_worker(&my_db_entry->workers[EB_WORKER_CAPTURE]);

@@ -76,6 +76,7 @@ extern bool eb_preloaded;
 extern EbDatabase *eb_database_entry(Oid dboid, bool create);
 extern void eb_wake_worker(EbWorkerSlot *slot);
 extern void eb_worker_attach(EbWorkerSlot *slot);
+extern void eb_wake_at_commit(EbWorkerKind kind);
 
 /* fault.c: fault points of test builds */
 #ifdef EB_FAULT_INJECTION

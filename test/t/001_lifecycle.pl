@@ -101,6 +101,23 @@ ok($node->poll_query_until('postgres',
 	'the replication origins of the dropped database are dropped');
 ok(wait_capture($node, 'db2'), 'db2 still captures');
 
+# pg_dump and restore: the stream comes back on the restored tables, its
+# workers start by themselves, and its sequences go on counting.
+$node->safe_psql('postgres', 'CREATE DATABASE db4');
+my $dump = "$PostgreSQL::Test::Utils::tmp_check/db2.sql";
+$node->command_ok([ 'pg_dump', '-h', $node->host, '-p', $node->port, '-f', $dump, 'db2' ],
+	'pg_dump of a database with streams');
+$node->command_ok([ 'psql', '-X', '-q', '-h', $node->host, '-p', $node->port, '-d', 'db4',
+	'-v', 'ON_ERROR_STOP=1', '-f', $dump ], 'restored into another database');
+ok($node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'event_bridge capture' AND datname = 'db4'"),
+	'the restored database gets its capture worker without create_stream');
+$node->safe_psql('db4', "INSERT INTO t VALUES (101, 'restored')");
+ok(wait_capture($node, 'db4'), 'db4: captured');
+is($node->safe_psql('db4', q{
+	SELECT event_id || ' ' || (data->>8) FROM event_bridge.get_records('s', 0, 0)}),
+	'0:1 101', 'the restored stream captures the restored table and goes on counting');
+
 # Missing settings: the first call that needs one names the exact line.
 $node->append_conf('postgresql.conf', "output_plugin_libraries = 'pgoutput, test_decoding'");
 $node->reload;
