@@ -70,14 +70,32 @@ COMMENT ON TABLE event_bridge.records IS
     'TUPLE records of every stream, per shard in gapless sequence order';
 
 /*
- * Capture progress of this database: the next record id (field 0 of every
- * record).  Written by the capture worker in the transaction that appends.
+ * Capture state of this database: the next record id (field 0 of every
+ * record), written by the capture worker in the transaction that appends.
+ * slot_lost_at is set when the replication slot was invalidated (for
+ * example by max_slot_wal_keep_size): capture stops until recover_capture().
  */
 CREATE TABLE event_bridge.capture_state (
-    singleton      boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    next_record_id bigint NOT NULL DEFAULT 1
+    singleton         boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    next_record_id    bigint NOT NULL DEFAULT 1,
+    slot_lost_at      timestamptz,
+    slot_lost_lsn     pg_lsn,
+    recover_requested boolean NOT NULL DEFAULT false
 );
 INSERT INTO event_bridge.capture_state DEFAULT VALUES;
+
+/*
+ * Gaps in capture: changes committed between lost_lsn and resumed_lsn were
+ * not captured, because the slot was lost and capture was recovered.
+ */
+CREATE TABLE event_bridge.capture_gaps (
+    lost_at     timestamptz NOT NULL,
+    lost_lsn    pg_lsn,
+    resumed_at  timestamptz NOT NULL,
+    resumed_lsn pg_lsn NOT NULL
+);
+COMMENT ON TABLE event_bridge.capture_gaps IS
+    'Stretches of WAL whose changes were not captured because the replication slot was lost';
 
 SELECT pg_catalog.pg_extension_config_dump('event_bridge.streams', '');
 SELECT pg_catalog.pg_extension_config_dump('event_bridge.stream_id_seq', '');
@@ -214,6 +232,12 @@ BEGIN
     IF EXISTS (SELECT FROM event_bridge.streams s WHERE s.stream_name = create_stream.stream_name) THEN
         RAISE EXCEPTION 'stream "%" already exists', stream_name
             USING ERRCODE = 'duplicate_object';
+    END IF;
+
+    IF (SELECT slot_lost_at FROM event_bridge.capture_state) IS NOT NULL THEN
+        RAISE EXCEPTION 'capture of database "%" is stopped: its replication slot was lost', current_database()
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Run SELECT event_bridge.recover_capture(); first.';
     END IF;
 
     /* Settings, worker and slot: before anything is written. */
@@ -382,10 +406,39 @@ SELECT s.stream_name,
        s.retention,
        s.before_images,
        s.capture_lsn IS NOT NULL AS capturing,
-       s.created_at
-  FROM event_bridge.streams s;
+       s.created_at,
+       CASE WHEN c.slot_lost_at IS NOT NULL THEN 'SLOT LOST'
+            WHEN s.capture_lsn IS NULL THEN 'STARTING'
+            ELSE 'RUNNING' END AS capture_state,
+       c.slot_lost_at,
+       (SELECT count(*) FROM event_bridge.capture_gaps g WHERE g.resumed_at > s.created_at) AS capture_gaps
+  FROM event_bridge.streams s, event_bridge.capture_state c;
 COMMENT ON VIEW event_bridge.stream_status IS
-    'One row per stream: its tables, shards, stored records, their time range and how far capture lags behind the WAL';
+    'One row per stream: its tables, shards, stored records, their time range, how far capture lags behind the WAL, and whether capture runs (SLOT LOST: see recover_capture)';
+
+CREATE FUNCTION event_bridge.recover_capture()
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog
+AS $$
+DECLARE
+    lost timestamptz;
+BEGIN
+    PERFORM event_bridge._check_admin();
+    SELECT slot_lost_at INTO lost FROM event_bridge.capture_state FOR UPDATE;
+    IF lost IS NULL THEN
+        RAISE EXCEPTION 'capture of database "%" has not lost its replication slot', current_database()
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'recover_capture() only restarts capture after its slot was invalidated.';
+    END IF;
+    UPDATE event_bridge.capture_state SET recover_requested = true;
+    PERFORM event_bridge._extension_created();   -- wakes the launcher at commit
+END
+$$;
+COMMENT ON FUNCTION event_bridge.recover_capture() IS
+    'After the replication slot was lost: starts capture again from now on with a new slot, and records the gap in capture_gaps';
+REVOKE ALL ON FUNCTION event_bridge.recover_capture() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION event_bridge.recover_capture() TO event_bridge_admin;
 GRANT SELECT ON event_bridge.stream_status TO event_bridge_admin;
 
 /* =====================================================================

@@ -667,6 +667,75 @@ exit_if_extension_dropped(const char *slot_name, bool holding_slot)
 	eb_exit_without_extension(my_db, "capture");
 }
 
+/* Runs one statement of the lost-slot protocol in a transaction of its own. */
+static uint64
+run_state_statement(const char *sql, bool read_only)
+{
+	uint64		processed;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	if (SPI_execute(sql, read_only, 0) < 0)
+		elog(ERROR, "could not run \"%s\"", sql);
+	processed = SPI_processed;
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return processed;
+}
+
+/*
+ * The slot was invalidated (max_slot_wal_keep_size): changes it no longer
+ * holds are gone, so capture must not go on as if nothing happened.  Marks
+ * the database's capture as lost, where stream_status shows it, and waits
+ * until an admin calls recover_capture(); then replaces the slot and
+ * records the gap in capture_gaps.  Returns holding the new slot.
+ */
+static void
+recover_lost_slot(const char *slot_name)
+{
+	XLogRecPtr	lost_lsn = MyReplicationSlot->data.invalidated_at;
+
+	run_state_statement(psprintf("UPDATE event_bridge.capture_state"
+								 "   SET slot_lost_at = coalesce(slot_lost_at, now()),"
+								 "       slot_lost_lsn = coalesce(slot_lost_lsn, '%X/%X')",
+								 LSN_FORMAT_ARGS(lost_lsn)), false);
+	ereport(WARNING,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("event_bridge stopped capturing: replication slot \"%s\" was invalidated", slot_name),
+			 errdetail("Changes the slot no longer held, from %X/%X on, cannot be captured.",
+					   LSN_FORMAT_ARGS(lost_lsn)),
+			 errhint("Run SELECT event_bridge.recover_capture(); to capture again from now on; the gap is recorded in event_bridge.capture_gaps.")));
+	pgstat_report_activity(STATE_IDLE, "slot lost, waiting for recover_capture()");
+
+	while (run_state_statement("SELECT FROM event_bridge.capture_state WHERE recover_requested",
+							   true) == 0)
+	{
+		exit_if_extension_dropped(slot_name, true);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 1000L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+
+	ReplicationSlotRelease();
+	ReplicationSlotDrop(slot_name, true);
+	create_slot(slot_name);
+	ReplicationSlotAcquire(slot_name, true);
+	run_state_statement(psprintf("WITH s AS (UPDATE event_bridge.capture_state"
+								 "   SET slot_lost_at = NULL, slot_lost_lsn = NULL, recover_requested = false"
+								 " RETURNING slot_lost_at, slot_lost_lsn)"
+								 " INSERT INTO event_bridge.capture_gaps"
+								 " SELECT c.slot_lost_at, c.slot_lost_lsn, now(), '%X/%X'"
+								 "   FROM event_bridge.capture_state c",
+								 LSN_FORMAT_ARGS(MyReplicationSlot->data.confirmed_flush)), false);
+	ereport(LOG,
+			(errmsg("event_bridge captures again with a new replication slot \"%s\" from %X/%X",
+					slot_name, LSN_FORMAT_ARGS(MyReplicationSlot->data.confirmed_flush))));
+}
+
 static void
 slot_not_ready(int code, Datum arg)
 {
@@ -721,6 +790,9 @@ event_bridge_capture_main(Datum main_arg)
 	if (SearchNamedReplicationSlot(slot_name, true) == NULL)
 		create_slot(slot_name);
 	ReplicationSlotAcquire(slot_name, true);
+	if (MyReplicationSlot->data.invalidated_at != InvalidXLogRecPtr &&
+		MyReplicationSlot->data.restart_lsn == InvalidXLogRecPtr)
+		recover_lost_slot(slot_name);
 	my_db->slot_ready = true;
 	pgstat_report_activity(STATE_RUNNING, "capturing");
 
