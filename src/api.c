@@ -123,7 +123,6 @@ event_bridge_prepare_capture(PG_FUNCTION_ARGS)
 
 	LWLockAcquire(eb_shared->lock, LW_EXCLUSIVE);
 	db->no_extension = false;
-	db->dropping_since = 0;
 	LWLockRelease(eb_shared->lock);
 	eb_wake_worker(&eb_shared->launcher);
 

@@ -30,6 +30,7 @@
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+#include "tcop/utility.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
 
@@ -49,6 +50,10 @@ int			eb_cleanup_interval_ms = 10000;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static object_access_hook_type prev_object_access_hook = NULL;
+static ProcessUtility_hook_type prev_process_utility_hook = NULL;
+
+/* The entry whose workers this transaction stopped to drop something. */
+static EbDatabase *dropping_db = NULL;
 
 /* Entry of this backend's database, looked up once. */
 static EbDatabase *my_db_entry = NULL;
@@ -110,7 +115,7 @@ eb_database_entry(Oid dboid, bool create)
 		memset(free_entry->workers, 0, sizeof(free_entry->workers));
 		free_entry->slot_ready = false;
 		free_entry->no_extension = false;
-		free_entry->dropping_since = 0;
+		free_entry->dropping_pid = 0;
 		pg_atomic_write_u32(&free_entry->wal_pending, 0);
 		free_entry->dboid = dboid;
 		found = free_entry;
@@ -244,7 +249,19 @@ eb_xact_callback(XactEvent event, void *arg)
 
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
 		event == XACT_EVENT_PREPARE)
+	{
 		start_workers_at_commit = wake_delivery_at_commit = false;
+		if (dropping_db != NULL)
+		{
+			/* The drop is over: the launcher may start workers again. */
+			LWLockAcquire(eb_shared->lock, LW_EXCLUSIVE);
+			if (dropping_db->dropping_pid == MyProcPid)
+				dropping_db->dropping_pid = 0;
+			LWLockRelease(eb_shared->lock);
+			eb_wake_worker(&eb_shared->launcher);
+			dropping_db = NULL;
+		}
+	}
 
 	if (event != XACT_EVENT_COMMIT || eb_shared == NULL || !OidIsValid(MyDatabaseId))
 		return;
@@ -257,7 +274,6 @@ eb_xact_callback(XactEvent event, void *arg)
 		{
 			LWLockAcquire(eb_shared->lock, LW_EXCLUSIVE);
 			db->no_extension = false;
-			db->dropping_since = 0;
 			LWLockRelease(eb_shared->lock);
 			eb_wake_worker(&eb_shared->launcher);
 		}
@@ -286,7 +302,9 @@ eb_xact_callback(XactEvent event, void *arg)
 /*
  * Asks a database's workers to exit and waits up to ten seconds until those
  * have; they release the replication slot as they go.  The launcher starts
- * no new ones for a few seconds (see launcher.c).
+ * no new ones until the calling transaction ends: then a worker finds the
+ * database gone, or the extension gone (and drops the slot), or the drop
+ * rolled back and it goes on.
  */
 static void
 stop_workers(EbDatabase *db)
@@ -294,7 +312,8 @@ stop_workers(EbDatabase *db)
 	pid_t		pids[EB_NUM_WORKER_KINDS];
 
 	LWLockAcquire(eb_shared->lock, LW_EXCLUSIVE);
-	db->dropping_since = GetCurrentTimestamp();
+	db->dropping_pid = MyProcPid;
+	dropping_db = db;
 	for (int k = 0; k < EB_NUM_WORKER_KINDS; k++)
 	{
 		pids[k] = db->workers[k].pid;
@@ -349,6 +368,43 @@ eb_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 	}
 }
 
+/*
+ * DROP EXTENSION event_bridge (or DROP SCHEMA event_bridge) locks every
+ * member object before it drops any, while the workers lock some of the
+ * same tables: stop the workers first, or the two can deadlock.
+ */
+static void
+eb_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+				   ProcessUtilityContext context, ParamListInfo params,
+				   QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *parsetree = pstmt->utilityStmt;
+
+	if (eb_shared != NULL && IsA(parsetree, DropStmt) &&
+		(((DropStmt *) parsetree)->removeType == OBJECT_EXTENSION ||
+		 ((DropStmt *) parsetree)->removeType == OBJECT_SCHEMA))
+	{
+		ListCell   *lc;
+
+		foreach(lc, ((DropStmt *) parsetree)->objects)
+		{
+			Node	   *name = (Node *) lfirst(lc);
+			EbDatabase *db;
+
+			if (IsA(name, String) && strcmp(strVal(name), "event_bridge") == 0 &&
+				(db = eb_database_entry(MyDatabaseId, false)) != NULL)
+				stop_workers(db);
+		}
+	}
+
+	if (prev_process_utility_hook)
+		prev_process_utility_hook(pstmt, queryString, readOnlyTree, context,
+								  params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+								params, queryEnv, dest, qc);
+}
+
 void
 _PG_init(void)
 {
@@ -396,6 +452,8 @@ _PG_init(void)
 	shmem_startup_hook = eb_shmem_startup;
 	prev_object_access_hook = object_access_hook;
 	object_access_hook = eb_object_access;
+	prev_process_utility_hook = ProcessUtility_hook;
+	ProcessUtility_hook = eb_process_utility;
 	RegisterXactCallback(eb_xact_callback, NULL);
 
 	eb_register_launcher();

@@ -45,7 +45,9 @@ typedef struct EbWorkerSlot
 /*
  * Shared state of one database.  dboid is InvalidOid for a free entry.
  * no_extension is set by a worker that found no event_bridge extension; the
- * launcher starts no workers there until create_stream clears it.
+ * launcher starts no workers there until CREATE EXTENSION or create_stream
+ * clears it.  While dropping_pid is set, a transaction is dropping the
+ * extension or the database, and the launcher starts no workers there.
  */
 typedef struct EbDatabase
 {
@@ -53,7 +55,7 @@ typedef struct EbDatabase
 	EbWorkerSlot workers[EB_NUM_WORKER_KINDS];
 	bool		slot_ready;
 	bool		no_extension;
-	TimestampTz dropping_since;
+	pid_t		dropping_pid;	/* a backend dropping the extension or database */
 	pg_atomic_uint32 wal_pending;	/* a commit happened since the last read */
 } EbDatabase;
 

@@ -48,13 +48,6 @@ typedef struct LauncherDb
 
 static LauncherDb launcher_dbs[EB_MAX_DATABASES];
 
-/*
- * Milliseconds a database whose extension or itself is being dropped gets no
- * new workers.  Afterwards a worker starts again: it finds the database gone,
- * or the extension gone (then it drops the slot), or the drop rolled back.
- */
-#define EB_DROP_GRACE_MS	3000
-
 /* Milliseconds between two starts of the same worker (crash loops). */
 #define EB_RESTART_DELAY_MS	1000
 
@@ -167,8 +160,7 @@ ensure_workers(Oid dboid)
 		return;
 	if (db->no_extension)
 		return;
-	if (db->dropping_since != 0 &&
-		!TimestampDifferenceExceeds(db->dropping_since, GetCurrentTimestamp(), EB_DROP_GRACE_MS))
+	if (db->dropping_pid != 0)
 		return;
 
 	for (int k = 0; k < EB_NUM_WORKER_KINDS; k++)
