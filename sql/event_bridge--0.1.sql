@@ -363,7 +363,11 @@ DECLARE
     deadline timestamptz := clock_timestamp() + timeout;
     slot     name := 'event_bridge_' || (SELECT oid FROM pg_database WHERE datname = current_database());
 BEGIN
-    IF timeout IS NULL OR timeout < interval '0' THEN
+    IF timeout IS NULL THEN
+        RAISE EXCEPTION 'timeout must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF timeout < interval '0' THEN
         RAISE EXCEPTION 'timeout "%" must not be negative', timeout
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -379,6 +383,8 @@ BEGIN
     END LOOP;
 END
 $$;
+REVOKE ALL ON FUNCTION event_bridge.wait_for_capture(interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION event_bridge.wait_for_capture(interval) TO event_bridge_admin;
 COMMENT ON FUNCTION event_bridge.wait_for_capture(interval) IS
     'Waits until every transaction committed before the call is in the streams; false if timeout passed first';
 
@@ -659,6 +665,22 @@ $$;
 COMMENT ON FUNCTION event_bridge._lock_connector(text) IS
     'Internal: checks rights, locks a connector by name, bumps its version so the delivery worker reloads it, returns its id';
 
+/* A start time in epoch milliseconds (NULL stays NULL: the earliest retained). */
+CREATE FUNCTION event_bridge._start_ms(start_time timestamptz)
+RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog
+AS $$
+BEGIN
+    IF isfinite(start_time) IS FALSE THEN
+        RAISE EXCEPTION 'start_time "%" must be a finite time', start_time
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use NULL for the earliest retained record.';
+    END IF;
+    RETURN floor(extract(epoch FROM start_time) * 1000)::bigint;
+END
+$$;
+
 CREATE FUNCTION event_bridge.create_connector(
     connector_name text,
     stream_name    text,
@@ -679,7 +701,7 @@ DECLARE
     s        record;
     h        record;
     cid      int;
-    start_ms bigint := floor(extract(epoch FROM start_time) * 1000)::bigint;
+    start_ms bigint := event_bridge._start_ms(start_time);
 BEGIN
     PERFORM event_bridge._check_admin();
 
@@ -840,7 +862,7 @@ SET search_path = pg_catalog
 AS $$
 DECLARE
     cid      int := event_bridge._lock_connector(reset_connector.name);
-    start_ms bigint := floor(extract(epoch FROM start_time) * 1000)::bigint;
+    start_ms bigint := event_bridge._start_ms(start_time);
 BEGIN
     UPDATE event_bridge.connector_shards cs
        SET delivered_sequence = event_bridge._start_sequence(c.stream_id, cs.shard_id, start_ms) - 1,

@@ -38,13 +38,17 @@ eb_ensure_user() {
 }
 
 # Builds and installs the extension into the system's PostgreSQL 15.
-# Extra arguments go to make (FAULT_INJECTION=1 for the test suite); the
-# tree is cleaned first so that a build never mixes objects of both kinds.
+# Extra arguments go to make (FAULT_INJECTION=1 for the test suite).  The
+# build runs in a fresh copy of the tree, so it never mixes objects of both
+# kinds and two builds at the same time cannot spoil each other.
 eb_build_install() {
     echo "== building and installing event_bridge $*"
-    make -C "$EB_ROOT" -s PG_CONFIG="$PG_BIN/pg_config" clean >/dev/null
-    make -C "$EB_ROOT" -s PG_CONFIG="$PG_BIN/pg_config" "$@" >/dev/null
-    make -C "$EB_ROOT" -s PG_CONFIG="$PG_BIN/pg_config" "$@" install >/dev/null
+    local build
+    build=$(mktemp -d /tmp/event_bridge-build.XXXXXX)
+    tar -C "$EB_ROOT" --exclude=.git --exclude='*.o' --exclude='*.so' -cf - . | tar -C "$build" -xf -
+    make -C "$build" -s PG_CONFIG="$PG_BIN/pg_config" "$@" >/dev/null
+    make -C "$build" -s PG_CONFIG="$PG_BIN/pg_config" "$@" install >/dev/null
+    rm -rf "$build"
 }
 
 # Runs a command as the server user.

@@ -1,0 +1,175 @@
+-- Bad input sweep: every public SQL function, each argument in turn set to
+-- NULL, empty, huge, SQL-looking or naming nothing, and every function
+-- called without privilege.  Each call must fail with a clear error (no
+-- internal error, no crash) and leave the catalog as it was.
+CREATE EXTENSION event_bridge;
+\set SHOW_CONTEXT never
+CREATE TABLE t (id int PRIMARY KEY, v text);
+ALTER TABLE t REPLICA IDENTITY FULL;
+SELECT event_bridge.create_stream('sweep', ARRAY['t']::regclass[]);
+SELECT event_bridge.create_connector('sweep_c', 'sweep', 'http://127.0.0.1:9/');
+SELECT event_bridge.stop_connector('sweep_c');
+
+CREATE TEMP TABLE fingerprint AS
+SELECT (SELECT count(*) FROM event_bridge.streams) AS streams,
+       (SELECT count(*) FROM event_bridge.shards) AS shards,
+       (SELECT count(*) FROM event_bridge.connectors) AS connectors,
+       (SELECT string_agg(connector_name || ':' || version || ':' || stopped, ',') FROM event_bridge.connectors) AS connector_versions,
+       (SELECT count(*) FROM event_bridge.connector_shards) AS connector_shards;
+
+-- Valid arguments, by type, and the bad values to try in their place.
+CREATE TEMP TABLE good (fn text, pos int, val text);
+INSERT INTO good VALUES
+  ('create_stream', 1, $$'sweep2'$$), ('create_stream', 2, $$ARRAY['t']::regclass[]$$),
+  ('create_stream', 3, '2'), ('create_stream', 4, $$'1 day'::interval$$), ('create_stream', 5, 'true'),
+  ('drop_stream', 1, $$'sweep'$$),
+  ('get_records', 1, $$'sweep'$$), ('get_records', 2, '0'), ('get_records', 3, '0'), ('get_records', 4, '10'),
+  ('wait_for_capture', 1, $$'1 second'::interval$$),
+  ('create_connector', 1, $$'sweep_c2'$$), ('create_connector', 2, $$'sweep'$$),
+  ('create_connector', 3, $$'http://127.0.0.1:9/'$$), ('create_connector', 4, 'now()'),
+  ('create_connector', 5, $$'datahub'$$), ('create_connector', 6, '10'),
+  ('create_connector', 7, $$'0'::interval$$), ('create_connector', 8, $$'1 second'::interval$$),
+  ('create_connector', 9, '3'), ('create_connector', 10, $$'5 seconds'::interval$$),
+  ('create_connector', 11, $${}'::jsonb$$),
+  ('stop_connector', 1, $$'sweep_c'$$), ('start_connector', 1, $$'sweep_c'$$),
+  ('resume_connector', 1, $$'sweep_c'$$), ('drop_connector', 1, $$'sweep_c'$$),
+  ('reset_connector', 1, $$'sweep_c'$$), ('reset_connector', 2, 'now()');
+UPDATE good SET val = $$'{}'::jsonb$$ WHERE fn = 'create_connector' AND pos = 11;
+
+CREATE TEMP TABLE bad (kind text, typ text, val text);
+INSERT INTO bad VALUES
+  ('null', 'any', 'NULL'),
+  ('empty', 'text', $$''$$),
+  ('huge', 'text', $$repeat('x', 100000)$$),
+  ('sql-looking', 'text', $$'x''; DROP TABLE t; --'$$),
+  ('unknown', 'text', $$'no_such_object'$$),
+  ('negative', 'int', '-1'),
+  ('huge', 'int', '2147483647'),
+  ('negative', 'bigint', '-1'),
+  ('negative', 'interval', $$'-1 second'::interval$$),
+  ('huge', 'interval', $$'1000 years'::interval$$),
+  ('empty', 'regclass[]', $$ARRAY[]::regclass[]$$),
+  ('not an object', 'jsonb', $$'[1]'::jsonb$$),
+  ('not strings', 'jsonb', $${"a": 1}'::jsonb$$),
+  ('infinite', 'timestamptz', $$'infinity'::timestamptz$$);
+UPDATE bad SET val = $${"a": 1}'::jsonb$$ WHERE kind = 'not strings';
+UPDATE bad SET val = $$'{"a": 1}'::jsonb$$ WHERE kind = 'not strings';
+
+-- Arguments where the value tried is allowed by the API itself.
+CREATE TEMP TABLE allowed (fn text, pos int, kind text);
+INSERT INTO allowed VALUES
+  ('create_connector', 4, 'null'),        -- start_time NULL: earliest retained
+  ('reset_connector', 2, 'null'),         -- NULL: from the earliest retained
+  ('create_stream', 1, 'unknown'),        -- a new name is fine to create
+  ('create_connector', 1, 'unknown'),
+  ('wait_for_capture', 1, 'huge'),        -- a long timeout, returns at once
+  ('create_stream', 4, 'huge'),           -- a long retention
+  ('create_connector', 9, 'huge');        -- many retries
+
+CREATE TEMP TABLE outcome (fn text, pos int, kind text, sqlstate text, message text);
+
+DO $$
+DECLARE
+    f record;
+    b record;
+    args text[];
+    sql text;
+    state text;
+    msg text;
+BEGIN
+    FOR f IN SELECT DISTINCT g.fn, p.oid, p.pronargs,
+                    (SELECT array_agg(format_type(t, NULL) ORDER BY o)
+                       FROM unnest(p.proargtypes) WITH ORDINALITY u(t, o)) AS types
+               FROM good g JOIN pg_proc p ON p.proname = g.fn
+               JOIN pg_namespace n ON n.oid = p.pronamespace AND n.nspname = 'event_bridge'
+              ORDER BY 1 LOOP
+        FOR i IN 1 .. f.pronargs LOOP
+            FOR b IN SELECT * FROM bad
+                      WHERE typ = 'any'
+                         OR (typ = 'text' AND f.types[i] = 'text')
+                         OR typ = f.types[i]
+                         OR (typ = 'int' AND f.types[i] = 'integer')
+                         OR (typ = 'timestamptz' AND f.types[i] = 'timestamp with time zone')
+                      ORDER BY kind LOOP
+                SELECT array_agg(CASE WHEN g.pos = i THEN b.val ELSE g.val END ORDER BY g.pos)
+                  INTO args FROM good g WHERE g.fn = f.fn;
+                sql := format('SELECT * FROM event_bridge.%I(%s)', f.fn, array_to_string(args, ', '));
+                BEGIN
+                    EXECUTE sql;
+                    state := 'OK';
+                    msg := NULL;
+                    RAISE EXCEPTION USING ERRCODE = 'EB000';   -- roll the call back
+                EXCEPTION
+                    WHEN SQLSTATE 'EB000' THEN NULL;
+                    WHEN OTHERS THEN
+                        state := SQLSTATE;
+                        msg := SQLERRM;
+                END;
+                INSERT INTO outcome VALUES (f.fn, i, b.kind, state, msg);
+            END LOOP;
+        END LOOP;
+    END LOOP;
+END
+$$;
+
+-- Every refused call failed with a user-facing errcode; nothing internal.
+SELECT fn, pos, kind, sqlstate, left(message, 90) AS message
+  FROM outcome o
+ WHERE NOT EXISTS (SELECT FROM allowed a WHERE (a.fn, a.pos, a.kind) = (o.fn, o.pos, o.kind))
+ ORDER BY fn, pos, kind;
+SELECT count(*) AS internal_errors FROM outcome WHERE sqlstate LIKE 'XX%';
+SELECT fn, pos, kind, sqlstate, message FROM outcome o
+ WHERE EXISTS (SELECT FROM allowed a WHERE (a.fn, a.pos, a.kind) = (o.fn, o.pos, o.kind))
+ ORDER BY fn, pos, kind;
+
+-- No error message echoes the connector's secret header value.
+SELECT event_bridge.create_connector('secret_c', 'sweep', 'http://user:hunter2@127.0.0.1:9/',
+                                     headers => '{"X-Token": "hunter2"}');
+SELECT event_bridge.create_connector('secret_c', 'sweep', 'http://user:hunter2@127.0.0.1:9/',
+                                     headers => '{"X-Token": "hunter2"}');
+SELECT event_bridge.create_connector('x', 'sweep', 'ftp://user:hunter2@127.0.0.1:9/');
+SELECT count(*) AS views_with_secret
+  FROM (SELECT row_to_json(c)::text AS j FROM event_bridge.connector_status c
+        UNION ALL SELECT row_to_json(s)::text FROM event_bridge.shard_status s) v
+ WHERE j LIKE '%hunter2%';
+SELECT event_bridge.drop_connector('secret_c');
+
+-- Nothing changed.
+SELECT f = (SELECT row(streams, shards, connectors, connector_versions, connector_shards)::text
+              FROM (SELECT (SELECT count(*) FROM event_bridge.streams) AS streams,
+                           (SELECT count(*) FROM event_bridge.shards) AS shards,
+                           (SELECT count(*) FROM event_bridge.connectors) AS connectors,
+                           (SELECT string_agg(connector_name || ':' || version || ':' || stopped, ',')
+                              FROM event_bridge.connectors) AS connector_versions,
+                           (SELECT count(*) FROM event_bridge.connector_shards) AS connector_shards) now)
+       AS catalog_unchanged
+  FROM (SELECT row(streams, shards, connectors, connector_versions, connector_shards)::text AS f FROM fingerprint) x;
+
+-- Without privilege, every function is refused.
+CREATE ROLE eb_sweep_nobody;
+GRANT SELECT ON good TO eb_sweep_nobody;
+SET ROLE eb_sweep_nobody;
+DO $$
+DECLARE
+    f record;
+    args text;
+    n int := 0;
+BEGIN
+    FOR f IN SELECT DISTINCT fn FROM good ORDER BY 1 LOOP
+        SELECT string_agg(val, ', ' ORDER BY pos) INTO args FROM good WHERE good.fn = f.fn;
+        BEGIN
+            EXECUTE format('SELECT * FROM event_bridge.%I(%s)', f.fn, args);
+            RAISE NOTICE '% succeeded without privilege', f.fn;
+        EXCEPTION WHEN insufficient_privilege THEN
+            n := n + 1;
+        END;
+    END LOOP;
+    RAISE NOTICE '% of % functions refused with insufficient_privilege', n, (SELECT count(DISTINCT fn) FROM good);
+END
+$$;
+RESET ROLE;
+REVOKE SELECT ON good FROM eb_sweep_nobody;
+
+DROP EXTENSION event_bridge;
+DROP TABLE t;
+DROP ROLE eb_sweep_nobody;
