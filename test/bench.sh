@@ -1,0 +1,619 @@
+#!/usr/bin/env bash
+# test/bench.sh: event_bridge side by side with the alternatives, on one
+# machine in one run, printed as a table whose ratios compare each figure
+# with a baseline measured in the same run.
+#
+#   sudo bash test/bench.sh [--quick]
+#
+# Builds and installs event_bridge, builds a fast C endpoint
+# (test/bench/receiver.c) and the drain loop of the trigger baseline
+# (test/bench/trigger_drain.c), and runs everything on loopback in two
+# throw-away clusters under /tmp/event_bridge-bench.*:
+#
+#  1. ceilings: pg_recvlogical to /dev/null with test_decoding and with
+#     wal2json format-version 2; the endpoint's own request rate (wrk);
+#  2. capture rate on three workloads (1,000-row transactions, single-row
+#     transactions, mixed INSERT/UPDATE/DELETE), each reader decoding the
+#     same WAL (event_bridge is held back by a lock while the workload writes);
+#  3. delivered events/s for batch_size 1, 100, 1,000 with 1 and 4 shards, to
+#     the endpoint and to the endpoint answering after 20 ms; and the whole
+#     pipeline (WAL -> capture -> delivery -> endpoint) at batch_size 100;
+#  4. commit -> receipt latency under pgbench -R (open loop) at 1,000 and
+#     5,000 single-row transactions/s;
+#  5. memory: peak RSS of the workers during one big transaction, beside the
+#     walsender of pg_recvlogical decoding the same transaction;
+#  6. the trigger baseline: an AFTER ROW trigger into a queue table, drained
+#     by a loop that POSTs one request per row;
+#  7. write-path cost: pgbench TPS (TPC-B and a single-row INSERT) with
+#     wal_level = replica, logical, + pg_recvlogical, + event_bridge stream
+#     and connector; the order of configurations rotates between repetitions.
+#
+# --quick runs smaller workloads and one repetition (about 5 minutes; the
+# full run takes about 15).  Ports: PORT (56432) and PORT_B (56433) for the
+# clusters, RECV_PORT (56480) and SLOW_PORT (56481) for the endpoints.
+
+source "$(dirname "$0")/setup.sh"
+eb_need_root
+
+QUICK=0
+for a in "$@"; do
+    case "$a" in
+        --quick) QUICK=1 ;;
+        *) echo "usage: $0 [--quick]" >&2; exit 2 ;;
+    esac
+done
+
+if [ $QUICK = 1 ]; then
+    CAP_BULK=200000 CAP_SINGLE=20000 CAP_MIXED=60000
+    DLV_ROWS=50000 DLV_SECONDS=3 PIPE_ROWS=100000
+    LAT_SECONDS=8 BIG_ROWS=200000 TRG_ROWS=5000 TRG_SECONDS=4
+    WP_REPS=1 WP_SECONDS=4 WRK_SECONDS=2
+else
+    CAP_BULK=1000000 CAP_SINGLE=100000 CAP_MIXED=300000
+    DLV_ROWS=200000 DLV_SECONDS=8 PIPE_ROWS=300000
+    LAT_SECONDS=20 BIG_ROWS=1000000 TRG_ROWS=20000 TRG_SECONDS=10
+    WP_REPS=3 WP_SECONDS=10 WRK_SECONDS=5
+fi
+
+PORT=${PORT:-56432}            # cluster A: capture, delivery, latency, memory, trigger
+PORT_B=${PORT_B:-56433}        # cluster B: write path
+RECV_PORT=${RECV_PORT:-56480}  # fast endpoint
+SLOW_PORT=${SLOW_PORT:-56481}  # the same answering after 20 ms
+
+eb_install_packages postgresql-15-wal2json wrk libpq-dev
+eb_ensure_user
+eb_build_install
+
+DIR=$(mktemp -d /tmp/event_bridge-bench.XXXXXX)
+chown "$EB_USER" "$DIR"
+BG_PIDS=()
+cleanup() {
+    set +e
+    for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    for d in "$DIR/a" "$DIR/b"; do
+        [ -d "$d" ] && eb_as_user pg_ctl -D "$d" -m immediate stop >/dev/null 2>&1
+    done
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+echo "== building the benchmark endpoint and the trigger drain loop"
+gcc -O2 -Wall -Wextra -o "$DIR/receiver" "$EB_ROOT/test/bench/receiver.c"
+gcc -O2 -Wall -Wextra -Wno-unused-parameter -I"$(pg_config --includedir)" \
+    -o "$DIR/trigger_drain" "$EB_ROOT/test/bench/trigger_drain.c" -lpq -lcurl
+
+# ---------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------
+
+now() { date +%s.%N; }
+calc() { awk "BEGIN { printf \"$1\", $2 }"; }
+# A field of the endpoint's flat JSON answers.
+jget() { sed -n "s/.*\"$1\":\(-\?[0-9.]*\).*/\1/p"; }
+rget() { curl -s "http://127.0.0.1:$1/$2"; }
+
+# Starts a cluster as the server user in $DIR/<name> on a port.
+start_cluster() {
+    local name=$1 port=$2
+    eb_as_user initdb -D "$DIR/$name" -A trust -U postgres >/dev/null
+    cat "$EB_ROOT/test/regress.conf" >> "$DIR/$name/postgresql.conf"
+    cat >> "$DIR/$name/postgresql.conf" <<CONF
+port = $port
+unix_socket_directories = '$DIR'
+listen_addresses = ''
+output_plugin_libraries = 'pgoutput, test_decoding, event_bridge, wal2json'
+shared_buffers = '512MB'
+max_wal_size = '8GB'
+checkpoint_timeout = '30min'
+max_wal_senders = 10
+CONF
+    eb_as_user pg_ctl -D "$DIR/$name" -l "$DIR/$name.log" -w start >/dev/null ||
+        { tail -20 "$DIR/$name.log" >&2; exit 1; }
+}
+
+# psql on cluster A (database bench unless DB says otherwise).
+Q() { psql -X -q -A -t -v ON_ERROR_STOP=1 -h "$DIR" -p "$PORT" -U postgres -d "${DB:-bench}" "$@"; }
+QB() { psql -X -q -A -t -v ON_ERROR_STOP=1 -h "$DIR" -p "$PORT_B" -U postgres -d pgb "$@"; }
+
+# Holds event_bridge's capture worker back (it waits on its first flush)
+# while a workload writes, so that every reader then decodes the same WAL.
+hold_capture() {
+    PGAPPNAME=eb_bench_hold Q -c "BEGIN; LOCK event_bridge.records IN SHARE MODE; SELECT pg_sleep(100000);" >/dev/null 2>&1 &
+    until [ "$(Q -c "SELECT count(*) FROM pg_locks WHERE relation = 'event_bridge.records'::regclass AND mode = 'ShareLock' AND granted")" = 1 ]; do
+        sleep 0.05
+    done
+}
+release_capture() {
+    Q -c "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'eb_bench_hold'" >/dev/null
+}
+capture_done() {   # true once event_bridge's slot has confirmed $1
+    [ "$(Q -c "SELECT confirmed_flush_lsn >= '$1' FROM pg_replication_slots WHERE slot_name LIKE 'event_bridge_%' AND database = current_database()")" = t ]
+}
+
+# pg_recvlogical from a slot to /dev/null up to an LSN; prints seconds taken.
+recvlogical_time() {
+    local slot=$1 endpos=$2; shift 2
+    local t0 t1
+    t0=$(now)
+    pg_recvlogical -h "$DIR" -p "$PORT" -U postgres -d bench -S "$slot" --start \
+        --endpos="$endpos" -f /dev/null --no-loop "$@"
+    t1=$(now)
+    calc "%.3f" "$t1 - $t0"
+}
+
+# SQL that inserts rows 1..$2 into table $1 in 1,000-row transactions.
+bulk_sql() {
+    cat <<SQL
+SET synchronous_commit = off;
+DO \$\$
+BEGIN
+  FOR i IN 0 .. ($2 / 1000) - 1 LOOP
+    INSERT INTO $1 (id, customer, amount)
+      SELECT g, 'customer ' || (g % 1000), (g % 10000) / 100.0
+        FROM generate_series(i * 1000 + 1, (i + 1) * 1000) g;
+    COMMIT;
+  END LOOP;
+END
+\$\$;
+SQL
+}
+# CREATE TABLE for the workloads' tables.
+table_sql() {
+    echo "CREATE TABLE $1 (id int PRIMARY KEY, customer text, amount numeric(10,2), created timestamptz DEFAULT now());"
+    echo "ALTER TABLE $1 REPLICA IDENTITY FULL;"
+}
+
+# Results, printed at the end as rows of a Markdown table.
+ROWS=()
+row() { ROWS+=("| $1 | $2 | $3 | $4 | $5 |"); }
+ratio() { calc "%.2f" "$1 / $2"; }
+verdict() {   # value op limit -> met / MISSED
+    if awk "BEGIN { exit !($1 $2 $3) }"; then echo "met"; else echo "**missed**"; fi
+}
+fmt() { awk -v n="$1" 'BEGIN { s = sprintf("%.0f", n); r = ""; while (length(s) > 3) { r = "," substr(s, length(s) - 2) r; s = substr(s, 1, length(s) - 3) } print s r }'; }
+
+# ---------------------------------------------------------------------
+# Cluster A and the endpoints
+# ---------------------------------------------------------------------
+
+echo "== cluster A on port $PORT"
+start_cluster a "$PORT"
+DB=postgres Q -c "CREATE DATABASE bench"
+Q <<SQL >/dev/null
+CREATE EXTENSION event_bridge;
+$(table_sql cap_t)
+SELECT event_bridge.create_stream('cap', ARRAY['cap_t']::regclass[], shard_count => 4);
+SQL
+
+"$DIR/receiver" --port "$RECV_PORT" >/dev/null 2>"$DIR/receiver.err" &
+BG_PIDS+=($!)
+"$DIR/receiver" --port "$SLOW_PORT" --delay-ms 20 >/dev/null 2>"$DIR/slow.err" &
+BG_PIDS+=($!)
+sleep 0.3
+rget "$RECV_PORT" stats >/dev/null && rget "$SLOW_PORT" stats >/dev/null || {
+    echo "the endpoints did not start (ports $RECV_PORT, $SLOW_PORT in use?)" >&2; cat "$DIR"/*.err >&2; exit 1; }
+URL="http://127.0.0.1:$RECV_PORT/fc"
+SLOW_URL="http://127.0.0.1:$SLOW_PORT/fc"
+
+# ---------------------------------------------------------------------
+# 1. The endpoint's ceiling (wrk, 4 connections like 4 shards)
+# ---------------------------------------------------------------------
+
+echo "== 1. endpoint ceiling (wrk)"
+python3 - "$DIR" <<'EOF'
+import json, sys
+for n in (1, 100):
+    recs = [{"eventId": "0:%d" % i, "systemTime": 1700000000001,
+             "data": json.dumps([str(i), "I", "7301234567890123456", "bench", "public.cap_t",
+                                 "1700000000000", "N", "Y", str(i), "customer %d" % (i % 1000),
+                                 "12.34", "2024-01-01 00:00:00.123456+00"], separators=(",", ":"))}
+            for i in range(n)]
+    body = json.dumps({"eventSource": "acs:datahub", "eventName": "acs:datahub:putRecord",
+                       "eventSourceARN": "/projects/bench/topics/cap", "region": "local",
+                       "records": recs}, separators=(",", ":"))
+    with open("%s/post%d.lua" % (sys.argv[1], n), "w") as f:
+        f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                'wrk.body = %s\n' % json.dumps(body))
+EOF
+for n in 1 100; do
+    rate=$(wrk -t1 -c4 -d"${WRK_SECONDS}s" -s "$DIR/post$n.lua" "$URL" | awk '/Requests\/sec/ { print $2 }')
+    eval "WRK_$n=$rate"
+done
+rget "$RECV_PORT" reset >/dev/null
+echo "   $WRK_1 req/s with 1 record, $WRK_100 req/s with 100 records"
+
+# ---------------------------------------------------------------------
+# 2. Capture rate beside pg_recvlogical, three workloads over the same WAL
+# ---------------------------------------------------------------------
+
+# capture_run NAME CHANGES RECORDS SQL: writes the workload while capture is
+# held back, then times each reader over the same WAL.
+capture_run() {
+    local name=$1 changes=$2 records=$3 sql=$4
+    local before end td wj t0 t1 eb appended
+    Q -c "SELECT 's' FROM pg_create_logical_replication_slot('td_$name', 'test_decoding')" >/dev/null
+    Q -c "SELECT 's' FROM pg_create_logical_replication_slot('wj_$name', 'wal2json')" >/dev/null
+    before=$(Q -c "SELECT appended FROM event_bridge.stream_status WHERE stream_name = 'cap'")
+    hold_capture
+    printf 'SET synchronous_commit = off;\n%s\n' "$sql" | Q >/dev/null
+    end=$(Q -c "SELECT pg_current_wal_lsn()")
+    echo "   $name: $changes changes, $(Q -c "SELECT round((pg_current_wal_lsn() - restart_lsn) / 1048576.0) FROM pg_replication_slots WHERE slot_name = 'td_$name'") MB of WAL"
+    td=$(recvlogical_time "td_$name" "$end")
+    wj=$(recvlogical_time "wj_$name" "$end" -o format-version=2)
+    t0=$(now)
+    release_capture
+    until capture_done "$end"; do sleep 0.02; done
+    t1=$(now)
+    eb=$(calc "%.3f" "$t1 - $t0")
+    appended=$(Q -c "SELECT appended - $before FROM event_bridge.stream_status WHERE stream_name = 'cap'")
+    [ "$appended" = "$records" ] || { echo "event_bridge appended $appended records, expected $records" >&2; exit 1; }
+    Q -c "SELECT pg_drop_replication_slot('td_$name'), pg_drop_replication_slot('wj_$name')" >/dev/null
+    eval "CAP_${name}_TD=$(calc "%.0f" "$changes / $td")"
+    eval "CAP_${name}_WJ=$(calc "%.0f" "$changes / $wj")"
+    eval "CAP_${name}_EB=$(calc "%.0f" "$changes / $eb")"
+    eval "echo \"     changes/s: test_decoding \$CAP_${name}_TD, wal2json \$CAP_${name}_WJ, event_bridge \$CAP_${name}_EB\""
+}
+
+echo "== 2. capture"
+capture_run bulk "$CAP_BULK" "$CAP_BULK" "$(bulk_sql cap_t "$CAP_BULK")"
+
+capture_run single "$CAP_SINGLE" "$CAP_SINGLE" "
+DO \$\$
+BEGIN
+  FOR g IN 2000001 .. 2000000 + $CAP_SINGLE LOOP
+    INSERT INTO cap_t (id, customer, amount) VALUES (g, 'customer ' || (g % 1000), (g % 10000) / 100.0);
+    COMMIT;
+  END LOOP;
+END
+\$\$;"
+
+# Mixed: transactions of 100 changes, 40 INSERTs, 40 UPDATEs (two records
+# each: before and after image), 20 DELETEs, over rows of the bulk workload.
+capture_run mixed "$CAP_MIXED" "$((CAP_MIXED / 100 * 140))" "
+DO \$\$
+BEGIN
+  FOR i IN 0 .. ($CAP_MIXED / 100) - 1 LOOP
+    INSERT INTO cap_t (id, customer, amount)
+      SELECT g, 'customer ' || (g % 1000), 1.00 FROM generate_series(3000001 + i * 40, 3000040 + i * 40) g;
+    UPDATE cap_t SET amount = amount + 1 WHERE id BETWEEN 1 + i * 60 AND 40 + i * 60;
+    DELETE FROM cap_t WHERE id BETWEEN 41 + i * 60 AND 60 + i * 60;
+    COMMIT;
+  END LOOP;
+END
+\$\$;"
+
+# ---------------------------------------------------------------------
+# 3. Delivery: batch sizes, shards, a fast and a 20 ms endpoint
+# ---------------------------------------------------------------------
+
+echo "== 3. delivery"
+Q <<SQL >/dev/null
+$(table_sql dlv_t)
+SELECT event_bridge.create_stream('d1', ARRAY['dlv_t']::regclass[], shard_count => 1);
+SELECT event_bridge.create_stream('d4', ARRAY['dlv_t']::regclass[], shard_count => 4);
+$(bulk_sql dlv_t "$DLV_ROWS")
+SELECT event_bridge.wait_for_capture('300 seconds');
+SQL
+
+# deliver_run PORT URL SHARDS BATCH: a connector from the earliest record of
+# the stream's backlog; delivered/s between the first and the last receipt,
+# until everything arrived or DLV_SECONDS passed.
+deliver_run() {
+    local port=$1 url=$2 shards=$3 batch=$4
+    local t0 stats unique first last recs
+    rget "$port" reset >/dev/null
+    Q -c "SELECT event_bridge.create_connector('bench_c', 'd$shards', '$url', start_time => NULL, batch_size => $batch)" >/dev/null
+    t0=$(now)
+    while :; do
+        sleep 0.2
+        unique=$(rget "$port" stats | jget unique)
+        [ "$unique" -ge "$DLV_ROWS" ] && break
+        awk "BEGIN { exit !($(now) - $t0 > $DLV_SECONDS) }" && break
+    done
+    Q -c "SELECT event_bridge.drop_connector('bench_c')" >/dev/null
+    stats=$(rget "$port" stats)
+    first=$(echo "$stats" | jget first_us)
+    last=$(echo "$stats" | jget last_us)
+    recs=$(echo "$stats" | jget unique)
+    calc "%.0f" "$recs / (($last - $first) / 1e6)"
+    sleep 0.3   # let a cancelled request settle before the next reset
+}
+
+for shards in 1 4; do
+    for batch in 1 100 1000; do
+        eval "DLV_${shards}_${batch}=$(deliver_run "$RECV_PORT" "$URL" "$shards" "$batch")"
+        eval "SLOW_${shards}_${batch}=$(deliver_run "$SLOW_PORT" "$SLOW_URL" "$shards" "$batch")"
+        eval "echo \"   $shards shards, batch_size $batch: \$DLV_${shards}_${batch} events/s (20 ms endpoint: \$SLOW_${shards}_${batch})\""
+    done
+done
+
+# The whole pipeline: WAL written while capture is held back, then capture
+# and delivery (batch_size 100, 4 shards) run together until the last receipt.
+Q <<SQL >/dev/null
+$(table_sql pipe_t)
+SELECT event_bridge.create_stream('p4', ARRAY['pipe_t']::regclass[], shard_count => 4);
+SELECT event_bridge.create_connector('pipe_c', 'p4', '$URL', batch_size => 100);
+SQL
+rget "$RECV_PORT" reset >/dev/null
+hold_capture
+bulk_sql pipe_t "$PIPE_ROWS" | Q >/dev/null
+t0=$(now)
+release_capture
+until [ "$(rget "$RECV_PORT" stats | jget unique)" -ge "$PIPE_ROWS" ]; do
+    sleep 0.05
+    awk "BEGIN { exit !($(now) - $t0 > 300) }" && { echo "pipeline: not everything arrived" >&2; exit 1; }
+done
+last=$(rget "$RECV_PORT" stats | jget last_us)
+PIPE=$(calc "%.0f" "$PIPE_ROWS / ($last / 1e6 - $t0)")
+Q -c "SELECT event_bridge.drop_connector('pipe_c')" >/dev/null
+echo "   pipeline (capture + delivery, batch_size 100, 4 shards): $PIPE events/s"
+
+# ---------------------------------------------------------------------
+# 4. Latency, commit -> receipt, open loop
+# ---------------------------------------------------------------------
+
+echo "== 4. latency"
+Q <<SQL >/dev/null
+CREATE TABLE lat_t (id bigserial PRIMARY KEY, v text, n int);
+ALTER TABLE lat_t REPLICA IDENTITY FULL;
+SELECT event_bridge.create_stream('lat', ARRAY['lat_t']::regclass[], shard_count => 4);
+SELECT event_bridge.create_connector('lat_c', 'lat', '$URL', batch_size => 100);
+SQL
+echo "INSERT INTO lat_t (v, n) VALUES ('x', 1);" > "$DIR/insert.sql"
+for rate in 1000 5000; do
+    rget "$RECV_PORT" reset >/dev/null
+    before=$(Q -c "SELECT count(*) FROM lat_t")
+    out=$(pgbench -h "$DIR" -p "$PORT" -U postgres -n -f "$DIR/insert.sql" -R "$rate" \
+        -T "$LAT_SECONDS" -c 16 -j 2 bench 2>&1)
+    n=$(( $(Q -c "SELECT count(*) FROM lat_t") - before ))
+    t0=$(now)
+    until [ "$(rget "$RECV_PORT" stats | jget unique)" -ge "$n" ]; do
+        sleep 0.1
+        awk "BEGIN { exit !($(now) - $t0 > 120) }" && { echo "latency: not everything arrived" >&2; exit 1; }
+    done
+    lat=$(rget "$RECV_PORT" latency)
+    eval "LAT_${rate}_TPS=$(echo "$out" | awk '/^tps/ { printf "%.0f", $3 }')"
+    for k in p50 p95 p99 max append_p50 append_p99; do
+        eval "LAT_${rate}_$k=$(echo "$lat" | jget "$k")"
+    done
+    eval "LAT_${rate}_PGB=$(echo "$out" | awk '/latency average/ { print $4 }')"
+    eval "echo \"   $rate/s (achieved \$LAT_${rate}_TPS/s): p50 \$LAT_${rate}_p50 ms, p95 \$LAT_${rate}_p95, p99 \$LAT_${rate}_p99, max \$LAT_${rate}_max (commit -> append p50 \$LAT_${rate}_append_p50, p99 \$LAT_${rate}_append_p99)\""
+done
+Q -c "SELECT event_bridge.drop_connector('lat_c')" >/dev/null
+
+# ---------------------------------------------------------------------
+# 5. Memory: one big transaction
+# ---------------------------------------------------------------------
+
+echo "== 5. memory: one transaction of $BIG_ROWS rows"
+# sample_rss OUT PID...: the largest RssAnon and VmHWM (kB) of the processes
+# until $DIR/stop_sampling exists.
+sample_rss() {
+    local out=$1; shift
+    rm -f "$DIR/stop_sampling"
+    (
+        declare -A anon hwm
+        while [ ! -e "$DIR/stop_sampling" ]; do
+            for p in "$@"; do
+                read -r a h < <(awk '/^RssAnon/ { a = $2 } /^VmHWM/ { h = $2 } END { print a + 0, h + 0 }' "/proc/$p/status" 2>/dev/null)
+                [ "${a:-0}" -gt "${anon[$p]:-0}" ] && anon[$p]=$a
+                [ "${h:-0}" -gt "${hwm[$p]:-0}" ] && hwm[$p]=$h
+            done
+            sleep 0.1
+        done
+        for p in "$@"; do echo "$p ${anon[$p]:-0} ${hwm[$p]:-0}"; done > "$out"
+    ) &
+    SAMPLER=$!
+}
+stop_sampling() { touch "$DIR/stop_sampling"; wait "$SAMPLER"; }
+
+Q <<SQL >/dev/null
+$(table_sql big_t)
+SELECT event_bridge.create_stream('big', ARRAY['big_t']::regclass[], shard_count => 4);
+SELECT event_bridge.create_connector('big_c', 'big', '$URL', batch_size => 100);
+SELECT 's' FROM pg_create_logical_replication_slot('td_big', 'test_decoding');
+SQL
+CAP_PID=$(Q -c "SELECT pid FROM pg_stat_activity WHERE backend_type LIKE 'event_bridge capture%' AND datname = 'bench'")
+DLV_PID=$(Q -c "SELECT pid FROM pg_stat_activity WHERE backend_type LIKE 'event_bridge delivery%' AND datname = 'bench'")
+echo 5 > "/proc/$CAP_PID/clear_refs"; echo 5 > "/proc/$DLV_PID/clear_refs"
+rget "$RECV_PORT" reset >/dev/null
+sample_rss "$DIR/rss_eb" "$CAP_PID" "$DLV_PID"
+t0=$(now)
+Q -c "INSERT INTO big_t (id, customer, amount) SELECT g, 'customer ' || (g % 1000), (g % 10000) / 100.0 FROM generate_series(1, $BIG_ROWS) g"
+BIG_END=$(Q -c "SELECT pg_current_wal_lsn()")
+t1=$(now)
+until capture_done "$BIG_END"; do sleep 0.05; done
+t2=$(now)
+until [ "$(rget "$RECV_PORT" stats | jget unique)" -ge "$BIG_ROWS" ]; do sleep 0.1; done
+t3=$(now)
+stop_sampling
+BIG_EB_CAP=$(calc "%.0f" "$BIG_ROWS / ($t2 - $t1)")
+read -r _ CAP_ANON CAP_HWM < <(grep "^$CAP_PID " "$DIR/rss_eb")
+read -r _ DLV_ANON DLV_HWM < <(grep "^$DLV_PID " "$DIR/rss_eb")
+Q -c "SELECT event_bridge.drop_connector('big_c')" >/dev/null
+
+# The same transaction through pg_recvlogical: its walsender's memory.
+pg_recvlogical -h "$DIR" -p "$PORT" -U postgres -d bench -S td_big --start \
+    --endpos="$BIG_END" -f /dev/null --no-loop &
+RECV_PID=$!
+t0=$(now)
+until WS_PID=$(Q -c "SELECT pid FROM pg_stat_replication WHERE application_name = 'pg_recvlogical'") && [ -n "$WS_PID" ]; do
+    kill -0 "$RECV_PID" 2>/dev/null || break
+    sleep 0.02
+done
+if [ -n "$WS_PID" ]; then
+    sample_rss "$DIR/rss_ws" "$WS_PID"
+    wait "$RECV_PID"
+    stop_sampling
+    read -r _ WS_ANON WS_HWM < <(grep "^$WS_PID " "$DIR/rss_ws")
+else
+    wait "$RECV_PID"; WS_ANON=0 WS_HWM=0
+fi
+t1=$(now)
+BIG_TD=$(calc "%.0f" "$BIG_ROWS / ($t1 - $t0)")
+Q -c "SELECT pg_drop_replication_slot('td_big')" >/dev/null
+WORK_MEM_KB=$(Q -c "SELECT setting FROM pg_settings WHERE name = 'logical_decoding_work_mem'")
+BUF_KB=$(Q -c "SELECT setting FROM pg_settings WHERE name = 'event_bridge.capture_buffer_kb'")
+echo "   capture worker: RssAnon peak $CAP_ANON kB (VmHWM $CAP_HWM kB); delivery worker: $DLV_ANON kB ($DLV_HWM kB)"
+echo "   pg_recvlogical's walsender: $WS_ANON kB ($WS_HWM kB); bound: logical_decoding_work_mem $WORK_MEM_KB kB + capture_buffer $BUF_KB kB"
+echo "   capture of the transaction: $BIG_EB_CAP changes/s, pg_recvlogical $BIG_TD changes/s"
+
+# ---------------------------------------------------------------------
+# 6. The trigger baseline
+# ---------------------------------------------------------------------
+
+echo "== 6. trigger baseline"
+Q -f "$EB_ROOT/test/bench/trigger.sql" >/dev/null
+t0=$(now)
+Q -c "INSERT INTO trg_t (id, customer, amount) SELECT g, 'customer ' || (g % 1000), (g % 10000) / 100.0 FROM generate_series(1, $TRG_ROWS) g"
+rget "$RECV_PORT" reset >/dev/null
+sent=$("$DIR/trigger_drain" "host=$DIR port=$PORT user=postgres dbname=bench" "$URL" "$TRG_ROWS" "$TRG_SECONDS")
+stats=$(rget "$RECV_PORT" stats)
+TRG=$(calc "%.0f" "$(echo "$stats" | jget unique) / (($(echo "$stats" | jget last_us) - $(echo "$stats" | jget first_us)) / 1e6)")
+echo "   trigger + queue + drain loop: $TRG events/s ($sent sent)"
+# The same loop to the endpoint that takes 20 ms per call.
+Q -c "INSERT INTO trg_t (id, customer, amount) SELECT g, 'customer ' || (g % 1000), 1.00 FROM generate_series($TRG_ROWS + 1, $TRG_ROWS + 2000) g"
+rget "$SLOW_PORT" reset >/dev/null
+"$DIR/trigger_drain" "host=$DIR port=$PORT user=postgres dbname=bench" "$SLOW_URL" 2000 "$TRG_SECONDS" >/dev/null
+stats=$(rget "$SLOW_PORT" stats)
+TRG_SLOW=$(calc "%.0f" "$(echo "$stats" | jget unique) / (($(echo "$stats" | jget last_us) - $(echo "$stats" | jget first_us)) / 1e6)")
+echo "   the same to the 20 ms endpoint: $TRG_SLOW events/s"
+
+eb_as_user pg_ctl -D "$DIR/a" -m fast stop >/dev/null
+
+# ---------------------------------------------------------------------
+# 7. Write path: pgbench TPS per configuration, rotating the order
+# ---------------------------------------------------------------------
+
+echo "== 7. write path (cluster B on port $PORT_B)"
+start_cluster b "$PORT_B"
+psql -X -q -h "$DIR" -p "$PORT_B" -U postgres -d postgres -c "CREATE DATABASE pgb"
+pgbench -h "$DIR" -p "$PORT_B" -U postgres -i -s 10 -q pgb >/dev/null 2>&1
+QB -c "CREATE TABLE ins_t (id bigserial PRIMARY KEY, v text, n int, created timestamptz DEFAULT now())"
+echo "INSERT INTO ins_t (v, n) VALUES ('x', 1);" > "$DIR/ins.sql"
+
+CONFIGS=(replica logical recvlogical event_bridge)
+wp_setup() {
+    local level=logical
+    [ "$1" = replica ] && level=replica
+    QB -c "ALTER SYSTEM SET wal_level = $level" >/dev/null
+    eb_as_user pg_ctl -D "$DIR/b" -l "$DIR/b.log" -m fast -w restart >/dev/null
+    case "$1" in
+        recvlogical)
+            QB -c "SELECT 's' FROM pg_create_logical_replication_slot('wp', 'test_decoding')" >/dev/null
+            pg_recvlogical -h "$DIR" -p "$PORT_B" -U postgres -d pgb -S wp --start -f /dev/null &
+            WP_RECV=$!
+            ;;
+        event_bridge)
+            QB <<SQL >/dev/null
+CREATE EXTENSION event_bridge;
+SELECT event_bridge.create_stream('wp', ARRAY['pgbench_accounts', 'pgbench_branches', 'pgbench_tellers',
+    'pgbench_history', 'ins_t']::regclass[], shard_count => 4, before_images => false);
+SELECT event_bridge.create_connector('wp_c', 'wp', '$URL', batch_size => 100);
+SQL
+            ;;
+    esac
+}
+wp_teardown() {
+    case "$1" in
+        recvlogical)
+            kill "$WP_RECV"; wait "$WP_RECV" 2>/dev/null || true
+            QB -c "SELECT pg_drop_replication_slot('wp')" >/dev/null ;;
+        event_bridge)
+            # Did capture and delivery keep up?  Lag when the run ended.
+            WP_EB_PENDING+=("$(QB -c "SELECT pending FROM event_bridge.connector_status")")
+            QB -c "DROP EXTENSION event_bridge" >/dev/null ;;
+    esac
+}
+tps() { awk '/^tps/ { printf "%.0f", $3 }'; }
+declare -A TPCB INS
+WP_EB_PENDING=()
+for ((r = 0; r < WP_REPS; r++)); do
+    for ((k = 0; k < ${#CONFIGS[@]}; k++)); do
+        c=${CONFIGS[$(( (k + r) % ${#CONFIGS[@]} ))]}
+        wp_setup "$c"
+        t=$(pgbench -h "$DIR" -p "$PORT_B" -U postgres -n -c 4 -j 2 -T "$WP_SECONDS" pgb 2>&1 | tps)
+        i=$(pgbench -h "$DIR" -p "$PORT_B" -U postgres -n -f "$DIR/ins.sql" -c 4 -j 2 -T "$WP_SECONDS" pgb 2>&1 | tps)
+        wp_teardown "$c"
+        TPCB[$c]+="$t "
+        INS[$c]+="$i "
+        echo "   repetition $((r + 1)), $c: TPC-B $t tps, INSERT $i tps"
+    done
+done
+median() { tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+for c in "${CONFIGS[@]}"; do
+    eval "TPCB_${c}=$(echo "${TPCB[$c]}" | median)"
+    eval "INS_${c}=$(echo "${INS[$c]}" | median)"
+done
+eb_as_user pg_ctl -D "$DIR/b" -m fast stop >/dev/null
+
+# ---------------------------------------------------------------------
+# The table
+# ---------------------------------------------------------------------
+
+CPU=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
+echo
+echo "Machine: $(nproc) cores ($CPU), $(free -g | awk '/^Mem/ { print $2 }') GiB, $(. /etc/os-release; echo "$PRETTY_NAME"), PostgreSQL $(pg_config --version | awk '{ print $2 }'); mode: $([ $QUICK = 1 ] && echo quick || echo full)"
+echo
+row "what" "figure" "baseline (same run)" "ratio" "target"
+row "---" "---:" "---" "---:" "---"
+row "1a. pg_recvlogical + test_decoding -> /dev/null, $(fmt $CAP_BULK) rows in 1,000-row tx" "$(fmt $CAP_bulk_TD) changes/s" "(ceiling)" "1.00" ""
+row "1b. pg_recvlogical + wal2json v2 -> /dev/null, same WAL" "$(fmt $CAP_bulk_WJ) changes/s" "test_decoding" "$(ratio $CAP_bulk_WJ $CAP_bulk_TD)" ""
+row "1c. endpoint (test/bench/receiver.c) alone, wrk, 4 connections" "$(fmt $WRK_1) req/s; $(fmt $(calc %.0f "$WRK_100 * 100")) records/s in 100-record bodies" "(ceiling)" "" ""
+for w in bulk single mixed; do
+    case $w in
+        bulk) what="$(fmt $CAP_BULK) rows in 1,000-row transactions" ;;
+        single) what="$(fmt $CAP_SINGLE) single-row transactions" ;;
+        mixed) what="$(fmt $CAP_MIXED) changes, 40 % INSERT / 40 % UPDATE / 20 % DELETE, 100 per tx" ;;
+    esac
+    eval "td=\$CAP_${w}_TD wj=\$CAP_${w}_WJ eb=\$CAP_${w}_EB"
+    row "2. capture, $what, 4 shards, stored" "$(fmt $eb) changes/s" "test_decoding $(fmt $td); wal2json $(fmt $wj)" "$(ratio $eb $td) ($(ratio $eb $wj) × wal2json)" "≥ 0.80: $(verdict "$eb / $td" '>=' 0.8)"
+done
+for shards in 1 4; do
+    for batch in 1 100 1000; do
+        eval "d=\$DLV_${shards}_${batch}"
+        t=""
+        [ "$batch" = 100 ] && t="≥ 0.80: $(verdict "$d / $CAP_bulk_EB" '>=' 0.8)"
+        row "3. delivered, batch_size $batch, $shards shard(s), backlog of $(fmt $DLV_ROWS)" "$(fmt $d) events/s" "capture (2, bulk) $(fmt $CAP_bulk_EB)" "$(ratio $d $CAP_bulk_EB)" "$t"
+    done
+done
+row "3. pipeline: WAL -> capture -> delivery, batch_size 100, 4 shards, $(fmt $PIPE_ROWS) rows" "$(fmt $PIPE) events/s" "capture (2, bulk) $(fmt $CAP_bulk_EB)" "$(ratio $PIPE $CAP_bulk_EB)" ""
+for shards in 1 4; do
+    for batch in 1 100 1000; do
+        eval "d=\$SLOW_${shards}_${batch}"
+        lim=$(( shards * batch * 50 ))
+        row "3. delivered to an endpoint taking 20 ms, batch_size $batch, $shards shard(s)" "$(fmt $d) events/s" "limit shards × batch / 20 ms = $(fmt $lim)" "$(ratio $d $lim)" ""
+    done
+done
+for rate in 1000 5000; do
+    eval "p50=\$LAT_${rate}_p50 p95=\$LAT_${rate}_p95 p99=\$LAT_${rate}_p99 a50=\$LAT_${rate}_append_p50 a99=\$LAT_${rate}_append_p99 tps=\$LAT_${rate}_TPS pgb=\$LAT_${rate}_PGB"
+    t=""
+    [ "$rate" = 1000 ] && t="p99 ≤ 50 ms: $(verdict "$p99" '<=' 50)"
+    row "4. commit -> receipt, pgbench -R $rate single-row tx/s (achieved $(fmt $tps)), batch_size 100, 4 shards" "p50 $p50 / p95 $p95 / p99 $p99 ms" "commit -> append p50 $a50 / p99 $a99 ms; pgbench tx latency $pgb ms" "" "$t"
+done
+for c in replica recvlogical event_bridge; do
+    eval "t=\$TPCB_$c i=\$INS_$c"
+    case $c in
+        replica) what="wal_level = replica" ;;
+        recvlogical) what="+ pg_recvlogical (test_decoding) consuming" ;;
+        event_bridge) what="+ event_bridge stream (5 tables, 4 shards) and connector delivering" ;;
+    esac
+    tt=""; ti=""
+    if [ $c = event_bridge ]; then
+        tt="≥ 0.85: $(verdict "$t / $TPCB_logical" '>=' 0.85)"
+        ti="≥ 0.85: $(verdict "$i / $INS_logical" '>=' 0.85)"
+    fi
+    row "5. pgbench TPC-B (scale 10, 4 clients), $what" "$(fmt $t) tps" "wal_level = logical, no consumer: $(fmt $TPCB_logical)" "$(ratio $t $TPCB_logical)" "$tt"
+    row "5. pgbench single-row INSERT (4 clients), $what" "$(fmt $i) tps" "wal_level = logical, no consumer: $(fmt $INS_logical)" "$(ratio $i $INS_logical)" "$ti"
+done
+row "6. capture worker, peak private RSS (RssAnon) during one $(fmt $BIG_ROWS)-row transaction" "$(fmt $((CAP_ANON / 1024))) MB (VmHWM $(fmt $((CAP_HWM / 1024))) MB)" "pg_recvlogical's walsender $(fmt $((WS_ANON / 1024))) MB (VmHWM $(fmt $((WS_HWM / 1024))) MB)" "$(ratio $CAP_ANON $WS_ANON)" "≤ work_mem + buffer = $(( (WORK_MEM_KB + BUF_KB) / 1024 )) MB: $(verdict "$CAP_ANON" '<=' "$WORK_MEM_KB + $BUF_KB")"
+row "6. delivery worker, peak private RSS, same transaction" "$(fmt $((DLV_ANON / 1024))) MB (VmHWM $(fmt $((DLV_HWM / 1024))) MB)" "" "" ""
+row "6. capture rate of that transaction" "$(fmt $BIG_EB_CAP) changes/s" "pg_recvlogical + test_decoding $(fmt $BIG_TD)" "$(ratio $BIG_EB_CAP $BIG_TD)" ""
+row "7. trigger -> queue table -> loop POSTing one request per row" "$(fmt $TRG) events/s" "" "" ""
+row "7. event_bridge delivered (batch_size 100, 4 shards) vs the trigger baseline" "$(fmt $DLV_4_100) events/s" "trigger baseline $(fmt $TRG)" "$(ratio $DLV_4_100 $TRG)" "≥ 20: $(verdict "$DLV_4_100 / $TRG" '>=' 20)"
+row "7. trigger baseline to the endpoint taking 20 ms" "$(fmt $TRG_SLOW) events/s" "" "" ""
+row "7. event_bridge to the 20 ms endpoint (batch_size 100, 4 shards) vs the trigger baseline" "$(fmt $SLOW_4_100) events/s" "trigger baseline, 20 ms endpoint $(fmt $TRG_SLOW)" "$(ratio $SLOW_4_100 $TRG_SLOW)" "≥ 20: $(verdict "$SLOW_4_100 / $TRG_SLOW" '>=' 20)"
+row "7. event_bridge batch_size 1, 1 shard (one request per change, like the trigger)" "$(fmt $DLV_1_1) events/s" "trigger baseline $(fmt $TRG)" "$(ratio $DLV_1_1 $TRG)" ""
+printf '%s\n' "${ROWS[@]}"
+echo
+echo "event_bridge pending at the end of each write-path run (records not yet delivered): ${WP_EB_PENDING[*]}"
