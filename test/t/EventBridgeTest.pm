@@ -102,13 +102,15 @@ SQL
 	close $fh;
 }
 
-# Starts pgbench with the load for some seconds; returns its IPC::Run handle.
+# Starts pgbench with the load for some seconds, as fast as it goes or at a
+# fixed rate of transactions per second; returns its IPC::Run handle.
 sub load_start
 {
-	my ($node, $seconds, $clients) = @_;
+	my ($node, $seconds, $clients, $rate) = @_;
 	my ($out, $err) = ('', '');
 	return IPC::Run::start(
 		[ 'pgbench', '-n', '-c', $clients // 4, '-T', $seconds,
+		  ($rate ? ('-R', $rate) : ()),
 		  '-f', "$PostgreSQL::Test::Utils::tmp_check/load.sql",
 		  '-h', $node->host, '-p', $node->port, 'postgres' ],
 		'>', \$out, '2>', \$err);
