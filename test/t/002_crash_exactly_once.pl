@@ -28,6 +28,16 @@ ok($node->safe_psql('postgres', 'SELECT count(*) FROM ins') > 100,
 	'the load committed work before the crashes');
 check_exactly_once($node, 'after four crashes');
 
+# A fast restart (pg_ctl restart -m fast) under load, twice.
+for my $round (1 .. 2)
+{
+	my $bench = load_start($node, 3);
+	usleep(800_000);
+	$node->restart('fast');
+	$bench->finish;
+}
+check_exactly_once($node, 'after fast restarts under load');
+
 # The slot keeps advancing: WAL is not retained once records are stored.
 $node->safe_psql('postgres', 'CHECKPOINT');
 ok($node->poll_query_until('postgres', q{
