@@ -83,6 +83,8 @@ for my $point ('delivery-before-offset-commit', 'delivery-mid-send')
 	is($node->safe_psql('postgres',
 		"SELECT delivered, pending FROM event_bridge.connector_status WHERE connector_name = '$stream'"),
 		'2000|0', "$point: connector_status counts each record once");
+	checker_ok($node, 'postgres', $r, [ '--connector', $stream, '--delay-ms', 5 ],
+		"$point: check_invariants.py finds every invariant held");
 	stop_receiver($r);
 }
 

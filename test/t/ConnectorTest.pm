@@ -6,15 +6,18 @@ use strict;
 use warnings;
 use Exporter 'import';
 use FindBin;
+use IPC::Run;
 use JSON::PP;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep time);
 
 our @EXPORT = qw(start_receiver stop_receiver receiver_log wait_for_log
-  acked_ids acked_by_shard check_shard_order wait_delivered);
+  acked_ids acked_by_shard check_shard_order wait_delivered
+  run_checker checker_ok);
 
 my $receiver_py = "$FindBin::RealBin/../receiver.py";
+my $checker_py = "$FindBin::RealBin/../check_invariants.py";
 
 # Starts test/receiver.py on 127.0.0.1 and waits until it listens.  Options:
 # port (0 = a free one), log (a file to append to), args (more arguments).
@@ -129,6 +132,34 @@ sub check_shard_order
 			"$what: shard $shard got sequences $want[0]..$want[-1] once each, in order")
 		  or diag(explain($by_shard->{$shard}));
 	}
+}
+
+# Runs test/check_invariants.py on a receiver's log (or a log file given as
+# $log) against a node's database.  Returns (exit code, stdout, stderr);
+# exit 0 = every invariant held, 1 = a violation, 2 = a usage or database
+# error.
+sub run_checker
+{
+	my ($node, $db, $log, @args) = @_;
+	$log = $log->{log} if ref $log;
+	my ($out, $err) = ('', '');
+	IPC::Run::run(
+		[ 'python3', $checker_py, '-h', $node->host, '-p', $node->port, '-d', $db,
+		  '--log', $log, @args ],
+		'>', \$out, '2>', \$err);
+	return ($? >> 8, $out, $err);
+}
+
+# Asserts that the invariant checker finds every invariant held (exit 0)
+# for a receiver's log, with the connectors at rest; prints its report on
+# failure.  $args: more checker arguments (e.g. ['--connector', 'c1']).
+sub checker_ok
+{
+	my ($node, $db, $r, $args, $what) = @_;
+	my ($rc, $out, $err) = run_checker($node, $db, $r, '--require-quiescent', @{ $args // [] });
+	is($rc, 0, $what) or diag("check_invariants.py exit $rc:\n$out$err");
+	note($out);
+	return $rc == 0;
 }
 
 # Waits until a connector has nothing pending and every shard is at its head.
