@@ -168,6 +168,24 @@ capture_add_stream(int32 stream_id, int32 shard_count, bool before_images,
 	state_dirty = true;
 }
 
+/*
+ * A row of event_bridge.shards was decoded (create_stream writes 0, a
+ * restore from pg_dump writes the dumped counters): a shard's sequence never
+ * goes back, so take the larger.
+ */
+void
+capture_restore_sequence(int32 stream_id, int32 shard_id, int64 next_sequence)
+{
+	CaptureStream *s = find_stream(stream_id);
+
+	if (s == NULL || s->removed || shard_id < 0 || shard_id >= s->shard_count ||
+		next_sequence <= s->next_sequence[shard_id])
+		return;
+	s->next_sequence[shard_id] = next_sequence;
+	s->shard_dirty[shard_id] = true;
+	state_dirty = true;
+}
+
 /* A stream's drop was decoded: it captures nothing more. */
 void
 capture_remove_stream(int32 stream_id)
@@ -770,20 +788,18 @@ event_bridge_capture_main(Datum main_arg)
 
 	exit_if_extension_dropped(slot_name, false);
 
-	/* Origins, catalog OIDs and the captured state, in one transaction. */
+	/* Origins and catalog OIDs. */
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	schema = get_namespace_oid("event_bridge", false);
 	eb_streams_relid = get_relname_relid("streams", schema);
+	eb_shards_relid = get_relname_relid("shards", schema);
 	records_relid = get_relname_relid("records", schema);
 	eb_capture_origin_id = origin_by_name(psprintf(EB_CAPTURE_ORIGIN_FORMAT, dboid));
 	eb_delivery_origin_id = origin_by_name(psprintf(EB_DELIVERY_ORIGIN_FORMAT, dboid));
 	replorigin_session_setup(eb_capture_origin_id);
 	replorigin_session_origin = eb_capture_origin_id;
 	origin_lsn = replorigin_session_get_progress(false);
-	SPI_connect();
-	load_state();
-	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 
@@ -793,6 +809,21 @@ event_bridge_capture_main(Datum main_arg)
 	if (MyReplicationSlot->data.invalidated_at != InvalidXLogRecPtr &&
 		MyReplicationSlot->data.restart_lsn == InvalidXLogRecPtr)
 		recover_lost_slot(slot_name);
+
+	/*
+	 * The captured state, read only now that the slot exists: a stream that
+	 * committed before this snapshot is loaded here, and one that commits
+	 * after the slot's start point is decoded; a stream both loaded and
+	 * decoded is taken once.  (Read before the slot, a stream restored by
+	 * pg_dump in between would be neither.)
+	 */
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	load_state();
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
 	my_db->slot_ready = true;
 	pgstat_report_activity(STATE_RUNNING, "capturing");
 

@@ -42,11 +42,17 @@ typedef struct CaptureStream
 #define Anum_eb_streams_shard_count		4
 #define Anum_eb_streams_before_images	6
 
+/* Column numbers of event_bridge.shards. */
+#define Anum_eb_shards_stream_id		1
+#define Anum_eb_shards_shard_id			2
+#define Anum_eb_shards_next_sequence	3
+
 /* Set in the capture worker only; the plugin writes text output otherwise. */
 extern bool eb_capture_active;
 
-/* The OID of event_bridge.streams in this database. */
+/* The OIDs of event_bridge.streams and event_bridge.shards in this database. */
 extern Oid	eb_streams_relid;
+extern Oid	eb_shards_relid;
 
 /* Replication origins of the workers; their transactions are not decoded. */
 extern RepOriginId eb_capture_origin_id;
@@ -59,6 +65,7 @@ extern List *capture_streams_for_relation(Oid relid);
 extern void capture_add_stream(int32 stream_id, int32 shard_count, bool before_images,
 							   int nrelids, Oid *relids, XLogRecPtr lsn);
 extern void capture_remove_stream(int32 stream_id);
+extern void capture_restore_sequence(int32 stream_id, int32 shard_id, int64 next_sequence);
 extern int64 capture_next_record_id(void);
 extern void capture_append(CaptureStream *stream, int32 shard_id, int64 record_id,
 						   char operation, const char *table_name,

@@ -15,7 +15,9 @@
  *
  * Changes of event_bridge.streams are decoded too: they create and drop
  * streams in commit order, so a stream captures exactly the transactions
- * that commit after the one that created it.
+ * that commit after the one that created it.  Rows written to
+ * event_bridge.shards by others than the capture worker (create_stream, a
+ * restore) set the shards' sequence counters.
  *
  * IDENTIFICATION
  *	  src/decoder.c
@@ -81,6 +83,7 @@ static HTAB *relinfo_hash = NULL;
 
 bool		eb_capture_active = false;
 Oid			eb_streams_relid = InvalidOid;
+Oid			eb_shards_relid = InvalidOid;
 uint64		eb_streams_generation = 1;
 RepOriginId eb_capture_origin_id = InvalidRepOriginId;
 RepOriginId eb_delivery_origin_id = InvalidRepOriginId;
@@ -334,6 +337,23 @@ apply_streams_change(ReorderBufferTXN *txn, Relation rel, ReorderBufferChange *c
 	}
 }
 
+/* Takes the sequence counter of a shard from a decoded event_bridge.shards row. */
+static void
+apply_shards_change(Relation rel, ReorderBufferChange *change)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
+	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
+
+	if ((change->action != REORDER_BUFFER_CHANGE_INSERT &&
+		 change->action != REORDER_BUFFER_CHANGE_UPDATE) || change->data.tp.newtuple == NULL)
+		return;
+	heap_deform_tuple(&change->data.tp.newtuple->tuple, desc, values, nulls);
+	capture_restore_sequence(DatumGetInt32(values[Anum_eb_shards_stream_id - 1]),
+							 DatumGetInt32(values[Anum_eb_shards_shard_id - 1]),
+							 DatumGetInt64(values[Anum_eb_shards_next_sequence - 1]));
+}
+
 /* Hands one record to the capture worker, or writes it as a text line. */
 static void
 emit(LogicalDecodingContext *ctx, CaptureStream *stream, const char *key,
@@ -417,6 +437,11 @@ eb_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	if (eb_capture_active && RelationGetRelid(relation) == eb_streams_relid)
 	{
 		apply_streams_change(txn, relation, change);
+		goto done;
+	}
+	if (eb_capture_active && RelationGetRelid(relation) == eb_shards_relid)
+	{
+		apply_shards_change(relation, change);
 		goto done;
 	}
 
