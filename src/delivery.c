@@ -769,6 +769,18 @@ record_outcome(Shard *sh, const HttpOutcome *o)
  * The loop
  * ------------------------------------------------------------------- */
 
+/* Does a connector in memory wait for a reload (version -1)? */
+static bool
+reload_pending(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, connectors)
+		if (((Connector *) lfirst(lc))->version == -1)
+			return true;
+	return false;
+}
+
 /* May a shard send (or read) now, as far as its connector and state go? */
 static bool
 shard_active(Shard *sh)
@@ -825,7 +837,13 @@ delivery_turn(bool woken, TimestampTz *last_sync)
 			f = (Finished *) lfirst(lc);
 			record_outcome(f->shard, &f->outcome);
 		}
-		sync_connectors();
+		/*
+		 * The catalog's connectors change only by calls that wake the worker
+		 * (or on the periodic check), and a stale outcome asks for a reload:
+		 * a turn that only records outcomes need not look.
+		 */
+		if (catalog || reload_pending())
+			sync_connectors();
 		foreach(lc, connectors)
 		{
 			Connector  *c = (Connector *) lfirst(lc);

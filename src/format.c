@@ -79,6 +79,64 @@ append_base64(StringInfo out, const char *src, int len)
 	out->data[out->len] = '\0';
 }
 
+/*
+ * Appends s as a JSON string, byte for byte what escape_json appends, but
+ * faster: the runs of bytes that need no escape are copied whole.  Records'
+ * data (a JSON array as text) is most of a DataHub body.
+ */
+static void
+append_json_string(StringInfo out, const char *s)
+{
+	const char *run = s;
+	const char *p;
+
+	appendStringInfoCharMacro(out, '"');
+	for (p = s; *p; p++)
+	{
+		unsigned char c = (unsigned char) *p;
+		const char *esc;
+		char		u[8];
+
+		if (c >= ' ' && c != '"' && c != '\\')
+			continue;
+		if (p > run)
+			appendBinaryStringInfo(out, run, p - run);
+		run = p + 1;
+		switch (c)
+		{
+			case '"':
+				esc = "\\\"";
+				break;
+			case '\\':
+				esc = "\\\\";
+				break;
+			case '\b':
+				esc = "\\b";
+				break;
+			case '\f':
+				esc = "\\f";
+				break;
+			case '\n':
+				esc = "\\n";
+				break;
+			case '\r':
+				esc = "\\r";
+				break;
+			case '\t':
+				esc = "\\t";
+				break;
+			default:
+				snprintf(u, sizeof(u), "\\u%04x", (int) c);
+				esc = u;
+				break;
+		}
+		appendBinaryStringInfo(out, esc, strlen(esc));
+	}
+	if (p > run)
+		appendBinaryStringInfo(out, run, p - run);
+	appendStringInfoCharMacro(out, '"');
+}
+
 static void
 format_datahub(StringInfo out, const FormatBatch *b)
 {
@@ -96,7 +154,7 @@ format_datahub(StringInfo out, const FormatBatch *b)
 		appendStringInfo(out, "%s{\"eventId\":\"%d:" INT64_FORMAT "\","
 						 "\"systemTime\":" INT64_FORMAT ",\"data\":",
 						 i > 0 ? "," : "", b->shard_id, r->sequence, r->system_time);
-		escape_json(out, r->data);
+		append_json_string(out, r->data);
 		appendStringInfoChar(out, '}');
 	}
 	appendStringInfoString(out, "]}");
