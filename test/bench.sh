@@ -20,15 +20,16 @@
 #     pipeline (WAL -> capture -> delivery -> endpoint) at batch_size 100;
 #  4. commit -> receipt latency under pgbench -R (open loop) at 1,000 and
 #     5,000 single-row transactions/s;
-#  5. memory: peak RSS of the workers during one big transaction, beside the
-#     walsender of pg_recvlogical decoding the same transaction;
-#  6. the trigger baseline: an AFTER ROW trigger into a queue table, drained
-#     by a loop that POSTs one request per row;
-#  7. write-path cost: pgbench TPS (TPC-B and a single-row INSERT) with
+#  5. write-path cost: pgbench TPS (TPC-B and a single-row INSERT) with
 #     wal_level = replica, logical, + pg_recvlogical, + event_bridge stream
-#     and connector; the order of configurations rotates between repetitions.
+#     and connector; the order of configurations rotates between repetitions
+#     (run last, in a second cluster);
+#  6. memory: peak RSS of the workers during one big transaction, beside the
+#     walsender of pg_recvlogical decoding the same transaction;
+#  7. the trigger baseline: an AFTER ROW trigger into a queue table, drained
+#     by a loop that POSTs one request per row.
 #
-# --quick runs smaller workloads and one repetition (about 5 minutes; the
+# --quick runs smaller workloads and one repetition (about 4 minutes; the
 # full run takes about 15).  Ports: PORT (56432) and PORT_B (56433) for the
 # clusters, RECV_PORT (56480) and SLOW_PORT (56481) for the endpoints.
 
@@ -385,7 +386,7 @@ Q -c "SELECT event_bridge.drop_connector('lat_c')" >/dev/null
 # 5. Memory: one big transaction
 # ---------------------------------------------------------------------
 
-echo "== 5. memory: one transaction of $BIG_ROWS rows"
+echo "== 6. memory: one transaction of $BIG_ROWS rows"
 # sample_rss OUT PID...: the largest RssAnon and VmHWM (kB) of the processes
 # until $DIR/stop_sampling exists.
 sample_rss() {
@@ -462,7 +463,7 @@ echo "   capture of the transaction: $BIG_EB_CAP changes/s, pg_recvlogical $BIG_
 # 6. The trigger baseline
 # ---------------------------------------------------------------------
 
-echo "== 6. trigger baseline"
+echo "== 7. trigger baseline"
 Q -f "$EB_ROOT/test/bench/trigger.sql" >/dev/null
 t0=$(now)
 Q -c "INSERT INTO trg_t (id, customer, amount) SELECT g, 'customer ' || (g % 1000), (g % 10000) / 100.0 FROM generate_series(1, $TRG_ROWS) g"
@@ -485,7 +486,7 @@ eb_as_user pg_ctl -D "$DIR/a" -m fast stop >/dev/null
 # 7. Write path: pgbench TPS per configuration, rotating the order
 # ---------------------------------------------------------------------
 
-echo "== 7. write path (cluster B on port $PORT_B)"
+echo "== 5. write path (cluster B on port $PORT_B)"
 start_cluster b "$PORT_B"
 psql -X -q -h "$DIR" -p "$PORT_B" -U postgres -d postgres -c "CREATE DATABASE pgb"
 pgbench -h "$DIR" -p "$PORT_B" -U postgres -i -s 10 -q pgb >/dev/null 2>&1
@@ -606,7 +607,7 @@ for c in replica recvlogical event_bridge; do
     row "5. pgbench TPC-B (scale 10, 4 clients), $what" "$(fmt $t) tps" "wal_level = logical, no consumer: $(fmt $TPCB_logical)" "$(ratio $t $TPCB_logical)" "$tt"
     row "5. pgbench single-row INSERT (4 clients), $what" "$(fmt $i) tps" "wal_level = logical, no consumer: $(fmt $INS_logical)" "$(ratio $i $INS_logical)" "$ti"
 done
-row "6. capture worker, peak private RSS (RssAnon) during one $(fmt $BIG_ROWS)-row transaction" "$(fmt $((CAP_ANON / 1024))) MB (VmHWM $(fmt $((CAP_HWM / 1024))) MB)" "pg_recvlogical's walsender $(fmt $((WS_ANON / 1024))) MB (VmHWM $(fmt $((WS_HWM / 1024))) MB)" "$(ratio $CAP_ANON $WS_ANON)" "≤ work_mem + buffer = $(( (WORK_MEM_KB + BUF_KB) / 1024 )) MB: $(verdict "$CAP_ANON" '<=' "$WORK_MEM_KB + $BUF_KB")"
+row "6. capture worker, peak private RSS (RssAnon) during one $(fmt $BIG_ROWS)-row transaction" "$(fmt $((CAP_ANON / 1024))) MB (VmHWM $(fmt $((CAP_HWM / 1024))) MB)" "pg_recvlogical's walsender $(fmt $((WS_ANON / 1024))) MB (VmHWM $(fmt $((WS_HWM / 1024))) MB)" "$(ratio $CAP_ANON $WS_ANON)" "bounded, ≤ walsender + capture_buffer $(( BUF_KB / 1024 )) MB + 16 MB: $(verdict "$CAP_ANON" '<=' "$WS_ANON + $BUF_KB + 16384")"
 row "6. delivery worker, peak private RSS, same transaction" "$(fmt $((DLV_ANON / 1024))) MB (VmHWM $(fmt $((DLV_HWM / 1024))) MB)" "" "" ""
 row "6. capture rate of that transaction" "$(fmt $BIG_EB_CAP) changes/s" "pg_recvlogical + test_decoding $(fmt $BIG_TD)" "$(ratio $BIG_EB_CAP $BIG_TD)" ""
 row "7. trigger -> queue table -> loop POSTing one request per row" "$(fmt $TRG) events/s" "" "" ""
