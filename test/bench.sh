@@ -231,9 +231,10 @@ echo "   $WRK_1 req/s with 1 record, $WRK_100 req/s with 100 records"
 # held back, then times each reader over the same WAL.
 capture_run() {
     local name=$1 changes=$2 records=$3 sql=$4
-    local before end td wj t0 t1 eb appended
+    local before end td wj sq t0 t1 eb appended
     Q -c "SELECT 's' FROM pg_create_logical_replication_slot('td_$name', 'test_decoding')" >/dev/null
     Q -c "SELECT 's' FROM pg_create_logical_replication_slot('wj_$name', 'wal2json')" >/dev/null
+    Q -c "SELECT 's' FROM pg_create_logical_replication_slot('sq_$name', 'test_decoding')" >/dev/null
     before=$(Q -c "SELECT appended FROM event_bridge.stream_status WHERE stream_name = 'cap'")
     hold_capture
     printf 'SET synchronous_commit = off;\n%s\n' "$sql" | Q >/dev/null
@@ -241,6 +242,11 @@ capture_run() {
     echo "   $name: $changes changes, $(Q -c "SELECT round((pg_current_wal_lsn() - restart_lsn) / 1048576.0) FROM pg_replication_slots WHERE slot_name = 'td_$name'") MB of WAL"
     td=$(recvlogical_time "td_$name" "$end")
     wj=$(recvlogical_time "wj_$name" "$end" -o format-version=2)
+    # The in-process ceiling: one SQL call decoding it all inside a backend.
+    t0=$(now)
+    Q -c "SELECT count(*) FROM pg_logical_slot_get_binary_changes('sq_$name', '$end', NULL)" >/dev/null
+    t1=$(now)
+    sq=$(calc "%.3f" "$t1 - $t0")
     t0=$(now)
     release_capture
     until capture_done "$end"; do sleep 0.02; done
@@ -248,10 +254,11 @@ capture_run() {
     eb=$(calc "%.3f" "$t1 - $t0")
     appended=$(Q -c "SELECT appended - $before FROM event_bridge.stream_status WHERE stream_name = 'cap'")
     [ "$appended" = "$records" ] || { echo "event_bridge appended $appended records, expected $records" >&2; exit 1; }
-    Q -c "SELECT pg_drop_replication_slot('td_$name'), pg_drop_replication_slot('wj_$name')" >/dev/null
+    Q -c "SELECT pg_drop_replication_slot('td_$name'), pg_drop_replication_slot('wj_$name'), pg_drop_replication_slot('sq_$name')" >/dev/null
     eval "CAP_${name}_TD=$(calc "%.0f" "$changes / $td")"
     eval "CAP_${name}_WJ=$(calc "%.0f" "$changes / $wj")"
     eval "CAP_${name}_EB=$(calc "%.0f" "$changes / $eb")"
+    eval "CAP_${name}_SQ=$(calc "%.0f" "$changes / $sq")"
     eval "echo \"     changes/s: test_decoding \$CAP_${name}_TD, wal2json \$CAP_${name}_WJ, event_bridge \$CAP_${name}_EB\""
 }
 
@@ -560,7 +567,8 @@ row "what" "figure" "baseline (same run)" "ratio" "target"
 row "---" "---:" "---" "---:" "---"
 row "1a. pg_recvlogical + test_decoding -> /dev/null, $(fmt $CAP_BULK) rows in 1,000-row tx" "$(fmt $CAP_bulk_TD) changes/s" "(ceiling)" "1.00" ""
 row "1b. pg_recvlogical + wal2json v2 -> /dev/null, same WAL" "$(fmt $CAP_bulk_WJ) changes/s" "test_decoding" "$(ratio $CAP_bulk_WJ $CAP_bulk_TD)" ""
-row "1c. endpoint (test/bench/receiver.c) alone, wrk, 4 connections" "$(fmt $WRK_1) req/s; $(fmt $(calc %.0f "$WRK_100 * 100")) records/s in 100-record bodies" "(ceiling)" "" ""
+row "1c. pg_logical_slot_get_binary_changes + test_decoding, one call (in-process ceiling), same WAL" "$(fmt $CAP_bulk_SQ) changes/s" "pg_recvlogical + test_decoding" "$(ratio $CAP_bulk_SQ $CAP_bulk_TD)" ""
+row "1d. endpoint (test/bench/receiver.c) alone, wrk, 4 connections" "$(fmt $WRK_1) req/s; $(fmt $(calc %.0f "$WRK_100 * 100")) records/s in 100-record bodies" "(ceiling)" "" ""
 for w in bulk single mixed; do
     case $w in
         bulk) what="$(fmt $CAP_BULK) rows in 1,000-row transactions" ;;
