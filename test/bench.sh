@@ -511,6 +511,7 @@ wp_setup() {
             QB -c "SELECT 's' FROM pg_create_logical_replication_slot('wp', 'test_decoding')" >/dev/null
             pg_recvlogical -h "$DIR" -p "$PORT_B" -U postgres -d pgb -S wp --start -f /dev/null &
             WP_RECV=$!
+            BG_PIDS+=("$WP_RECV")
             ;;
         event_bridge)
             QB <<SQL >/dev/null
