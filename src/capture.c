@@ -79,6 +79,13 @@ typedef struct PendingHeader
 /* Flush at least this often while WAL keeps coming, for latency. */
 #define EB_FLUSH_INTERVAL_MS	100
 
+/*
+ * Having decoded all WAL there is, wait this long for more before flushing:
+ * a flush costs about the same for one record as for thousands, so under
+ * many small transactions this turns dozens of flushes into one.
+ */
+#define EB_FLUSH_DELAY_MS		10
+
 static MemoryContext capture_context = NULL;
 static List *streams = NIL;
 static int64 next_record_id = 1;
@@ -90,6 +97,18 @@ static int64 pending_count = 0;
 static TimestampTz pending_since = 0;
 
 static bool wal_end_reached = false;
+
+/*
+ * Tuple slots for multi-inserts, made on first need and kept for the
+ * worker's life: virtual slots over a private copy of the records table's
+ * descriptor, so that they hold no pin across transactions.
+ */
+static TupleTableSlot *insert_slots[EB_INSERT_BATCH];
+static int	insert_slots_made = 0;
+static TupleDesc insert_desc = NULL;
+
+/* A decoded transaction changed the catalogs since the last flush. */
+static bool catalog_changed = true;
 static Oid	extension_oid = InvalidOid;
 static Oid	records_relid = InvalidOid;
 static EbDatabase *my_db = NULL;
@@ -197,6 +216,13 @@ capture_remove_stream(int32 stream_id)
 	s->removed = true;
 	state_dirty = true;
 	eb_streams_generation++;
+}
+
+/* A decoded transaction changed the catalogs (DDL). */
+void
+capture_catalog_changed(void)
+{
+	catalog_changed = true;
 }
 
 int64
@@ -313,7 +339,7 @@ insert_pending(int64 system_time)
 	EState	   *estate = CreateExecutorState();
 	ResultRelInfo *rri = makeNode(ResultRelInfo);
 	BulkInsertState bistate = GetBulkInsertState();
-	TupleTableSlot *slots[EB_INSERT_BATCH];
+	TupleTableSlot **slots = insert_slots;
 	MemoryContext batch_context;
 	MemoryContext old;
 	StringInfoData buf;
@@ -322,8 +348,13 @@ insert_pending(int64 system_time)
 
 	InitResultRelInfo(rri, rel, 1, NULL, 0);
 	ExecOpenIndices(rri, false);
-	for (int i = 0; i < EB_INSERT_BATCH; i++)
-		slots[i] = table_slot_create(rel, NULL);
+	if (insert_desc == NULL)
+	{
+		MemoryContext old_context = MemoryContextSwitchTo(capture_context);
+
+		insert_desc = CreateTupleDescCopy(RelationGetDescr(rel));
+		MemoryContextSwitchTo(old_context);
+	}
 	batch_context = AllocSetContextCreate(CurrentMemoryContext, "event_bridge insert batch",
 										  ALLOCSET_DEFAULT_SIZES);
 	initStringInfo(&buf);
@@ -351,6 +382,14 @@ insert_pending(int64 system_time)
 			continue;
 
 		p = buf.data + sizeof(h);
+		if (n == insert_slots_made)
+		{
+			MemoryContext old_context = MemoryContextSwitchTo(capture_context);
+
+			insert_slots[insert_slots_made++] =
+				MakeSingleTupleTableSlot(insert_desc, &TTSOpsVirtual);
+			MemoryContextSwitchTo(old_context);
+		}
 		slot = slots[n];
 		ExecClearTuple(slot);
 		slot->tts_values[0] = Int32GetDatum(h.stream_id);
@@ -383,8 +422,6 @@ insert_pending(int64 system_time)
 	MemoryContextSwitchTo(old);
 
 	MemoryContextDelete(batch_context);
-	for (int i = 0; i < EB_INSERT_BATCH; i++)
-		ExecDropSingleTupleTableSlot(slots[i]);
 	FreeBulkInsertState(bistate);
 	table_finish_bulk_insert(rel, 0);
 	ExecCloseIndices(rri);
@@ -504,8 +541,15 @@ flush(XLogRecPtr upto)
 {
 	int64		now_ms;
 	bool		decoding = (MyProc->statusFlags & PROC_IN_LOGICAL_DECODING) != 0;
+	bool		invalidate = catalog_changed;
 
-	InvalidateSystemCaches();
+	/*
+	 * Caches filled while decoding hold catalog rows as of the decoded past,
+	 * and this transaction's fill them as of now: they differ only where a
+	 * catalog changed in between, so they are thrown away only then.
+	 */
+	if (invalidate)
+		InvalidateSystemCaches();
 	if (decoding)
 		set_in_logical_decoding(false);
 	StartTransactionCommand();
@@ -528,7 +572,11 @@ flush(XLogRecPtr upto)
 	if (decoding)
 		set_in_logical_decoding(true);
 	pgstat_report_stat(false);
-	InvalidateSystemCaches();
+	if (invalidate)
+	{
+		InvalidateSystemCaches();
+		catalog_changed = false;
+	}
 
 	EB_FAULT_POINT("capture-after-commit");
 	reset_after_flush();
@@ -770,6 +818,7 @@ event_bridge_capture_main(Datum main_arg)
 	XLogRecPtr	read_pos;
 	TimestampTz last_check = 0;
 	TimestampTz last_cleanup = 0;
+	long		wait_ms;
 	Oid			schema;
 
 	my_db = eb_worker_start(main_arg, EB_WORKER_CAPTURE);
@@ -866,8 +915,15 @@ event_bridge_capture_main(Datum main_arg)
 				 LSN_FORMAT_ARGS(read_pos), errm ? errm : "unknown error");
 		wal_end_reached = false;
 
-		/* All flushed WAL is decoded: store, then wait for more. */
-		if (pending_count > 0 || state_dirty)
+		/*
+		 * All flushed WAL is decoded: store (after a short wait for more, if
+		 * the records are fresh), then wait for more.
+		 */
+		wait_ms = 1000L;
+		if (pending_count > 0 &&
+			!TimestampDifferenceExceeds(pending_since, GetCurrentTimestamp(), EB_FLUSH_DELAY_MS))
+			wait_ms = EB_FLUSH_DELAY_MS;
+		else if (pending_count > 0 || state_dirty)
 			flush(read_pos);
 		else if (read_pos > MyReplicationSlot->data.confirmed_flush)
 			LogicalConfirmReceivedLocation(read_pos);
@@ -890,7 +946,7 @@ event_bridge_capture_main(Datum main_arg)
 		if (GetFlushRecPtr(NULL) <= read_pos)
 		{
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 1000L, PG_WAIT_EXTENSION);
+							 wait_ms, PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
 		}
 		XLogBeginRead(ctx->reader, read_pos);

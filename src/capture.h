@@ -67,6 +67,7 @@ extern void capture_add_stream(int32 stream_id, int32 shard_count, bool before_i
 extern void capture_remove_stream(int32 stream_id);
 extern void capture_restore_sequence(int32 stream_id, int32 shard_id, int64 next_sequence);
 extern int64 capture_next_record_id(void);
+extern void capture_catalog_changed(void);
 extern void capture_append(CaptureStream *stream, int32 shard_id, int64 record_id,
 						   char operation, const char *table_name,
 						   const char *key, int keylen,

@@ -403,9 +403,12 @@ eb_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 {
 }
 
+/* Tells the capture worker about DDL, whose caches it must then renew. */
 static void
 eb_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr commit_lsn)
 {
+	if (eb_capture_active && rbtxn_has_catalog_changes(txn))
+		capture_catalog_changed();
 }
 
 /* The capture worker's own writes (records, offsets) are never decoded. */
