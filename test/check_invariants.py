@@ -12,7 +12,7 @@ Usage:
       [-h HOST] [-p PORT] [-d DBNAME] [-U USER] [--psql PATH]
       [--connector NAME ...] [--forbid-substring S ...]
       [--slow-ms 5000] [--delay-ms 0] [--log-not-fresh]
-      [--require-quiescent] [--max-examples 5] [--json]
+      [--require-quiescent] [--disruptions FILE] [--max-examples 5] [--json]
 
   e.g. after a TAP run:
     python3 test/check_invariants.py -h /tmp/xyz -p 5432 -d postgres \\
@@ -47,8 +47,10 @@ Invariants (ids in brackets, as in --json):
   [content]    every decoded request (any outcome) carries the records'
                data as stored in event_bridge.records (DataHub: the data
                string; DIS: the base64-decoded data) and, for DataHub,
-               their systemTime; an eventId beyond its shard's head or not
-               stored is a violation.  With bodies in the log (receiver
+               their systemTime; an eventId that is not stored though its
+               shard's records around it are, or (at rest) beyond its shard's
+               head, is a violation; records removed by retention are
+               counted as not verifiable.  With bodies in the log (receiver
                --keep-body) the data strings are compared byte for byte, and
                the envelope is checked too: eventSourceARN and region;
                ShardID, next_partition_cursor, partition_key, StreamName.
@@ -70,7 +72,11 @@ Invariants (ids in brackets, as in --json):
                logged), or, after a restart re-read it, that batch extended
                by later records.  The number of duplicate batches is
                reported, split into resends after a lost ack and batches
-               acked twice (offset commit lost in a crash).
+               acked twice (offset commit lost in a crash).  With
+               --disruptions FILE (a JSON list of [start_ms, end_ms] epoch
+               windows of crashes, restarts and endpoint outages, as
+               test/soak.py writes it) a batch acked twice must have a
+               window between its two sendings.
   [batch_shape] a request holds 1..batch_size consecutive records of the
                shard it names, in the connector's format.
   [status]     shard_status.pending = max(next_sequence - 1 -
@@ -219,6 +225,7 @@ class Connector:
         self.checks = {}           # invariant -> "ok" / "fail" / "skip: ..."
         self.key_last = {}         # partition key -> (shard, sequence)
         self.beyond_head = []      # eventIds past the heads read at the start
+        self.acked_twice = []      # (first t_ms, second t_ms, where, shard, first, last)
 
     def fail(self, inv, msg):
         self.violations.setdefault(inv, []).append(msg)
@@ -471,7 +478,7 @@ def check_entry(n, e, conn, recs, ctx, args):
             conn.fail("shard_order", f"{where}: shard {shard}: sequences {first}..{seqs[-1]} "
                       f"first arrive after {sh.answered_max}")
         else:
-            prev_ids, prev_key, prev_res = sh.last_batch
+            prev_ids, prev_key, prev_res, prev_t = sh.last_batch
             cur = tuple(seqs)
             if cur[0] != prev_ids[0] or cur[:len(prev_ids)] != prev_ids[:len(cur)] \
                     or len(cur) < len(prev_ids):
@@ -489,15 +496,18 @@ def check_entry(n, e, conn, recs, ctx, args):
                     st["resent_after_lost_ack"] += 1
                 else:
                     st["acked_twice"] += 1
+                    conn.acked_twice.append((prev_t, e.get("t_ms") or 0, where, shard,
+                                             prev_ids[0], prev_ids[-1]))
 
     if res == "failed":
         return
     # Answered: record history and first arrivals.
     key = body_key(e, conn)
+    t_ms = e.get("t_ms") or 0
     if sh.last_batch is None or seqs[0] != sh.last_batch[0][0] or len(seqs) >= len(sh.last_batch[0]):
-        sh.last_batch = (tuple(seqs), key, res)
-    elif res == "ack":
-        sh.last_batch = (sh.last_batch[0], sh.last_batch[1], "ack")
+        sh.last_batch = (tuple(seqs), key, res, t_ms)
+    else:
+        sh.last_batch = (sh.last_batch[0], sh.last_batch[1], res, t_ms)
     for q in seqs:
         if q not in sh.answered:
             sh.answered.add(q)
@@ -684,6 +694,12 @@ def run(args):
                 c.fail("content", msg)
         else:
             c.stats["unverifiable_records"] += len(c.beyond_head)
+        if args.disruptions is not None:
+            for t1, t2, where, shard, lo, hi in c.acked_twice:
+                if not any(start <= t2 and end >= t1 for start, end in args.disruptions):
+                    c.fail("duplicates", f"{where}: shard {shard}: batch {lo}..{hi}, acked at "
+                           f"{t1:.0f}, was sent again at {t2:.0f} ({t2 - t1:.0f} ms later) "
+                           "with no crash, restart or outage in between")
         check_after(c, snap1, snap2, quiescent, args)
         check_storage(c, records[c.stream_id], snap1)
         if not quiescent:
@@ -775,10 +791,15 @@ def main(argv=None):
                    help="the log has requests from before the connectors' history")
     p.add_argument("--require-quiescent", action="store_true",
                    help="a connector not at rest is a violation")
+    p.add_argument("--disruptions", metavar="FILE",
+                   help="JSON [[start_ms, end_ms], ...]: when crashes, restarts, outages were")
     p.add_argument("--max-examples", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print a JSON report")
     args = p.parse_args(argv)
     try:
+        if args.disruptions:
+            with open(args.disruptions) as f:
+                args.disruptions = [(float(a), float(b)) for a, b in json.load(f)]
         report = run(args)
     except (UsageError, OSError) as e:
         print(f"check_invariants: {e}", file=sys.stderr)

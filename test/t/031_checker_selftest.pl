@@ -1,8 +1,9 @@
 # The invariant checker (test/check_invariants.py) can fail: a clean run of
 # two connectors passes, and doctored copies of its receiver log (a dropped
 # line, a reordered pair, changed data, a changed systemTime, an old batch
-# sent again, a record of a rolled-back transaction, a batch with a hole, a
-# body changed byte by byte) are each reported as the violation they are.
+# sent again, a batch acked twice with no crash in between, a record of a
+# rolled-back transaction, a batch with a hole, a body changed byte by
+# byte) are each reported as the violation they are.
 use strict;
 use warnings;
 use FindBin;
@@ -150,6 +151,30 @@ sub acked_lines
 	pop @{ $copy->{records} };
 	push @$lines, $copy;
 	fails_with('resend with fewer eventIds', $lines, 'dh', 'duplicates');
+}
+
+# The latest batch acked twice: allowed (a crash may lose the offset
+# commit), but with --disruptions only if a crash, restart or outage came
+# between the two sendings.
+{
+	my $lines = copy_log();
+	my @dh = acked_lines($lines, '/dh');
+	my $copy = decode_json(encode_json($lines->[ $dh[-1] ]));
+	$copy->{t_ms} += 1000;
+	push @$lines, $copy;
+	my ($rc, $report, $out) = check_doctored($lines);
+	is($rc, 0, 'the latest batch acked twice: allowed') or diag($out);
+	my $windows = "$r->{log}.disruptions";
+	open my $fh, '>', $windows or die $!;
+	print $fh '[]';
+	close $fh;
+	fails_with('acked twice with no disruption', $lines, 'dh', 'duplicates',
+		'--disruptions', $windows);
+	open $fh, '>', $windows or die $!;
+	printf $fh '[[%.0f, %.0f]]', $copy->{t_ms} - 600, $copy->{t_ms} - 400;
+	close $fh;
+	($rc, $report, $out) = check_doctored($lines, '--disruptions', $windows);
+	is($rc, 0, 'acked twice with a crash in between: allowed') or diag($out);
 }
 
 # A record of a rolled-back transaction: the marker in delivered data.
