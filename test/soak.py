@@ -24,6 +24,7 @@ what held; exit 0 if everything held, 1 if not, 2 if the run itself broke.
 Every wait is bounded.  The directory is removed unless --keep or a failure.
 """
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -103,7 +104,12 @@ class Soak:
                          for k in FAULT_KINDS}
         self.columns_added = 0
         self.problems = []          # the run itself went wrong (exit 2)
+        self.last_error = ""
+        self.library = None
+        self.fault_points_gone = None
         self.failures = []          # an invariant did not hold (exit 1)
+        self.warnings = []
+        self.disruptions = []       # [start_ms, end_ms] of crashes, restarts, outages
 
     # -- processes -------------------------------------------------------
 
@@ -121,10 +127,13 @@ class Soak:
         return self.run(self.psql_cmd(db) + ["-c", query], timeout=timeout).stdout.strip()
 
     def try_sql(self, query, db=DB, timeout=10):
+        """Like sql(), but None if it fails (the reason in last_error)."""
         try:
             r = self.run(self.psql_cmd(db) + ["-c", query], timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
+            self.last_error = f"psql timed out after {timeout} s"
             return None
+        self.last_error = r.stderr.strip()
         return r.stdout.strip() if r.returncode == 0 else None
 
     def pg_ctl(self, *args, timeout=120, check=True):
@@ -165,7 +174,18 @@ class Soak:
 
     # -- set-up ----------------------------------------------------------
 
+    def library_fingerprint(self):
+        """sha256 of the installed event_bridge.so: other builds on the
+        machine may replace it, and a restart then loads theirs."""
+        try:
+            libdir = self.run([os.path.join(BIN, "pg_config"), "--pkglibdir"]).stdout.strip()
+            with open(os.path.join(libdir, "event_bridge.so"), "rb") as f:
+                return hashlib.sha256(f.read()).hexdigest()
+        except (OSError, RuntimeError):
+            return None
+
     def setup(self):
+        self.library = self.library_fingerprint()
         self.run([os.path.join(BIN, "initdb"), "-A", "trust", "-N", "-E", "UTF8",
                   "--locale=C", "-D", self.data])
         with open(os.path.join(HERE, "regress.conf")) as f:
@@ -203,6 +223,7 @@ ALTER TABLE accounts REPLICA IDENTITY FULL;
 ALTER TABLE hot REPLICA IDENTITY FULL;
 ALTER TABLE docs REPLICA IDENTITY FULL;
 ALTER TABLE nokey REPLICA IDENTITY FULL;
+ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;   -- TOASTed out of line
 INSERT INTO hot SELECT g, 0 FROM generate_series(1, 20) g;
 INSERT INTO docs SELECT g, 0, (SELECT string_agg(md5(g::text || i::text), '')
                                FROM generate_series(1, 200) i)
@@ -364,17 +385,26 @@ COMMIT;
         value = f"'{name}'" if name else "DEFAULT"
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
+            if name is None and self.try_sql("SELECT count(*) FROM pg_settings WHERE name ="
+                                             " 'event_bridge.fault_point'", db="postgres") == "0":
+                return          # a build without fault points: nothing to disarm
             if self.try_sql(f"ALTER SYSTEM SET event_bridge.fault_point = {value}",
-                            db="postgres") is not None \
+                            db="postgres", timeout=30) is not None \
                     and self.try_sql("SELECT pg_reload_conf()", db="postgres") is not None:
                 return
             time.sleep(0.2)
-        raise RuntimeError(f"could not set event_bridge.fault_point to {value}")
+        error = self.last_error
+        activity = self.try_sql("SELECT pid, backend_type, state, wait_event_type, wait_event,"
+                                " now() - query_start, left(query, 60) FROM pg_stat_activity",
+                                db="postgres", timeout=30)
+        raise RuntimeError(f"could not set event_bridge.fault_point to {value} within 90 s: "
+                           f"{error}\npg_stat_activity:\n{activity or self.last_error}")
 
     def inject(self, kind):
         rec = self.injected[kind]
         detail = ""
         start = time.monotonic()
+        start_ms = time.time() * 1000
         old = self.workers()
         fired_file = os.path.join(self.data, "event_bridge.fault_fired")
         if kind == "immediate-stop":
@@ -395,6 +425,13 @@ COMMIT;
             detail = f" (pid {pid})"
         elif kind.startswith("fault:"):
             point = kind.split(":", 1)[1]
+            if self.try_sql("SELECT count(*) FROM pg_settings"
+                            " WHERE name = 'event_bridge.fault_point'", db="postgres") == "0":
+                # A restart loaded another build: see the summary.
+                self.fault_points_gone = self.fault_points_gone or f"{time.monotonic() - T0:.0f} s"
+                rec["not_fired"] += 1
+                say(f"{kind}: skipped, the server's event_bridge has no fault points any more")
+                return
             if os.path.exists(fired_file):
                 os.unlink(fired_file)
             self.set_fault_point(point)
@@ -439,6 +476,8 @@ COMMIT;
             or (kind.startswith("fault:") and old is not None)
         self.wait_recovered(kind, old if crashed else None)
         took = time.monotonic() - start
+        if crashed or kind == "endpoint-outage":     # a batch may be acked twice
+            self.disruptions.append([start_ms, time.time() * 1000])
         rec["max_recovery"] = max(rec["max_recovery"], took)
         say(f"{kind}{detail}: back in {took:.1f} s")
 
@@ -492,9 +531,13 @@ COMMIT;
         return False
 
     def check_delivery(self):
+        disruptions = os.path.join(self.dir, "disruptions.json")
+        with open(disruptions, "w") as f:
+            json.dump(self.disruptions, f)
         cmd = [sys.executable, os.path.join(HERE, "check_invariants.py"), "--json",
                "-h", "127.0.0.1", "-p", str(self.port), "-d", DB, "--log", self.log,
-               "--forbid-substring", MARKER, "--slow-ms", str(SLOW_MS), "--require-quiescent"]
+               "--forbid-substring", MARKER, "--slow-ms", str(SLOW_MS), "--require-quiescent",
+               "--disruptions", disruptions]
         self.checker_cmd = " ".join(cmd[1:2] + cmd[3:])
         r = self.run(cmd, timeout=900, check=False)
         if r.returncode not in (0, 1):
@@ -514,18 +557,23 @@ COMMIT;
         results = []
         streams = self.sql("SELECT stream_id, stream_name, array_to_string(tables, ',')"
                            " FROM event_bridge.streams ORDER BY stream_name")
-        # (table, key position, version position, first before-image version)
-        versioned = {"accounts": (8, 10, 1), "hot": (8, 9, 0), "docs": (8, 9, 0)}
+        # table: (key position, version position, first before-image
+        # version, the table's first columns in data order)
+        versioned = {"accounts": (8, 10, 1, ["id", "k", "v", "note"]),
+                     "hot": (8, 9, 0, ["k", "v"]),
+                     "docs": (8, 9, 0, ["id", "v", "body"])}
         for line in streams.split("\n"):
             sid, sname, tables = line.split("|")
             for table in tables.split(","):
                 table = table.strip()
                 if table in versioned:
-                    kpos, vpos, vfirst = versioned[table]
+                    kpos, vpos, vfirst, cols = versioned[table]
+                    differs = " OR ".join(f"l.d->>{8 + i} IS DISTINCT FROM t.{c}::text"
+                                          for i, c in enumerate(cols))
                     q = f"""
 WITH r AS MATERIALIZED (
   SELECT r.shard_id, r.sequence, r.operation, d->>6 AS bf, d->>7 AS af,
-         (d->>{kpos})::bigint AS id, (d->>{vpos})::int AS v
+         (d->>{kpos})::bigint AS id, (d->>{vpos})::int AS v, d
     FROM event_bridge.records r, LATERAL (SELECT r.data::jsonb AS d) j
    WHERE r.stream_id = {sid} AND r.table_name = 'public.{table}'),
 truth AS (SELECT {'id' if table != 'hot' else 'k'}::bigint AS id, v AS vmax, false AS deleted FROM {table}
@@ -544,15 +592,20 @@ SELECT (SELECT count(*) FROM want_after w FULL JOIN got_after g USING (id, v)
        (SELECT count(*) FROM (SELECT id FROM r GROUP BY id HAVING count(DISTINCT shard_id) > 1) x),
        (SELECT count(*) FROM (SELECT v, row_number() OVER (PARTITION BY id ORDER BY sequence) AS n
                                 FROM r WHERE af = 'Y') x WHERE v <> n),
+       (SELECT count(*) FROM (SELECT DISTINCT ON (id) id, d FROM r WHERE af = 'Y'
+                                ORDER BY id, sequence DESC) l
+                JOIN {table} t ON t.{'k' if table == 'hot' else 'id'} = l.id WHERE {differs}),
        (SELECT count(*) FROM r),
        (SELECT count(*) FROM want_after),
        (SELECT count(*) FROM truth WHERE deleted)"""
                     vals = list(map(int, self.sql(q, timeout=600).split("|")))
                     bad = dict(zip(["after images not exactly once", "before images not exactly once",
                                     "deletes not exactly once", "keys in more than one shard",
-                                    "keys out of order"], vals[:5]))
-                    what = (f"stream {sname} table {table}: {vals[6]} committed row versions"
-                            f" ({vals[7]} deleted rows), {vals[5]} records")
+                                    "keys out of order", "rows whose latest after image differs from the table"],
+                                   vals[:6]))
+                    n_records, n_versions, n_deleted = vals[6:9]
+                    what = (f"stream {sname} table {table}: {n_versions} committed row versions"
+                            f" ({n_deleted} deleted rows), {n_records} records")
                 else:        # nokey: inserts only, no key: shard 0
                     q = f"""
 WITH c AS (SELECT (r.data::jsonb->>8)::bigint AS id, count(*) AS n, max(r.shard_id) AS shard
@@ -579,6 +632,17 @@ SELECT coalesce(string_agg(format('%s shard %s', s.stream_name, h.shard_id), ', 
         if gaps:
             self.failures.append(f"capture: gaps in {gaps}")
         return results
+
+    def check_library(self):
+        if self.fault_points_gone:
+            self.problems.append(
+                f"from {self.fault_points_gone} on the server ran an event_bridge without fault "
+                "points: another build (without FAULT_INJECTION=1) was installed meanwhile and a "
+                "restart loaded it; the fault points after that were skipped")
+        now = self.library_fingerprint()
+        if self.library and now and now != self.library:
+            self.warnings.append("the installed event_bridge.so changed during the run (another "
+                                 "build on this machine); restarts after that ran the new build")
 
     def summary(self, report, capture):
         print("\n== soak summary: seed %d, %.1f minutes of load at %d transactions/s, port %d"
@@ -624,6 +688,8 @@ SELECT coalesce(string_agg(format('%s shard %s', s.stream_name, h.shard_id), ', 
             print(f"  FAIL {f}")
         for p in self.problems:
             print(f"  BROKEN {p}")
+        for w in self.warnings:
+            print(f"  WARNING {w}")
 
     def cleanup(self, keep):
         self.stop_load.set()
@@ -678,6 +744,7 @@ def main():
         soak.drain()
         report = soak.check_delivery()
         capture = soak.check_capture()
+        soak.check_library()
         status = 1 if soak.failures else 2 if soak.problems else 0
     except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
         soak.problems.append(str(e))
