@@ -772,7 +772,7 @@ def print_text(report, out):
 
 def main(argv=None):
     p = argparse.ArgumentParser(
-        description="Check a receiver log against event_bridge's catalog (see the docstring).",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         add_help=False)
     p.add_argument("--help", action="help")
     p.add_argument("--log", required=True, help="the receiver's JSON-lines log")
