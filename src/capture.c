@@ -938,6 +938,7 @@ event_bridge_capture_main(Datum main_arg)
 		{
 			set_in_logical_decoding(false);		/* it writes, see above */
 			eb_trim_records();
+			eb_drop_orphan_origins();
 			set_in_logical_decoding(true);
 			last_cleanup = GetCurrentTimestamp();
 		}

@@ -91,6 +91,7 @@ extern void eb_fault(const char *name);
 
 /* retention.c */
 extern void eb_trim_records(void);
+extern void eb_drop_orphan_origins(void);
 
 /* launcher.c */
 extern PGDLLEXPORT void event_bridge_launcher_main(Datum main_arg);

@@ -22,10 +22,7 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_database.h"
-#include "catalog/pg_replication_origin.h"
-#include "replication/origin.h"
-#include "utils/builtins.h"
-#include "utils/syscache.h"
+
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -180,12 +177,10 @@ ensure_workers(Oid dboid)
 	}
 }
 
-/* Forgets databases that no longer exist; true if there were any. */
-static bool
+/* Forgets databases that no longer exist. */
+static void
 forget_dropped(List *dboids)
 {
-	bool		any = false;
-
 	for (int i = 0; i < EB_MAX_DATABASES; i++)
 	{
 		Oid			dboid = launcher_dbs[i].dboid;
@@ -193,63 +188,18 @@ forget_dropped(List *dboids)
 		if (dboid == InvalidOid || list_member_oid(dboids, dboid))
 			continue;
 		launcher_dbs[i].dboid = InvalidOid;
-		any = true;
 		LWLockAcquire(eb_shared->lock, LW_EXCLUSIVE);
 		for (int j = 0; j < EB_MAX_DATABASES; j++)
 			if (eb_shared->dbs[j].dboid == dboid)
 				eb_shared->dbs[j].dboid = InvalidOid;
 		LWLockRelease(eb_shared->lock);
 	}
-	return any;
-}
-
-/*
- * Drops the replication origins of databases that no longer exist.  DROP
- * DATABASE drops a database's slot but not its origins, and origins are
- * cluster-wide and limited by max_replication_slots.
- */
-static void
-drop_orphan_origins(void)
-{
-	Relation	rel;
-	TableScanDesc scan;
-	HeapTuple	tup;
-	List	   *orphans = NIL;
-	ListCell   *lc;
-
-	StartTransactionCommand();
-	(void) GetTransactionSnapshot();
-	rel = table_open(ReplicationOriginRelationId, AccessShareLock);
-	scan = table_beginscan_catalog(rel, 0, NULL);
-	while (HeapTupleIsValid(tup = heap_getnext(scan, ForwardScanDirection)))
-	{
-		Form_pg_replication_origin origin = (Form_pg_replication_origin) GETSTRUCT(tup);
-		char	   *name = text_to_cstring(&origin->roname);
-		Oid			dboid;
-		char		kind[16];
-
-		if (sscanf(name, "event_bridge_%15[a-z]_%u", kind, &dboid) == 2 &&
-			(strcmp(kind, "capture") == 0 || strcmp(kind, "delivery") == 0) &&
-			!SearchSysCacheExists1(DATABASEOID, ObjectIdGetDatum(dboid)))
-			orphans = lappend(orphans, name);
-	}
-	table_endscan(scan);
-	table_close(rel, AccessShareLock);
-
-	foreach(lc, orphans)
-	{
-		replorigin_drop_by_name((char *) lfirst(lc), true, true);
-		ereport(LOG, (errmsg("event_bridge dropped replication origin \"%s\" of a dropped database",
-							 (char *) lfirst(lc))));
-	}
-	CommitTransactionCommand();
 }
 
 void
 event_bridge_launcher_main(Datum main_arg)
 {
 	MemoryContext loop_context;
-	bool		first_turn = true;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -275,9 +225,7 @@ event_bridge_launcher_main(Datum main_arg)
 
 		old = MemoryContextSwitchTo(loop_context);
 		dboids = list_databases();
-		if (forget_dropped(dboids) || first_turn)
-			drop_orphan_origins();
-		first_turn = false;
+		forget_dropped(dboids);
 		foreach(lc, dboids)
 			ensure_workers(lfirst_oid(lc));
 		MemoryContextSwitchTo(old);

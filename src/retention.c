@@ -11,6 +11,10 @@
  * counters live in event_bridge.shards and are untouched: sequences keep
  * counting after cleanup.
  *
+ * The same pass drops the replication origins of databases that no longer
+ * exist (DROP DATABASE drops a database's slot, not its origins, which are
+ * cluster-wide and count against max_replication_slots).
+ *
  * IDENTIFICATION
  *	  src/retention.c
  *
@@ -21,6 +25,8 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "replication/origin.h"
+#include "utils/builtins.h"
 #include "pgstat.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -140,4 +146,37 @@ eb_trim_records(void)
 		} while (deleted == EB_TRIM_BATCH);
 	}
 	list_free_deep(shards);
+}
+
+/*
+ * Drops the replication origins of databases that no longer exist.  Runs its
+ * own transaction; must be called outside a transaction.
+ */
+void
+eb_drop_orphan_origins(void)
+{
+	List	   *orphans = NIL;
+	ListCell   *lc;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	if (SPI_execute("SELECT roname FROM pg_catalog.pg_replication_origin"
+					" WHERE roname ~ '^event_bridge_(capture|delivery)_[0-9]+$'"
+					"   AND substring(roname FROM '[0-9]+$')::oid"
+					"       NOT IN (SELECT oid FROM pg_catalog.pg_database)",
+					true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not list event_bridge replication origins");
+	for (uint64 i = 0; i < SPI_processed; i++)
+		orphans = lappend(orphans, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+	SPI_finish();
+	foreach(lc, orphans)
+	{
+		replorigin_drop_by_name((char *) lfirst(lc), true, true);
+		ereport(LOG, (errmsg("event_bridge dropped replication origin \"%s\" of a dropped database",
+							 (char *) lfirst(lc))));
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
 }

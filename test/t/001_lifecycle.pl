@@ -57,6 +57,8 @@ ok(wait_capture($node, 'db1'), 'db1: captured after crash');
 is($node->safe_psql('db1', 'SELECT records FROM event_bridge.stream_status'), '40',
 	'db1: every change once after a crash');
 is(shard_gaps($node, 'db1', 's'), '', 'db1: sequences gapless after a crash');
+unlike(slurp_file($node->logfile), qr/cannot read pg_class without having selected a database/,
+	'the launcher starts cleanly after a restart and a crash');
 
 # drop_stream: records go, the worker stays for the other streams.
 $node->safe_psql('db1', q{
