@@ -552,9 +552,7 @@ flush(XLogRecPtr upto)
 		InvalidateSystemCaches();
 	if (decoding)
 		set_in_logical_decoding(false);
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	SPI_connect();
+	eb_worker_xact_begin();
 
 	now_ms = (GetCurrentTimestamp() / 1000) +
 		((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000);
@@ -566,9 +564,7 @@ flush(XLogRecPtr upto)
 	replorigin_session_origin_timestamp = GetCurrentTimestamp();
 	EB_FAULT_POINT("capture-before-commit");
 
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	eb_worker_xact_commit();
 	if (decoding)
 		set_in_logical_decoding(true);
 	pgstat_report_stat(false);
@@ -739,16 +735,11 @@ run_state_statement(const char *sql, bool read_only)
 {
 	uint64		processed;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	SPI_connect();
+	eb_worker_xact_begin();
 	if (SPI_execute(sql, read_only, 0) < 0)
 		elog(ERROR, "could not run \"%s\"", sql);
 	processed = SPI_processed;
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	eb_worker_xact_commit();
 	return processed;
 }
 
@@ -866,13 +857,9 @@ event_bridge_capture_main(Datum main_arg)
 	 * decoded is taken once.  (Read before the slot, a stream restored by
 	 * pg_dump in between would be neither.)
 	 */
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	SPI_connect();
+	eb_worker_xact_begin();
 	load_state();
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	eb_worker_xact_commit();
 	my_db->slot_ready = true;
 	pgstat_report_activity(STATE_RUNNING, "capturing");
 

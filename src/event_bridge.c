@@ -18,6 +18,8 @@
 #include <signal.h>
 
 #include "access/xact.h"
+#include "executor/spi.h"
+#include "utils/snapmgr.h"
 #include "catalog/objectaccess.h"
 #include "catalog/pg_database.h"
 #include "catalog/pg_extension.h"
@@ -216,6 +218,28 @@ eb_exit_without_extension(EbDatabase *db, const char *worker)
 	ereport(DEBUG1,
 			(errmsg("event_bridge is not installed in this database; %s worker exits", worker)));
 	proc_exit(0);
+}
+
+/*
+ * Starts a worker's transaction: statement time now (for now()), a snapshot
+ * and SPI.  eb_worker_xact_commit() ends it.
+ */
+void
+eb_worker_xact_begin(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+}
+
+/* Commits a transaction started by eb_worker_xact_begin(). */
+void
+eb_worker_xact_commit(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
 }
 
 /* Wake-ups asked for by this transaction, done when it commits. */

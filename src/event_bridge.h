@@ -79,6 +79,8 @@ extern EbDatabase *eb_database_entry(Oid dboid, bool create);
 extern void eb_wake_worker(EbWorkerSlot *slot);
 extern void eb_worker_attach(EbWorkerSlot *slot);
 extern void eb_wake_at_commit(EbWorkerKind kind);
+extern void eb_worker_xact_begin(void);
+extern void eb_worker_xact_commit(void);
 
 /* fault.c: fault points of test builds */
 #ifdef EB_FAULT_INJECTION

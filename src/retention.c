@@ -85,10 +85,7 @@ shards_to_trim(void)
 	List	   *result = NIL;
 	MemoryContext caller = CurrentMemoryContext;
 
-	SetCurrentStatementStartTimestamp();	/* now() below is this moment */
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	SPI_connect();
+	eb_worker_xact_begin();
 	if (SPI_execute("SELECT h.stream_id, h.shard_id,"
 					"       (extract(epoch FROM now() - s.retention) * 1000)::bigint"
 					"  FROM event_bridge.shards h JOIN event_bridge.streams s USING (stream_id)"
@@ -109,9 +106,7 @@ shards_to_trim(void)
 		result = lappend(result, item);
 		MemoryContextSwitchTo(old);
 	}
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	eb_worker_xact_commit();
 	return result;
 }
 
@@ -133,13 +128,9 @@ eb_trim_records(void)
 
 		do
 		{
-			StartTransactionCommand();
-			PushActiveSnapshot(GetTransactionSnapshot());
-			SPI_connect();
+			eb_worker_xact_begin();
 			deleted = trim_shard_batch((int32) item[0], (int32) item[1], item[2]);
-			SPI_finish();
-			PopActiveSnapshot();
-			CommitTransactionCommand();
+			eb_worker_xact_commit();
 			pgstat_report_stat(false);
 			if (TimestampDifferenceExceeds(start, GetCurrentTimestamp(), EB_TRIM_PASS_MS))
 				return;
@@ -158,10 +149,7 @@ eb_drop_orphan_origins(void)
 	List	   *orphans = NIL;
 	ListCell   *lc;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	SPI_connect();
+	eb_worker_xact_begin();
 	if (SPI_execute("SELECT roname FROM pg_catalog.pg_replication_origin"
 					" WHERE roname ~ '^event_bridge_(capture|delivery)_[0-9]+$'"
 					"   AND substring(roname FROM '[0-9]+$')::oid"
@@ -170,13 +158,12 @@ eb_drop_orphan_origins(void)
 		elog(ERROR, "could not list event_bridge replication origins");
 	for (uint64 i = 0; i < SPI_processed; i++)
 		orphans = lappend(orphans, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
-	SPI_finish();
+	/* The names live in SPI's memory: drop before SPI_finish. */
 	foreach(lc, orphans)
 	{
 		replorigin_drop_by_name((char *) lfirst(lc), true, true);
 		ereport(LOG, (errmsg("event_bridge dropped replication origin \"%s\" of a dropped database",
 							 (char *) lfirst(lc))));
 	}
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	eb_worker_xact_commit();
 }
