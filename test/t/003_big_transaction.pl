@@ -1,6 +1,7 @@
 # A 1,000,000-row transaction: every record present, in order, while the
 # capture worker's private memory stays bounded; an aborted transaction of
-# the same kind leaves nothing.
+# the same kind leaves nothing.  A connector delivers it all, as the
+# invariant checker expects.
 use strict;
 use warnings;
 use FindBin;
@@ -11,6 +12,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep);
 use EventBridgeTest;
+use ConnectorTest;
 
 my $node = eb_node('big', "logical_decoding_work_mem = '64MB'\nevent_bridge.capture_buffer_kb = 8192\n");
 $node->safe_psql('postgres', q{
@@ -18,6 +20,9 @@ $node->safe_psql('postgres', q{
 	CREATE TABLE big (id int PRIMARY KEY, payload text);
 	ALTER TABLE big REPLICA IDENTITY FULL;
 	SELECT event_bridge.create_stream('s', ARRAY['big']::regclass[], shard_count => 4);});
+my $r = start_receiver();
+$node->safe_psql('postgres', qq{
+	SELECT event_bridge.create_connector('big_fc', 's', 'http://127.0.0.1:$r->{port}/', batch_size => 1000);});
 
 my $pid = worker_pid($node, 'postgres', 'capture');
 ok($pid, 'capture worker runs');
@@ -73,5 +78,13 @@ is(worker_pid($node, 'postgres', 'capture'), $pid, 'the same worker did it all (
 note "capture worker peak RssAnon: $peak kB";
 cmp_ok($peak, '<', 120 * 1024, 'capture worker private memory stays bounded');
 
+ok(wait_delivered($node, 'postgres', 'big_fc'), 'the connector delivered the transaction');
+checker_ok($node, 'postgres', $r, ['--forbid-substring', repeat_marker()],
+	'the endpoint got every record once per shard, in order, and nothing of the aborted transaction');
+stop_receiver($r);
+
 $node->stop;
 done_testing();
+
+# The aborted transaction's rows carry 100 x's, which no committed row has.
+sub repeat_marker { return 'x' x 100 }

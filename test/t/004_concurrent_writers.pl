@@ -1,5 +1,6 @@
 # Eight concurrent writers on hot keys, sixteen shards: per key, the stream
-# has every change once and in commit order, in one shard.  A column added
+# has every change once and in commit order, in one shard, and a connector
+# delivers it all as the invariant checker expects.  A column added
 # mid-stream appears in later records.
 use strict;
 use warnings;
@@ -9,14 +10,17 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use EventBridgeTest;
+use ConnectorTest;
 
 my $node = eb_node('writers');
-$node->safe_psql('postgres', q{
+my $r = start_receiver();
+$node->safe_psql('postgres', qq{
 	CREATE EXTENSION event_bridge;
 	CREATE TABLE hot (k int PRIMARY KEY, v int NOT NULL);
 	ALTER TABLE hot REPLICA IDENTITY FULL;
 	INSERT INTO hot SELECT g, 0 FROM generate_series(1, 50) g;
-	SELECT event_bridge.create_stream('s', ARRAY['hot']::regclass[], shard_count => 16);});
+	SELECT event_bridge.create_stream('s', ARRAY['hot']::regclass[], shard_count => 16);
+	SELECT event_bridge.create_connector('writers_fc', 's', 'http://127.0.0.1:$r->{port}/', batch_size => 20);});
 
 my $script = "$PostgreSQL::Test::Utils::tmp_check/hot.sql";
 open my $fh, '>', $script or die $!;
@@ -59,6 +63,10 @@ is($node->safe_psql('postgres', q{
 	SELECT data::jsonb->>10 FROM event_bridge.records
 	 WHERE (data::jsonb->>8)::int = 1 ORDER BY sequence DESC LIMIT 1}),
 	'new', 'the column added mid-stream is in later records');
+
+ok(wait_delivered($node, 'postgres', 'writers_fc'), 'the connector delivered everything');
+checker_ok($node, 'postgres', $r, [], 'the endpoint got every record once per shard, in order, per key in order');
+stop_receiver($r);
 
 $node->stop;
 done_testing();
