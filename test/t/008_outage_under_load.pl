@@ -2,7 +2,7 @@
 # the slot keeps advancing (retained WAL stays bounded), failures show in the
 # status views; once the endpoint is back everything is delivered once, in
 # order.  Then DROP EXTENSION while capture and delivery are busy.
-# EB_OUTAGE_SECONDS sets the outage (default 40).
+# EB_OUTAGE_SECONDS sets the outage (default 120: minutes, as in production).
 use strict;
 use warnings;
 use FindBin;
@@ -15,7 +15,7 @@ use Time::HiRes qw(usleep time);
 use EventBridgeTest;
 use ConnectorTest;
 
-my $outage = $ENV{EB_OUTAGE_SECONDS} // 40;
+my $outage = $ENV{EB_OUTAGE_SECONDS} // 120;
 my $node = eb_node('outage', "max_wal_size = '64MB'\nmin_wal_size = '32MB'\ncheckpoint_timeout = '30s'\n");
 load_setup($node);
 
@@ -28,7 +28,7 @@ $node->safe_psql('postgres', qq{
 	    batch_size => 100, retry_interval => '200 ms', timeout => '2 seconds');});
 
 my $wal_start = $node->safe_psql('postgres', 'SELECT pg_current_wal_lsn()');
-my $bench = load_start($node, $outage, 2, 400);
+my $bench = load_start($node, $outage, 2, 150);
 my $max_retained = 0;
 my $t_end = time + $outage;
 my $next_checkpoint = time + 5;
