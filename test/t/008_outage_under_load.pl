@@ -25,7 +25,8 @@ my $port = $sock->sockport;
 close $sock;
 $node->safe_psql('postgres', qq{
 	SELECT event_bridge.create_connector('down', 's', 'http://127.0.0.1:$port/',
-	    batch_size => 100, retry_interval => '200 ms', timeout => '2 seconds');});
+	    batch_size => 100, retry_interval => '200 ms', timeout => '2 seconds',
+	    max_retries => 100000);});
 
 my $wal_start = $node->safe_psql('postgres', 'SELECT pg_current_wal_lsn()');
 my $bench = load_start($node, $outage, 2, 150);
