@@ -496,7 +496,18 @@ reset_after_flush(void)
 		CaptureStream *s = (CaptureStream *) lfirst(lc);
 
 		if (s->removed)
-			continue;			/* freed with capture_context's next reset? no: small */
+		{
+			/*
+			 * Its records are discarded and no routing list points here any
+			 * more: removing it bumped eb_streams_generation, so every
+			 * relation's list is rebuilt before it is used again.
+			 */
+			pfree(s->relids);
+			pfree(s->next_sequence);
+			pfree(s->shard_dirty);
+			pfree(s);
+			continue;
+		}
 		memset(s->shard_dirty, 0, sizeof(bool) * s->shard_count);
 		s->activated_lsn = InvalidXLogRecPtr;
 		kept = lappend(kept, s);
