@@ -110,13 +110,24 @@ SELECT cs.shard_id, cs.position_generation
   FROM event_bridge.connector_shards cs JOIN event_bridge.connectors c USING (connector_id)
  WHERE c.connector_name = 'from_now' ORDER BY 1;
 
--- Drop a connector: its shards go too.  Dropping a stream drops its connectors.
+-- Drop a connector: its shards and attempts log go too.  Dropping a stream
+-- drops its connectors.  (The attempts here are made up, numbered far above
+-- any the worker logs.)
+INSERT INTO event_bridge.connector_attempts (connector_id, shard_id, attempt, attempted_at,
+       duration_ms, first_sequence, last_sequence, http_status)
+SELECT connector_id, shard_id, 1000000, now(), 1, 1, 1, 200 FROM event_bridge.connector_shards;
 SELECT event_bridge.drop_connector('from_future');
 SELECT connector_name FROM event_bridge.connector_status ORDER BY 1;
 SELECT event_bridge.drop_stream('quiet');
 SELECT connector_name FROM event_bridge.connector_status ORDER BY 1;
 SELECT count(*) AS orphan_shards FROM event_bridge.connector_shards cs
  WHERE NOT EXISTS (SELECT FROM event_bridge.connectors c WHERE c.connector_id = cs.connector_id);
+SELECT count(*) AS orphan_attempts FROM event_bridge.connector_attempts a
+ WHERE NOT EXISTS (SELECT FROM event_bridge.connector_shards cs
+                    WHERE cs.connector_id = a.connector_id AND cs.shard_id = a.shard_id);
+SELECT c.connector_name, count(*) AS attempts_kept
+  FROM event_bridge.connector_attempts a JOIN event_bridge.connectors c USING (connector_id)
+ WHERE a.attempt = 1000000 GROUP BY 1 ORDER BY 1;
 
 -- Event bodies, byte for byte (design section 5).  DataHub: data is the JSON
 -- array as a JSON string; records keep their order and eventIds.

@@ -80,9 +80,10 @@ typedef struct PendingHeader
 #define EB_FLUSH_INTERVAL_MS	100
 
 /*
- * Having decoded all WAL there is, wait this long for more before flushing:
- * a flush costs about the same for one record as for thousands, so under
- * many small transactions this turns dozens of flushes into one.
+ * Having decoded all WAL there is, store the records, but no sooner than
+ * this after the previous flush: a flush costs about the same for one record
+ * as for thousands, so under many small transactions this turns dozens of
+ * flushes into one, while a change after a quiet spell is stored at once.
  */
 #define EB_FLUSH_DELAY_MS		10
 
@@ -95,8 +96,17 @@ static StringInfoData pending;
 static BufFile *spill = NULL;
 static int64 pending_count = 0;
 static TimestampTz pending_since = 0;
+static TimestampTz last_flush_end = 0;
 
-static bool wal_end_reached = false;
+/* The end of the last record decoded: what the next flush stores and confirms. */
+static XLogRecPtr decoded_upto = InvalidXLogRecPtr;
+
+/* For the periodic work done while waiting for WAL. */
+static char my_slot_name[NAMEDATALEN];
+
+static void exit_if_extension_dropped(const char *slot_name, bool holding_slot);
+static TimestampTz last_check = 0;
+static TimestampTz last_cleanup = 0;
 
 /*
  * Tuple slots for multi-inserts, made on first need and kept for the
@@ -589,6 +599,7 @@ flush(XLogRecPtr upto)
 	reset_after_flush();
 	LogicalConfirmReceivedLocation(upto);
 	eb_wake_worker(&my_db->workers[EB_WORKER_DELIVERY]);
+	last_flush_end = GetCurrentTimestamp();
 }
 
 /* ---------------------------------------------------------------------
@@ -596,18 +607,77 @@ flush(XLogRecPtr upto)
  * ------------------------------------------------------------------- */
 
 /*
- * Reads a WAL page if it has been flushed; otherwise reports the end of the
- * WAL so that the worker can wait, instead of sleeping inside the reader.
+ * Called by the WAL reader when the WAL it needs is not flushed yet, so all
+ * flushed WAL is decoded: stores the pending records (at most once every
+ * EB_FLUSH_DELAY_MS), does the periodic work, and sleeps until the WAL is
+ * there.  Waiting here rather than returning to the worker's loop keeps the
+ * reader's open segment and page across waits.
  */
+static void
+wait_for_wal(XLogRecPtr needed)
+{
+	long		wait_ms = 1000L;
+	bool		delaying = false;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (pending_count > 0 || state_dirty)
+	{
+		TimestampTz due = TimestampTzPlusMilliseconds(last_flush_end, EB_FLUSH_DELAY_MS);
+
+		if (now >= due)
+			flush(decoded_upto);
+		else
+		{
+			wait_ms = Max(1, (due - now + 999) / 1000);
+			delaying = true;
+		}
+	}
+	else if (decoded_upto > MyReplicationSlot->data.confirmed_flush)
+		LogicalConfirmReceivedLocation(decoded_upto);
+
+	if (TimestampDifferenceExceeds(last_check, now, 1000))
+	{
+		exit_if_extension_dropped(my_slot_name, true);
+		last_check = now;
+	}
+	if (TimestampDifferenceExceeds(last_cleanup, now, eb_cleanup_interval_ms))
+	{
+		set_in_logical_decoding(false);		/* it writes, see flush() */
+		eb_trim_records();
+		eb_drop_orphan_origins();
+		set_in_logical_decoding(true);
+		last_cleanup = GetCurrentTimestamp();
+	}
+
+	/*
+	 * Committing backends set the latch only when wal_pending goes from 0 to
+	 * 1.  While records wait out the flush delay it is left as it is: the
+	 * commits meanwhile need not wake the worker, which reads their WAL when
+	 * the delay ends.
+	 */
+	if (!delaying)
+		pg_atomic_write_u32(&my_db->wal_pending, 0);
+	if (GetFlushRecPtr(NULL) < needed)
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 wait_ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+	CHECK_FOR_INTERRUPTS();
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+}
+
+/* Reads a WAL page once it is flushed far enough, waiting (as above) until then. */
 static int
 page_read(XLogReaderState *state, XLogRecPtr targetPagePtr, int reqLen,
 		  XLogRecPtr targetRecPtr, char *cur_page)
 {
-	if (targetPagePtr + reqLen > GetFlushRecPtr(NULL))
-	{
-		wal_end_reached = true;
-		return -1;
-	}
+	while (targetPagePtr + reqLen > GetFlushRecPtr(NULL))
+		wait_for_wal(targetPagePtr + reqLen);
 	return read_local_xlog_page(state, targetPagePtr, reqLen, targetRecPtr, cur_page);
 }
 
@@ -814,18 +884,13 @@ void
 event_bridge_capture_main(Datum main_arg)
 {
 	Oid			dboid = DatumGetObjectId(main_arg);
-	char		slot_name[NAMEDATALEN];
 	LogicalDecodingContext *ctx;
 	XLogRecPtr	origin_lsn;
-	XLogRecPtr	read_pos;
-	TimestampTz last_check = 0;
-	TimestampTz last_cleanup = 0;
-	long		wait_ms;
 	Oid			schema;
 
 	my_db = eb_worker_start(main_arg, EB_WORKER_CAPTURE);
 	before_shmem_exit(slot_not_ready, (Datum) 0);
-	snprintf(slot_name, sizeof(slot_name), EB_SLOT_FORMAT, dboid);
+	snprintf(my_slot_name, sizeof(my_slot_name), EB_SLOT_FORMAT, dboid);
 
 	CurrentResourceOwner = ResourceOwnerCreate(NULL, "event_bridge capture");
 	capture_context = AllocSetContextCreate(TopMemoryContext, "event_bridge capture",
@@ -837,7 +902,7 @@ event_bridge_capture_main(Datum main_arg)
 		MemoryContextSwitchTo(old);
 	}
 
-	exit_if_extension_dropped(slot_name, false);
+	exit_if_extension_dropped(my_slot_name, false);
 
 	/* Origins and catalog OIDs. */
 	StartTransactionCommand();
@@ -854,12 +919,12 @@ event_bridge_capture_main(Datum main_arg)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 
-	if (SearchNamedReplicationSlot(slot_name, true) == NULL)
-		create_slot(slot_name);
-	ReplicationSlotAcquire(slot_name, true);
+	if (SearchNamedReplicationSlot(my_slot_name, true) == NULL)
+		create_slot(my_slot_name);
+	ReplicationSlotAcquire(my_slot_name, true);
 	if (MyReplicationSlot->data.invalidated_at != InvalidXLogRecPtr &&
 		MyReplicationSlot->data.restart_lsn == InvalidXLogRecPtr)
-		recover_lost_slot(slot_name);
+		recover_lost_slot(my_slot_name);
 
 	/*
 	 * The captured state, read only now that the slot exists: a stream that
@@ -880,74 +945,27 @@ event_bridge_capture_main(Datum main_arg)
 										   .segment_close = wal_segment_close),
 								prepare_write, do_write, NULL);
 	eb_capture_active = true;
-	read_pos = MyReplicationSlot->data.restart_lsn;
-	XLogBeginRead(ctx->reader, read_pos);
+	decoded_upto = MyReplicationSlot->data.restart_lsn;
+	XLogBeginRead(ctx->reader, decoded_upto);
 	InvalidateSystemCaches();
 
+	/* The reader waits for WAL in page_read(), which also stores the records. */
 	for (;;)
 	{
-		XLogRecord *record;
 		char	   *errm = NULL;
 
-		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
-
-		record = XLogReadRecord(ctx->reader, &errm);
-		if (record != NULL)
-		{
-			LogicalDecodingProcessRecord(ctx, ctx->reader);
-			read_pos = ctx->reader->EndRecPtr;
-			if (pending_count > 0 &&
-				(pending_count >= 100000 ||
-				 TimestampDifferenceExceeds(pending_since, GetCurrentTimestamp(),
-											EB_FLUSH_INTERVAL_MS)))
-				flush(read_pos);
-			continue;
-		}
-		if (!wal_end_reached)
+		if (XLogReadRecord(ctx->reader, &errm) == NULL)
 			elog(ERROR, "could not read WAL at %X/%X: %s",
-				 LSN_FORMAT_ARGS(read_pos), errm ? errm : "unknown error");
-		wal_end_reached = false;
+				 LSN_FORMAT_ARGS(decoded_upto), errm ? errm : "unknown error");
+		LogicalDecodingProcessRecord(ctx, ctx->reader);
+		decoded_upto = ctx->reader->EndRecPtr;
 
-		/*
-		 * All flushed WAL is decoded: store (after a short wait for more, if
-		 * the records are fresh), then wait for more.
-		 */
-		wait_ms = 1000L;
+		/* While WAL keeps coming, store at least every EB_FLUSH_INTERVAL_MS. */
 		if (pending_count > 0 &&
-			!TimestampDifferenceExceeds(pending_since, GetCurrentTimestamp(), EB_FLUSH_DELAY_MS))
-			wait_ms = EB_FLUSH_DELAY_MS;
-		else if (pending_count > 0 || state_dirty)
-			flush(read_pos);
-		else if (read_pos > MyReplicationSlot->data.confirmed_flush)
-			LogicalConfirmReceivedLocation(read_pos);
-
-		if (TimestampDifferenceExceeds(last_check, GetCurrentTimestamp(), 1000))
-		{
-			exit_if_extension_dropped(slot_name, true);
-			last_check = GetCurrentTimestamp();
-		}
-		if (TimestampDifferenceExceeds(last_cleanup, GetCurrentTimestamp(),
-									   eb_cleanup_interval_ms))
-		{
-			set_in_logical_decoding(false);		/* it writes, see above */
-			eb_trim_records();
-			eb_drop_orphan_origins();
-			set_in_logical_decoding(true);
-			last_cleanup = GetCurrentTimestamp();
-		}
-
-		pg_atomic_write_u32(&my_db->wal_pending, 0);
-		if (GetFlushRecPtr(NULL) <= read_pos)
-		{
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 wait_ms, PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
-		}
-		XLogBeginRead(ctx->reader, read_pos);
+			(pending_count >= 100000 ||
+			 TimestampDifferenceExceeds(pending_since, GetCurrentTimestamp(),
+										EB_FLUSH_INTERVAL_MS)))
+			flush(decoded_upto);
+		CHECK_FOR_INTERRUPTS();
 	}
 }

@@ -144,7 +144,6 @@ typedef enum CatalogStatementId
 	STMT_FAILURE,
 	STMT_STALE,
 	STMT_LOG_ATTEMPT,
-	STMT_TRIM_ATTEMPTS,
 	NUM_STATEMENTS
 } CatalogStatementId;
 
@@ -152,7 +151,7 @@ typedef struct CatalogStatement
 {
 	const char *sql;
 	int			nargs;
-	Oid			argtypes[10];
+	Oid			argtypes[12];
 } CatalogStatement;
 
 static const CatalogStatement statements[NUM_STATEMENTS] = {
@@ -189,14 +188,26 @@ static const CatalogStatement statements[NUM_STATEMENTS] = {
 		" WHERE connector_id = $1 AND shard_id = $2 AND position_generation = $3",
 		4, {INT4OID, INT4OID, INT4OID, INT8OID}
 	},
+	/*
+	 * A success moves the offset and logs the attempt in one statement: the
+	 * cost of a batch is mostly per statement.
+	 */
 	[STMT_SUCCESS] = {
-		"UPDATE event_bridge.connector_shards SET delivered_sequence = $4,"
+		"WITH s AS (UPDATE event_bridge.connector_shards SET delivered_sequence = $4,"
 		" delivered = delivered + $5, failures = 0, retry_last_sequence = NULL,"
 		" attempts = attempts + 1, last_attempt_at = $6, last_http_status = $7,"
 		" last_success_at = $6, last_event_id = $8"
 		" WHERE connector_id = $1 AND shard_id = $2 AND position_generation = $3"
-		" RETURNING attempts, suspended",
-		8, {INT4OID, INT4OID, INT4OID, INT8OID, INT4OID, TIMESTAMPTZOID, INT4OID, TEXTOID}
+		" RETURNING attempts),"
+		" t AS (DELETE FROM event_bridge.connector_attempts"
+		" WHERE connector_id = $1 AND shard_id = $2"
+		" AND attempt = (SELECT attempts - " CppAsString2(EB_ATTEMPTS_KEPT) " FROM s))"
+		" INSERT INTO event_bridge.connector_attempts (connector_id, shard_id, attempt,"
+		" attempted_at, duration_ms, first_sequence, last_sequence, http_status, response)"
+		" SELECT $1, $2, attempts, $9, $10, $11, $4, $7, $12 FROM s"
+		" RETURNING attempt",
+		12, {INT4OID, INT4OID, INT4OID, INT8OID, INT4OID, TIMESTAMPTZOID, INT4OID, TEXTOID,
+		TIMESTAMPTZOID, FLOAT8OID, INT8OID, TEXTOID}
 	},
 	[STMT_FAILURE] = {
 		"UPDATE event_bridge.connector_shards SET failures = failures + 1,"
@@ -214,17 +225,16 @@ static const CatalogStatement statements[NUM_STATEMENTS] = {
 		" RETURNING attempts",
 		5, {INT4OID, INT4OID, INT4OID, TIMESTAMPTZOID, INT4OID}
 	},
+	/* Adds an attempt to the log and drops the oldest one kept. */
 	[STMT_LOG_ATTEMPT] = {
-		"INSERT INTO event_bridge.connector_attempts (connector_id, shard_id, attempt,"
+		"WITH t AS (DELETE FROM event_bridge.connector_attempts"
+		" WHERE connector_id = $1 AND shard_id = $2"
+		" AND attempt = $3 - " CppAsString2(EB_ATTEMPTS_KEPT) ")"
+		" INSERT INTO event_bridge.connector_attempts (connector_id, shard_id, attempt,"
 		" attempted_at, duration_ms, first_sequence, last_sequence, http_status, error, response)"
 		" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
 		10, {INT4OID, INT4OID, INT8OID, TIMESTAMPTZOID, FLOAT8OID, INT8OID, INT8OID, INT4OID,
 		TEXTOID, TEXTOID}
-	},
-	[STMT_TRIM_ATTEMPTS] = {
-		"DELETE FROM event_bridge.connector_attempts"
-		" WHERE connector_id = $1 AND shard_id = $2 AND attempt = $3",
-		3, {INT4OID, INT4OID, INT8OID}
 	},
 };
 
@@ -673,9 +683,6 @@ log_attempt(Shard *sh, int64 attempt, const HttpOutcome *o)
 	values[9] = CStringGetTextDatum(o->response);
 	nulls[9] = (o->response[0] == '\0') ? 'n' : ' ';
 	run(STMT_LOG_ATTEMPT, values, nulls);
-
-	values[2] = Int64GetDatum(attempt - EB_ATTEMPTS_KEPT);
-	run(STMT_TRIM_ATTEMPTS, values, NULL);
 }
 
 /*
@@ -707,12 +714,13 @@ static void
 record_outcome(Shard *sh, const HttpOutcome *o)
 {
 	Connector  *c = sh->connector;
-	Datum		values[8];
-	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		values[12];
+	char		nulls[12];
 	TimestampTz now = GetCurrentTimestamp();
 	int64		attempt = 0;
 
 	sh->in_flight = false;
+	memset(nulls, ' ', sizeof(nulls));
 	values[0] = Int32GetDatum(c->connector_id);
 	values[1] = Int32GetDatum(sh->shard_id);
 	values[2] = Int32GetDatum(sh->generation);
@@ -726,16 +734,22 @@ record_outcome(Shard *sh, const HttpOutcome *o)
 		values[4] = Int32GetDatum(sh->nrecords);
 		values[7] = CStringGetTextDatum(psprintf("%d:" INT64_FORMAT,
 												 sh->shard_id, sh->last_sequence));
+		values[8] = TimestampTzGetDatum(o->started_at);
+		values[9] = Float8GetDatum(o->elapsed_us / 1000.0);
+		values[10] = Int64GetDatum(sh->first_sequence);
+		values[11] = CStringGetTextDatum(o->response);
+		nulls[11] = (o->response[0] == '\0') ? 'n' : ' ';
 		if (run(STMT_SUCCESS, values, nulls) == 1)
 		{
-			attempt = column_int64(0, 1);
 			sh->delivered_sequence = sh->last_sequence;
 			sh->retry_last = -1;
 		}
 		else
+		{
 			attempt = record_stale_outcome(sh, o);
-		if (attempt > 0)
-			log_attempt(sh, attempt, o);
+			if (attempt > 0)
+				log_attempt(sh, attempt, o);
+		}
 		drop_batch(sh);
 		return;
 	}
