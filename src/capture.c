@@ -96,7 +96,7 @@ static StringInfoData pending;
 static BufFile *spill = NULL;
 static int64 pending_count = 0;
 static TimestampTz pending_since = 0;
-static TimestampTz last_flush_end = 0;
+static TimestampTz round_start = 0;	/* see wait_for_wal() */
 
 /* The end of the last record decoded: what the next flush stores and confirms. */
 static XLogRecPtr decoded_upto = InvalidXLogRecPtr;
@@ -440,21 +440,41 @@ insert_pending(int64 system_time)
 	pfree(buf.data);
 }
 
-/* Stores the shards' counters, the record id and newly decoded streams. */
+/*
+ * Stores the shards' counters, the record id and newly decoded streams.
+ * The counters and the record id go in one statement: a flush under many
+ * small transactions costs mostly per statement.
+ */
 static void
 store_state(void)
 {
+	static SPIPlanPtr update_state = NULL;
 	ListCell   *lc;
-	Oid			argtypes[3] = {INT4OID, INT4OID, INT8OID};
-	static SPIPlanPtr update_shard = NULL;
+	int			nshards = 0;
+	int			ndirty = 0;
+	Datum	   *stream_ids;
+	Datum	   *shard_ids;
+	Datum	   *next_sequences;
+	Datum		values[4];
 
-	if (update_shard == NULL)
+	if (update_state == NULL)
 	{
-		update_shard = SPI_prepare("UPDATE event_bridge.shards SET next_sequence = $3 "
-								   "WHERE stream_id = $1 AND shard_id = $2", 3, argtypes);
-		if (update_shard == NULL || SPI_keepplan(update_shard) != 0)
-			elog(ERROR, "could not prepare event_bridge shard update");
+		Oid			argtypes[4] = {INT4ARRAYOID, INT4ARRAYOID, INT8ARRAYOID, INT8OID};
+
+		update_state = SPI_prepare("WITH s AS (UPDATE event_bridge.shards s SET next_sequence = d.next_sequence"
+								   "   FROM unnest($1, $2, $3) AS d(stream_id, shard_id, next_sequence)"
+								   "  WHERE s.stream_id = d.stream_id AND s.shard_id = d.shard_id)"
+								   " UPDATE event_bridge.capture_state SET next_record_id = $4",
+								   4, argtypes);
+		if (update_state == NULL || SPI_keepplan(update_state) != 0)
+			elog(ERROR, "could not prepare event_bridge capture state update");
 	}
+
+	foreach(lc, streams)
+		nshards += ((CaptureStream *) lfirst(lc))->shard_count;
+	stream_ids = palloc(sizeof(Datum) * Max(nshards, 1));
+	shard_ids = palloc(sizeof(Datum) * Max(nshards, 1));
+	next_sequences = palloc(sizeof(Datum) * Max(nshards, 1));
 
 	foreach(lc, streams)
 	{
@@ -464,15 +484,12 @@ store_state(void)
 			continue;
 		for (int i = 0; i < s->shard_count; i++)
 		{
-			Datum		values[3];
-
 			if (!s->shard_dirty[i])
 				continue;
-			values[0] = Int32GetDatum(s->stream_id);
-			values[1] = Int32GetDatum(i);
-			values[2] = Int64GetDatum(s->next_sequence[i]);
-			if (SPI_execute_plan(update_shard, values, NULL, false, 0) != SPI_OK_UPDATE)
-				elog(ERROR, "could not update event_bridge shard");
+			stream_ids[ndirty] = Int32GetDatum(s->stream_id);
+			shard_ids[ndirty] = Int32GetDatum(i);
+			next_sequences[ndirty] = Int64GetDatum(s->next_sequence[i]);
+			ndirty++;
 		}
 		if (s->activated_lsn != InvalidXLogRecPtr)
 		{
@@ -485,13 +502,12 @@ store_state(void)
 		}
 	}
 
-	{
-		char	   *sql = psprintf("UPDATE event_bridge.capture_state SET next_record_id = " INT64_FORMAT,
-								   next_record_id);
-
-		if (SPI_execute(sql, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "could not update event_bridge capture state");
-	}
+	values[0] = PointerGetDatum(construct_array(stream_ids, ndirty, INT4OID, sizeof(int32), true, TYPALIGN_INT));
+	values[1] = PointerGetDatum(construct_array(shard_ids, ndirty, INT4OID, sizeof(int32), true, TYPALIGN_INT));
+	values[2] = PointerGetDatum(construct_array(next_sequences, ndirty, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[3] = Int64GetDatum(next_record_id);
+	if (SPI_execute_plan(update_state, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not update event_bridge capture state");
 }
 
 /* Forgets what a committed flush made durable. */
@@ -598,8 +614,8 @@ flush(XLogRecPtr upto)
 	EB_FAULT_POINT("capture-after-commit");
 	reset_after_flush();
 	LogicalConfirmReceivedLocation(upto);
+	pg_atomic_fetch_add_u32(&my_db->records_epoch, 1);
 	eb_wake_worker(&my_db->workers[EB_WORKER_DELIVERY]);
-	last_flush_end = GetCurrentTimestamp();
 }
 
 /* ---------------------------------------------------------------------
@@ -608,30 +624,27 @@ flush(XLogRecPtr upto)
 
 /*
  * Called by the WAL reader when the WAL it needs is not flushed yet, so all
- * flushed WAL is decoded: stores the pending records (at most once every
- * EB_FLUSH_DELAY_MS), does the periodic work, and sleeps until the WAL is
- * there.  Waiting here rather than returning to the worker's loop keeps the
- * reader's open segment and page across waits.
+ * flushed WAL is decoded: stores the pending records, does the periodic
+ * work, and sleeps.  Waiting here rather than returning to the worker's loop
+ * keeps the reader's open segment and page across waits.
+ *
+ * The worker works in rounds: read all flushed WAL, store what it held,
+ * sleep.  A round starts at most every EB_FLUSH_DELAY_MS.  Before that, the
+ * worker sleeps without being woken by commits; after it, committing
+ * backends wake it (the first to find wal_pending at 0 sets it to 1 and the
+ * latch).  Under a stream of small transactions the worker so reads and
+ * stores many in one round instead of waking for each, and the first change
+ * after a quiet spell is stored at once.
  */
 static void
 wait_for_wal(XLogRecPtr needed)
 {
-	long		wait_ms = 1000L;
-	bool		delaying = false;
 	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz next_round = TimestampTzPlusMilliseconds(round_start, EB_FLUSH_DELAY_MS);
+	long		wait_ms;
 
 	if (pending_count > 0 || state_dirty)
-	{
-		TimestampTz due = TimestampTzPlusMilliseconds(last_flush_end, EB_FLUSH_DELAY_MS);
-
-		if (now >= due)
-			flush(decoded_upto);
-		else
-		{
-			wait_ms = Max(1, (due - now + 999) / 1000);
-			delaying = true;
-		}
-	}
+		flush(decoded_upto);
 	else if (decoded_upto > MyReplicationSlot->data.confirmed_flush)
 		LogicalConfirmReceivedLocation(decoded_upto);
 
@@ -649,20 +662,22 @@ wait_for_wal(XLogRecPtr needed)
 		last_cleanup = GetCurrentTimestamp();
 	}
 
-	/*
-	 * Committing backends set the latch only when wal_pending goes from 0 to
-	 * 1.  While records wait out the flush delay it is left as it is: the
-	 * commits meanwhile need not wake the worker, which reads their WAL when
-	 * the delay ends.
-	 */
-	if (!delaying)
+	now = GetCurrentTimestamp();
+	if (now < next_round)
+		wait_ms = Max(1, (next_round - now + 999) / 1000);
+	else
+	{
 		pg_atomic_write_u32(&my_db->wal_pending, 0);
-	if (GetFlushRecPtr(NULL) < needed)
+		wait_ms = (GetFlushRecPtr(NULL) < needed) ? 1000L : 0;
+	}
+	if (wait_ms > 0)
 	{
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 wait_ms, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
+	if (GetFlushRecPtr(NULL) >= needed)
+		round_start = GetCurrentTimestamp();
 	CHECK_FOR_INTERRUPTS();
 	if (ConfigReloadPending)
 	{

@@ -98,6 +98,14 @@ typedef struct Shard
 
 	/* Not before this: the retry time, or the end of the batch window. */
 	TimestampTz not_before;
+
+	/*
+	 * The last read took every record there was when the capture worker's
+	 * flushes numbered drained_epoch: no read is needed until they number
+	 * more.
+	 */
+	bool		drained;
+	uint32		drained_epoch;
 } Shard;
 
 /* A connector's configuration and shards. */
@@ -248,6 +256,9 @@ static char *database_name = NULL;
 
 /* Set when a shard has more to read at once: the next wait does not sleep. */
 static bool turn_again = false;
+
+/* The capture worker's flush count, read as a turn starts (see Shard.drained). */
+static uint32 turn_epoch = 0;
 
 /* ---------------------------------------------------------------------
  * Small helpers
@@ -408,6 +419,7 @@ load_shard(Connector *c, uint64 i)
 		sh->loaded = true;
 	}
 	sh->skip_before = column_int64(i, 4);
+	sh->drained = false;
 	if (sh->suspended && !suspended)
 		sh->not_before = 0;		/* resumed: retry at once */
 	sh->suspended = suspended;
@@ -572,6 +584,11 @@ read_batch(Shard *sh, TimestampTz now)
 	values[3] = Int64GetDatum(sh->retry_last >= 0 ? sh->retry_last : PG_INT64_MAX);
 	values[4] = Int32GetDatum(c->batch_size);
 	n = run(STMT_READ, values, NULL);
+
+	/* Fewer than asked for, and none held back for a batch window: all read. */
+	sh->drained = (sh->retry_last < 0 && n < c->batch_size &&
+				   (n == 0 || c->batch_window_ms == 0));
+	sh->drained_epoch = turn_epoch;
 	if (n == 0)
 		return;
 
@@ -842,6 +859,9 @@ delivery_turn(bool woken, TimestampTz *last_sync)
 		MemoryContext turn_context = CurrentMemoryContext;
 
 		turn_again = false;
+		/* Read before any snapshot of this turn: see Shard.drained. */
+		turn_epoch = pg_atomic_read_u32(&my_db->records_epoch);
+		pg_memory_barrier();
 		StartTransactionCommand();
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
@@ -863,8 +883,13 @@ delivery_turn(bool woken, TimestampTz *last_sync)
 			Connector  *c = (Connector *) lfirst(lc);
 
 			for (int i = 0; i < c->nshards; i++)
-				if (!c->shards[i].has_batch && shard_active(&c->shards[i]))
-					read_batch(&c->shards[i], now);
+			{
+				Shard	   *sh = &c->shards[i];
+
+				if (!sh->has_batch && shard_active(sh) &&
+					!(sh->drained && sh->drained_epoch == turn_epoch && sh->retry_last < 0))
+					read_batch(sh, now);
+			}
 		}
 
 		SPI_finish();

@@ -84,7 +84,10 @@ eb_shmem_startup(void)
 		memset(eb_shared, 0, sizeof(EbShared));
 		eb_shared->lock = &(GetNamedLWLockTranche("event_bridge"))->lock;
 		for (int i = 0; i < EB_MAX_DATABASES; i++)
+		{
 			pg_atomic_init_u32(&eb_shared->dbs[i].wal_pending, 0);
+			pg_atomic_init_u32(&eb_shared->dbs[i].records_epoch, 0);
+		}
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -119,6 +122,7 @@ eb_database_entry(Oid dboid, bool create)
 		free_entry->no_extension = false;
 		free_entry->dropping_pid = 0;
 		pg_atomic_write_u32(&free_entry->wal_pending, 0);
+		pg_atomic_write_u32(&free_entry->records_epoch, 0);
 		free_entry->dboid = dboid;
 		found = free_entry;
 	}

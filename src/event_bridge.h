@@ -57,6 +57,7 @@ typedef struct EbDatabase
 	bool		no_extension;
 	pid_t		dropping_pid;	/* a backend dropping the extension or database */
 	pg_atomic_uint32 wal_pending;	/* a commit happened since the last read */
+	pg_atomic_uint32 records_epoch; /* counts the capture worker's flushes */
 } EbDatabase;
 
 typedef struct EbShared
