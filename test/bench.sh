@@ -3,7 +3,7 @@
 # machine in one run, printed as a table whose ratios compare each figure
 # with a baseline measured in the same run.
 #
-#   sudo bash test/bench.sh [--quick]
+#   sudo bash test/bench.sh [--quick] [--only SECTION[,SECTION...]]
 #
 # Builds and installs event_bridge, builds a fast C endpoint
 # (test/bench/receiver.c) and the drain loop of the trigger baseline
@@ -30,19 +30,31 @@
 #     by a loop that POSTs one request per row.
 #
 # --quick runs smaller workloads and one repetition (about 4 minutes; the
-# full run takes about 15).  Ports: PORT (56432) and PORT_B (56433) for the
+# full run takes about 18).  --only runs some sections and prints their rows:
+# ceiling, capture, delivery (with capture, the baseline of its ratios),
+# latency, memory, trigger, write-path.  Ports: PORT (56432) and PORT_B (56433) for the
 # clusters, RECV_PORT (56480) and SLOW_PORT (56481) for the endpoints.
 
 source "$(dirname "$0")/setup.sh"
 eb_need_root
 
 QUICK=0
-for a in "$@"; do
-    case "$a" in
+ONLY=""
+SECTIONS="ceiling capture delivery latency memory trigger write-path"
+while [ $# -gt 0 ]; do
+    case "$1" in
         --quick) QUICK=1 ;;
-        *) echo "usage: $0 [--quick]" >&2; exit 2 ;;
+        --only) ONLY=",${2:-},"; shift ;;
+        *) echo "usage: $0 [--quick] [--only SECTION[,SECTION...]]  (sections: $SECTIONS)" >&2; exit 2 ;;
     esac
+    shift
 done
+for sec in ${ONLY//,/ }; do
+    [[ " $SECTIONS " == *" $sec "* ]] || { echo "unknown section \"$sec\" (sections: $SECTIONS)" >&2; exit 2; }
+done
+# want SECTION: is it part of this run?  Delivery's ratios are to the
+# capture rate, so delivery brings capture along.
+want() { [ -z "$ONLY" ] || [[ "$ONLY" == *",$1,"* ]] || { [ "$1" = capture ] && [[ "$ONLY" == *",delivery,"* ]]; }; }
 
 if [ $QUICK = 1 ]; then
     CAP_BULK=200000 CAP_SINGLE=20000 CAP_MIXED=60000
@@ -53,7 +65,7 @@ else
     CAP_BULK=1000000 CAP_SINGLE=100000 CAP_MIXED=300000
     DLV_ROWS=200000 DLV_SECONDS=8 PIPE_ROWS=300000
     LAT_SECONDS=20 BIG_ROWS=1000000 TRG_ROWS=20000 TRG_SECONDS=10
-    WP_REPS=3 WP_SECONDS=10 WRK_SECONDS=5
+    WP_REPS=5 WP_SECONDS=10 WRK_SECONDS=5
 fi
 
 PORT=${PORT:-56432}            # cluster A: capture, delivery, latency, memory, trigger
@@ -77,6 +89,15 @@ cleanup() {
     rm -rf "$DIR"
 }
 trap cleanup EXIT
+
+# How much the machine itself was disturbed: CPU time stolen by the host
+# (/proc/stat) and time some task stalled on I/O (/proc/pressure/io), as
+# shares of the run.  Noisy neighbours move single figures by tens of %.
+cpu_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $9 }' /proc/stat; }
+io_stall_us() { awk '/^some/ { sub("total=", "", $5); print $5 }' /proc/pressure/io 2>/dev/null || echo 0; }
+read -r RUN_TICKS0 RUN_STEAL0 < <(cpu_ticks)
+RUN_IO0=$(io_stall_us)
+RUN_T0=$(date +%s.%N)
 
 echo "== building the benchmark endpoint and the trigger drain loop"
 gcc -O2 -Wall -Wextra -o "$DIR/receiver" "$EB_ROOT/test/bench/receiver.c"
@@ -200,6 +221,7 @@ SLOW_URL="http://127.0.0.1:$SLOW_PORT/fc"
 # 1. The endpoint's ceiling (wrk, 4 connections like 4 shards)
 # ---------------------------------------------------------------------
 
+if want ceiling; then
 echo "== 1. endpoint ceiling (wrk)"
 python3 - "$DIR" <<'EOF'
 import json, sys
@@ -222,6 +244,7 @@ for n in 1 100; do
 done
 rget "$RECV_PORT" reset >/dev/null
 echo "   $WRK_1 req/s with 1 record, $WRK_100 req/s with 100 records"
+fi
 
 # ---------------------------------------------------------------------
 # 2. Capture rate beside pg_recvlogical, three workloads over the same WAL
@@ -262,6 +285,7 @@ capture_run() {
     eval "echo \"     changes/s: test_decoding \$CAP_${name}_TD, wal2json \$CAP_${name}_WJ, event_bridge \$CAP_${name}_EB\""
 }
 
+if want capture; then
 echo "== 2. capture"
 capture_run bulk "$CAP_BULK" "$CAP_BULK" "$(bulk_sql cap_t "$CAP_BULK")"
 
@@ -290,10 +314,13 @@ BEGIN
 END
 \$\$;"
 
+fi
+
 # ---------------------------------------------------------------------
 # 3. Delivery: batch sizes, shards, a fast and a 20 ms endpoint
 # ---------------------------------------------------------------------
 
+if want delivery; then
 echo "== 3. delivery"
 Q <<SQL >/dev/null
 $(table_sql dlv_t)
@@ -356,10 +383,13 @@ PIPE=$(calc "%.0f" "$PIPE_ROWS / ($last / 1e6 - $t0)")
 Q -c "SELECT event_bridge.drop_connector('pipe_c')" >/dev/null
 echo "   pipeline (capture + delivery, batch_size 100, 4 shards): $PIPE events/s"
 
+fi
+
 # ---------------------------------------------------------------------
 # 4. Latency, commit -> receipt, open loop
 # ---------------------------------------------------------------------
 
+if want latency; then
 echo "== 4. latency"
 Q <<SQL >/dev/null
 CREATE TABLE lat_t (id bigserial PRIMARY KEY, v text, n int);
@@ -389,10 +419,13 @@ for rate in 1000 5000; do
 done
 Q -c "SELECT event_bridge.drop_connector('lat_c')" >/dev/null
 
+fi
+
 # ---------------------------------------------------------------------
 # 5. Memory: one big transaction
 # ---------------------------------------------------------------------
 
+if want memory; then
 echo "== 6. memory: one transaction of $BIG_ROWS rows"
 # sample_rss OUT PID...: the largest RssAnon and VmHWM (kB) of the processes
 # until $DIR/stop_sampling exists.
@@ -466,10 +499,13 @@ echo "   capture worker: RssAnon peak $CAP_ANON kB (VmHWM $CAP_HWM kB); delivery
 echo "   pg_recvlogical's walsender: $WS_ANON kB ($WS_HWM kB); bound: logical_decoding_work_mem $WORK_MEM_KB kB + capture_buffer $BUF_KB kB"
 echo "   capture of the transaction: $BIG_EB_CAP changes/s, pg_recvlogical $BIG_TD changes/s"
 
+fi
+
 # ---------------------------------------------------------------------
 # 6. The trigger baseline
 # ---------------------------------------------------------------------
 
+if want trigger; then
 echo "== 7. trigger baseline"
 Q -f "$EB_ROOT/test/bench/trigger.sql" >/dev/null
 t0=$(now)
@@ -487,12 +523,15 @@ stats=$(rget "$SLOW_PORT" stats)
 TRG_SLOW=$(calc "%.0f" "$(echo "$stats" | jget unique) / (($(echo "$stats" | jget last_us) - $(echo "$stats" | jget first_us)) / 1e6)")
 echo "   the same to the 20 ms endpoint: $TRG_SLOW events/s"
 
+fi
+
 eb_as_user pg_ctl -D "$DIR/a" -m fast stop >/dev/null
 
 # ---------------------------------------------------------------------
 # 7. Write path: pgbench TPS per configuration, rotating the order
 # ---------------------------------------------------------------------
 
+if want write-path; then
 echo "== 5. write path (cluster B on port $PORT_B)"
 start_cluster b "$PORT_B"
 psql -X -q -h "$DIR" -p "$PORT_B" -U postgres -d postgres -c "CREATE DATABASE pgb"
@@ -556,20 +595,31 @@ for c in "${CONFIGS[@]}"; do
 done
 eb_as_user pg_ctl -D "$DIR/b" -m fast stop >/dev/null
 
+fi
+
 # ---------------------------------------------------------------------
 # The table
 # ---------------------------------------------------------------------
 
 CPU=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
 echo
-echo "Machine: $(nproc) cores ($CPU), $(free -g | awk '/^Mem/ { print $2 }') GiB, $(. /etc/os-release; echo "$PRETTY_NAME"), PostgreSQL $(pg_config --version | awk '{ print $2 }'); mode: $([ $QUICK = 1 ] && echo quick || echo full)"
+read -r RUN_TICKS1 RUN_STEAL1 < <(cpu_ticks)
+RUN_IO1=$(io_stall_us)
+STEAL=$(calc "%.1f" "100 * ($RUN_STEAL1 - $RUN_STEAL0) / ($RUN_TICKS1 - $RUN_TICKS0)")
+IO_STALL=$(calc "%.1f" "100 * ($RUN_IO1 - $RUN_IO0) / 1e6 / ($(date +%s.%N) - $RUN_T0)")
+echo "Machine: $(nproc) cores ($CPU), $(free -g | awk '/^Mem/ { print $2 }') GiB, $(. /etc/os-release; echo "$PRETTY_NAME"), PostgreSQL $(pg_config --version | awk '{ print $2 }'); mode: $([ $QUICK = 1 ] && echo quick || echo full); during the run, CPU stolen by the host $STEAL %, some task stalled on I/O $IO_STALL % of the time"
 echo
 row "what" "figure" "baseline (same run)" "ratio" "target"
 row "---" "---:" "---" "---:" "---"
+if want capture; then
 row "1a. pg_recvlogical + test_decoding -> /dev/null, $(fmt $CAP_BULK) rows in 1,000-row tx" "$(fmt $CAP_bulk_TD) changes/s" "(ceiling)" "1.00" ""
 row "1b. pg_recvlogical + wal2json v2 -> /dev/null, same WAL" "$(fmt $CAP_bulk_WJ) changes/s" "test_decoding" "$(ratio $CAP_bulk_WJ $CAP_bulk_TD)" ""
 row "1c. pg_logical_slot_get_binary_changes + test_decoding, one call (in-process ceiling), same WAL" "$(fmt $CAP_bulk_SQ) changes/s" "pg_recvlogical + test_decoding" "$(ratio $CAP_bulk_SQ $CAP_bulk_TD)" ""
+fi
+if want ceiling; then
 row "1d. endpoint (test/bench/receiver.c) alone, wrk, 4 connections" "$(fmt $WRK_1) req/s; $(fmt $(calc %.0f "$WRK_100 * 100")) records/s in 100-record bodies" "(ceiling)" "" ""
+fi
+if want capture; then
 for w in bulk single mixed; do
     case $w in
         bulk) what="$(fmt $CAP_BULK) rows in 1,000-row transactions" ;;
@@ -579,6 +629,8 @@ for w in bulk single mixed; do
     eval "td=\$CAP_${w}_TD wj=\$CAP_${w}_WJ eb=\$CAP_${w}_EB"
     row "2. capture, $what, 4 shards, stored" "$(fmt $eb) changes/s" "test_decoding $(fmt $td); wal2json $(fmt $wj)" "$(ratio $eb $td) ($(ratio $eb $wj) × wal2json)" "≥ 0.80: $(verdict "$eb / $td" '>=' 0.8)"
 done
+fi
+if want delivery; then
 for shards in 1 4; do
     for batch in 1 100 1000; do
         eval "d=\$DLV_${shards}_${batch}"
@@ -595,12 +647,16 @@ for shards in 1 4; do
         row "3. delivered to an endpoint taking 20 ms, batch_size $batch, $shards shard(s)" "$(fmt $d) events/s" "limit shards × batch / 20 ms = $(fmt $lim)" "$(ratio $d $lim)" ""
     done
 done
+fi
+if want latency; then
 for rate in 1000 5000; do
     eval "p50=\$LAT_${rate}_p50 p95=\$LAT_${rate}_p95 p99=\$LAT_${rate}_p99 a50=\$LAT_${rate}_append_p50 a99=\$LAT_${rate}_append_p99 tps=\$LAT_${rate}_TPS pgb=\$LAT_${rate}_PGB"
     t=""
     [ "$rate" = 1000 ] && t="p99 ≤ 50 ms: $(verdict "$p99" '<=' 50)"
     row "4. commit -> receipt, pgbench -R $rate single-row tx/s (achieved $(fmt $tps)), batch_size 100, 4 shards" "p50 $p50 / p95 $p95 / p99 $p99 ms" "commit -> append p50 $a50 / p99 $a99 ms; pgbench tx latency $pgb ms" "" "$t"
 done
+fi
+if want write-path; then
 for c in replica recvlogical event_bridge; do
     eval "t=\$TPCB_$c i=\$INS_$c"
     case $c in
@@ -616,14 +672,27 @@ for c in replica recvlogical event_bridge; do
     row "5. pgbench TPC-B (scale 10, 4 clients), $what" "$(fmt $t) tps" "wal_level = logical, no consumer: $(fmt $TPCB_logical)" "$(ratio $t $TPCB_logical)" "$tt"
     row "5. pgbench single-row INSERT (4 clients), $what" "$(fmt $i) tps" "wal_level = logical, no consumer: $(fmt $INS_logical)" "$(ratio $i $INS_logical)" "$ti"
 done
+fi
+if want memory; then
 row "6. capture worker, peak private RSS (RssAnon) during one $(fmt $BIG_ROWS)-row transaction" "$(fmt $((CAP_ANON / 1024))) MB (VmHWM $(fmt $((CAP_HWM / 1024))) MB)" "pg_recvlogical's walsender $(fmt $((WS_ANON / 1024))) MB (VmHWM $(fmt $((WS_HWM / 1024))) MB)" "$(ratio $CAP_ANON $WS_ANON)" "bounded, ≤ walsender + capture_buffer $(( BUF_KB / 1024 )) MB + 16 MB: $(verdict "$CAP_ANON" '<=' "$WS_ANON + $BUF_KB + 16384")"
 row "6. delivery worker, peak private RSS, same transaction" "$(fmt $((DLV_ANON / 1024))) MB (VmHWM $(fmt $((DLV_HWM / 1024))) MB)" "" "" ""
 row "6. capture rate of that transaction" "$(fmt $BIG_EB_CAP) changes/s" "pg_recvlogical + test_decoding $(fmt $BIG_TD)" "$(ratio $BIG_EB_CAP $BIG_TD)" ""
+fi
+if want trigger; then
 row "7. trigger -> queue table -> loop POSTing one request per row" "$(fmt $TRG) events/s" "" "" ""
+fi
+if want trigger && want delivery; then
 row "7. event_bridge delivered (batch_size 100, 4 shards) vs the trigger baseline" "$(fmt $DLV_4_100) events/s" "trigger baseline $(fmt $TRG)" "$(ratio $DLV_4_100 $TRG)" "≥ 20: $(verdict "$DLV_4_100 / $TRG" '>=' 20)"
+fi
+if want trigger; then
 row "7. trigger baseline to the endpoint taking 20 ms" "$(fmt $TRG_SLOW) events/s" "" "" ""
+fi
+if want trigger && want delivery; then
 row "7. event_bridge to the 20 ms endpoint (batch_size 100, 4 shards) vs the trigger baseline" "$(fmt $SLOW_4_100) events/s" "trigger baseline, 20 ms endpoint $(fmt $TRG_SLOW)" "$(ratio $SLOW_4_100 $TRG_SLOW)" "≥ 20: $(verdict "$SLOW_4_100 / $TRG_SLOW" '>=' 20)"
 row "7. event_bridge batch_size 1, 1 shard (one request per change, like the trigger)" "$(fmt $DLV_1_1) events/s" "trigger baseline $(fmt $TRG)" "$(ratio $DLV_1_1 $TRG)" ""
+fi
 printf '%s\n' "${ROWS[@]}"
 echo
-echo "event_bridge pending at the end of each write-path run (records not yet delivered): ${WP_EB_PENDING[*]}"
+if want write-path; then
+    echo "event_bridge pending at the end of each write-path run (records not yet delivered): ${WP_EB_PENDING[*]}"
+fi
