@@ -80,12 +80,12 @@ typedef struct PendingHeader
 #define EB_FLUSH_INTERVAL_MS	100
 
 /*
- * Having decoded all WAL there is, store the records, but no sooner than
- * this after the previous flush: a flush costs about the same for one record
- * as for thousands, so under many small transactions this turns dozens of
- * flushes into one, while a change after a quiet spell is stored at once.
+ * A round (read all flushed WAL, store, sleep; see wait_for_wal()) starts at
+ * most this often: a flush costs about the same for one record as for
+ * thousands, so under many small transactions this turns dozens of flushes
+ * into one, while a change after a quiet spell is stored at once.
  */
-#define EB_FLUSH_DELAY_MS		10
+#define EB_ROUND_INTERVAL_MS	10
 
 static MemoryContext capture_context = NULL;
 static List *streams = NIL;
@@ -103,8 +103,6 @@ static XLogRecPtr decoded_upto = InvalidXLogRecPtr;
 
 /* For the periodic work done while waiting for WAL. */
 static char my_slot_name[NAMEDATALEN];
-
-static void exit_if_extension_dropped(const char *slot_name, bool holding_slot);
 static TimestampTz last_check = 0;
 static TimestampTz last_cleanup = 0;
 
@@ -622,6 +620,8 @@ flush(XLogRecPtr upto)
  * The worker
  * ------------------------------------------------------------------- */
 
+static void exit_if_extension_dropped(const char *slot_name, bool holding_slot);
+
 /*
  * Called by the WAL reader when the WAL it needs is not flushed yet, so all
  * flushed WAL is decoded: stores the pending records, does the periodic
@@ -629,7 +629,7 @@ flush(XLogRecPtr upto)
  * keeps the reader's open segment and page across waits.
  *
  * The worker works in rounds: read all flushed WAL, store what it held,
- * sleep.  A round starts at most every EB_FLUSH_DELAY_MS.  Before that, the
+ * sleep.  A round starts at most every EB_ROUND_INTERVAL_MS.  Before that, the
  * worker sleeps without being woken by commits; after it, committing
  * backends wake it (the first to find wal_pending at 0 sets it to 1 and the
  * latch).  Under a stream of small transactions the worker so reads and
@@ -640,7 +640,7 @@ static void
 wait_for_wal(XLogRecPtr needed)
 {
 	TimestampTz now = GetCurrentTimestamp();
-	TimestampTz next_round = TimestampTzPlusMilliseconds(round_start, EB_FLUSH_DELAY_MS);
+	TimestampTz next_round = TimestampTzPlusMilliseconds(round_start, EB_ROUND_INTERVAL_MS);
 	long		wait_ms;
 
 	if (pending_count > 0 || state_dirty)

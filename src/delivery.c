@@ -102,7 +102,7 @@ typedef struct Shard
 	/*
 	 * The last read took every record there was when the capture worker's
 	 * flushes numbered drained_epoch: no read is needed until they number
-	 * more.
+	 * more, or until a failure or a reload clears it.
 	 */
 	bool		drained;
 	uint32		drained_epoch;
@@ -786,6 +786,7 @@ record_outcome(Shard *sh, const HttpOutcome *o)
 	attempt = column_int64(0, 1);
 	sh->suspended = column_bool(0, 2);
 	sh->retry_last = sh->last_sequence;
+	sh->drained = false;		/* the retry reads the batch again */
 	sh->not_before = TimestampTzPlusMilliseconds(now, retry_delay_ms(c, column_int32(0, 3)));
 	if (sh->suspended)
 		ereport(LOG,
@@ -887,7 +888,7 @@ delivery_turn(bool woken, TimestampTz *last_sync)
 				Shard	   *sh = &c->shards[i];
 
 				if (!sh->has_batch && shard_active(sh) &&
-					!(sh->drained && sh->drained_epoch == turn_epoch && sh->retry_last < 0))
+					!(sh->drained && sh->drained_epoch == turn_epoch))
 					read_batch(sh, now);
 			}
 		}
