@@ -459,11 +459,15 @@ store_state(void)
 	{
 		Oid			argtypes[4] = {INT4ARRAYOID, INT4ARRAYOID, INT8ARRAYOID, INT8OID};
 
-		update_state = SPI_prepare("WITH s AS (UPDATE event_bridge.shards s SET next_sequence = d.next_sequence"
-								   "   FROM unnest($1, $2, $3) AS d(stream_id, shard_id, next_sequence)"
-								   "  WHERE s.stream_id = d.stream_id AND s.shard_id = d.shard_id)"
-								   " UPDATE event_bridge.capture_state SET next_record_id = $4",
-								   4, argtypes);
+		/*
+		 * A generic plan: with arrays for parameters, the plan cache would
+		 * otherwise plan each execution anew.
+		 */
+		update_state = SPI_prepare_cursor("WITH s AS (UPDATE event_bridge.shards s SET next_sequence = d.next_sequence"
+										  "   FROM unnest($1, $2, $3) AS d(stream_id, shard_id, next_sequence)"
+										  "  WHERE s.stream_id = d.stream_id AND s.shard_id = d.shard_id)"
+										  " UPDATE event_bridge.capture_state SET next_record_id = $4",
+										  4, argtypes, CURSOR_OPT_GENERIC_PLAN);
 		if (update_state == NULL || SPI_keepplan(update_state) != 0)
 			elog(ERROR, "could not prepare event_bridge capture state update");
 	}

@@ -40,7 +40,13 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/relscan.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "executor/spi.h"
@@ -54,7 +60,10 @@
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -146,7 +155,6 @@ typedef enum CatalogStatementId
 	STMT_VERSIONS,
 	STMT_CONNECTOR,
 	STMT_SHARDS,
-	STMT_READ,
 	STMT_SKIP,
 	STMT_SUCCESS,
 	STMT_FAILURE,
@@ -184,12 +192,6 @@ static const CatalogStatement statements[NUM_STATEMENTS] = {
 		" retry_last_sequence"
 		" FROM event_bridge.connector_shards WHERE connector_id = $1",
 		1, {INT4OID}
-	},
-	[STMT_READ] = {
-		"SELECT sequence, system_time, partition_key, data FROM event_bridge.records"
-		" WHERE stream_id = $1 AND shard_id = $2 AND sequence > $3 AND sequence <= $4"
-		" ORDER BY sequence LIMIT $5",
-		5, {INT4OID, INT4OID, INT8OID, INT8OID, INT4OID}
 	},
 	[STMT_SKIP] = {
 		"UPDATE event_bridge.connector_shards SET delivered_sequence = $4"
@@ -254,6 +256,18 @@ static EbDatabase *my_db = NULL;
 static Oid	extension_oid = InvalidOid;
 static char *database_name = NULL;
 
+/*
+ * event_bridge.records, which batches are read from directly through its
+ * primary key (stream_id, shard_id, sequence), and the numbers of the
+ * columns a batch needs; find_records_table checks them.
+ */
+static Oid	records_relid = InvalidOid;
+#define RECORDS_NATTS		4
+static const char *const records_columns[RECORDS_NATTS] = {
+	"sequence", "system_time", "partition_key", "data"
+};
+static AttrNumber records_attnums[RECORDS_NATTS];
+
 /* Set when a shard has more to read at once: the next wait does not sleep. */
 static bool turn_again = false;
 
@@ -288,8 +302,10 @@ run(CatalogStatementId id, Datum *values, const char *nulls)
 
 	if (plans[id] == NULL)
 	{
-		SPIPlanPtr	plan = SPI_prepare(statements[id].sql, statements[id].nargs,
-									   (Oid *) statements[id].argtypes);
+		/* Generic plans: the statements look rows up by key. */
+		SPIPlanPtr	plan = SPI_prepare_cursor(statements[id].sql, statements[id].nargs,
+											  (Oid *) statements[id].argtypes,
+											  CURSOR_OPT_GENERIC_PLAN);
 
 		if (plan == NULL || SPI_keepplan(plan) != 0)
 			elog(ERROR, "could not prepare event_bridge delivery statement %d: %s",
@@ -563,6 +579,81 @@ skip_records(Shard *sh, int64 last_skipped)
 }
 
 /*
+ * Finds event_bridge.records and the columns a batch needs, by name.  Must
+ * be called inside a transaction.
+ */
+static void
+find_records_table(void)
+{
+	Oid			relid = get_relname_relid("records", get_namespace_oid("event_bridge", false));
+
+	if (!OidIsValid(relid))
+		elog(ERROR, "event_bridge.records does not exist");
+	for (int i = 0; i < RECORDS_NATTS; i++)
+	{
+		records_attnums[i] = get_attnum(relid, records_columns[i]);
+		if (records_attnums[i] == InvalidAttrNumber)
+			elog(ERROR, "event_bridge.records has no column \"%s\"", records_columns[i]);
+	}
+	records_relid = relid;
+}
+
+/*
+ * Reads up to limit records of a shard whose sequence is in (after, upto],
+ * in order, into records; the strings are allocated in the current memory
+ * context.  Returns how many it read.
+ *
+ * A plain scan of the primary key under the turn's snapshot: a batch is a
+ * range of one index, and delivery reads one after every batch, so the
+ * executor's per-statement work would cost more than the reading.  Must be
+ * called inside a transaction, with the turn's snapshot active.
+ */
+static int
+read_records(int32 stream_id, int32 shard_id, int64 after, int64 upto, int limit,
+			 FormatRecord *records)
+{
+	Relation	rel;
+	Relation	index;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	ScanKeyData keys[4];
+	int			n = 0;
+
+	/* Dropped with the extension: the worker exits at its next check. */
+	rel = try_table_open(records_relid, AccessShareLock);
+	if (rel == NULL)
+		return 0;
+	index = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
+
+	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(stream_id));
+	ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(shard_id));
+	ScanKeyInit(&keys[2], 3, BTGreaterStrategyNumber, F_INT8GT, Int64GetDatum(after));
+	ScanKeyInit(&keys[3], 3, BTLessEqualStrategyNumber, F_INT8LE, Int64GetDatum(upto));
+	slot = table_slot_create(rel, NULL);
+	scan = index_beginscan(rel, index, GetActiveSnapshot(), lengthof(keys), 0);
+	index_rescan(scan, keys, lengthof(keys), NULL, 0);
+
+	while (n < limit && index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		FormatRecord *r = &records[n++];
+		bool		isnull;
+		Datum		d;
+
+		r->sequence = DatumGetInt64(slot_getattr(slot, records_attnums[0], &isnull));
+		r->system_time = DatumGetInt64(slot_getattr(slot, records_attnums[1], &isnull));
+		d = slot_getattr(slot, records_attnums[2], &isnull);
+		r->partition_key = isnull ? NULL : TextDatumGetCString(d);
+		r->data = TextDatumGetCString(slot_getattr(slot, records_attnums[3], &isnull));
+	}
+
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(index, AccessShareLock);
+	table_close(rel, AccessShareLock);
+	return n;
+}
+
+/*
  * Reads the next batch of an idle shard and builds its body.  Leaves the
  * shard idle if there are no records yet, or if the batch window asks to
  * wait for more.  Must be called inside a transaction.
@@ -571,19 +662,16 @@ static void
 read_batch(Shard *sh, TimestampTz now)
 {
 	Connector  *c = sh->connector;
-	Datum		values[5];
 	FormatRecord *records;
 	FormatBatch batch;
-	uint64		n;
+	int			n;
 	int			first = 0;
 	MemoryContext old;
 
-	values[0] = Int32GetDatum(c->stream_id);
-	values[1] = Int32GetDatum(sh->shard_id);
-	values[2] = Int64GetDatum(sh->delivered_sequence);
-	values[3] = Int64GetDatum(sh->retry_last >= 0 ? sh->retry_last : PG_INT64_MAX);
-	values[4] = Int32GetDatum(c->batch_size);
-	n = run(STMT_READ, values, NULL);
+	records = palloc(sizeof(FormatRecord) * c->batch_size);
+	n = read_records(c->stream_id, sh->shard_id, sh->delivered_sequence,
+					 sh->retry_last >= 0 ? sh->retry_last : PG_INT64_MAX,
+					 c->batch_size, records);
 
 	/* Fewer than asked for, and none held back for a batch window: all read. */
 	sh->drained = (sh->retry_last < 0 && n < c->batch_size &&
@@ -592,14 +680,6 @@ read_batch(Shard *sh, TimestampTz now)
 	if (n == 0)
 		return;
 
-	records = palloc(sizeof(FormatRecord) * n);
-	for (uint64 i = 0; i < n; i++)
-	{
-		records[i].sequence = column_int64(i, 1);
-		records[i].system_time = column_int64(i, 2);
-		records[i].partition_key = column_text(i, 3);
-		records[i].data = column_text(i, 4);
-	}
 	if (records[0].sequence != sh->delivered_sequence + 1)
 		ereport(WARNING,
 				(errcode(ERRCODE_DATA_CORRUPTED),
@@ -998,6 +1078,7 @@ event_bridge_delivery_main(Datum main_arg)
 										 ALLOCSET_DEFAULT_SIZES);
 	StartTransactionCommand();
 	database_name = MemoryContextStrdup(worker_context, get_database_name(dboid));
+	find_records_table();
 	CommitTransactionCommand();
 	http_init();
 	pgstat_report_activity(STATE_RUNNING, "delivering");

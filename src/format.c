@@ -26,6 +26,8 @@
 
 #include "common/base64.h"
 #include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
 #include "utils/json.h"
 
 #include "format.h"
@@ -80,66 +82,114 @@ append_base64(StringInfo out, const char *src, int len)
 }
 
 /*
+ * Writes the escape of a byte that needs one in a JSON string, as
+ * escape_json writes it, and returns its length.
+ */
+static inline int
+json_escape(unsigned char c, char *esc)
+{
+	static const char hex[] = "0123456789abcdef";
+	char		letter;
+
+	switch (c)
+	{
+		case '"':
+		case '\\':
+			letter = c;
+			break;
+		case '\b':
+			letter = 'b';
+			break;
+		case '\f':
+			letter = 'f';
+			break;
+		case '\n':
+			letter = 'n';
+			break;
+		case '\r':
+			letter = 'r';
+			break;
+		case '\t':
+			letter = 't';
+			break;
+		default:
+			memcpy(esc, "\\u00", 4);
+			esc[4] = hex[c >> 4];
+			esc[5] = hex[c & 0xf];
+			return 6;
+	}
+	esc[0] = '\\';
+	esc[1] = letter;
+	return 2;
+}
+
+static inline bool
+json_needs_escape(unsigned char c)
+{
+	return c < ' ' || c == '"' || c == '\\';
+}
+
+/*
  * Appends s as a JSON string, byte for byte what escape_json appends, but
- * faster: the runs of bytes that need no escape are copied whole.  Records'
- * data (a JSON array as text) is most of a DataHub body.
+ * faster: one pass measures, one writes, and the buffer grows once.
+ * Records' data (a JSON array as text, full of quotes) is most of a DataHub
+ * body.
  */
 static void
 append_json_string(StringInfo out, const char *s)
 {
-	const char *run = s;
-	const char *p;
+	size_t		len = strlen(s);
+	size_t		size = len + 2;
+	char		esc[6];
+	char	   *d;
 
-	appendStringInfoCharMacro(out, '"');
-	for (p = s; *p; p++)
+	for (size_t i = 0; i < len; i++)
+		if (unlikely(json_needs_escape((unsigned char) s[i])))
+			size += json_escape((unsigned char) s[i], esc) - 1;
+	/* Too big for a body: enlargeStringInfo reports it. */
+	enlargeStringInfo(out, (int) Min(size, (size_t) MaxAllocSize));
+
+	d = out->data + out->len;
+	*d++ = '"';
+	if (size == len + 2)
 	{
-		unsigned char c = (unsigned char) *p;
-		const char *esc;
-		char		u[8];
-
-		if (c >= ' ' && c != '"' && c != '\\')
-			continue;
-		if (p > run)
-			appendBinaryStringInfo(out, run, p - run);
-		run = p + 1;
-		switch (c)
-		{
-			case '"':
-				esc = "\\\"";
-				break;
-			case '\\':
-				esc = "\\\\";
-				break;
-			case '\b':
-				esc = "\\b";
-				break;
-			case '\f':
-				esc = "\\f";
-				break;
-			case '\n':
-				esc = "\\n";
-				break;
-			case '\r':
-				esc = "\\r";
-				break;
-			case '\t':
-				esc = "\\t";
-				break;
-			default:
-				snprintf(u, sizeof(u), "\\u%04x", (int) c);
-				esc = u;
-				break;
-		}
-		appendBinaryStringInfo(out, esc, strlen(esc));
+		memcpy(d, s, len);
+		d += len;
 	}
-	if (p > run)
-		appendBinaryStringInfo(out, run, p - run);
-	appendStringInfoCharMacro(out, '"');
+	else
+	{
+		for (size_t i = 0; i < len; i++)
+		{
+			unsigned char c = (unsigned char) s[i];
+
+			if (likely(!json_needs_escape(c)))
+				*d++ = c;
+			else
+				d += json_escape(c, d);
+		}
+	}
+	*d++ = '"';
+	*d = '\0';
+	out->len = d - out->data;
+}
+
+/* Appends an integer in decimal. */
+static inline void
+append_int64(StringInfo out, int64 v)
+{
+	char		buf[MAXINT8LEN + 1];
+	int			len = pg_lltoa(v, buf);
+
+	appendBinaryStringInfo(out, buf, len);
 }
 
 static void
 format_datahub(StringInfo out, const FormatBatch *b)
 {
+	char		shard[12 + 1];	/* an int32 and the colon */
+	int			shard_len = pg_ltoa(b->shard_id, shard);
+
+	shard[shard_len++] = ':';
 	appendStringInfoString(out, "{\"eventSource\":\"acs:datahub\","
 						   "\"eventName\":\"acs:datahub:putRecord\","
 						   "\"eventSourceARN\":");
@@ -151,9 +201,12 @@ format_datahub(StringInfo out, const FormatBatch *b)
 	{
 		const FormatRecord *r = &b->records[i];
 
-		appendStringInfo(out, "%s{\"eventId\":\"%d:" INT64_FORMAT "\","
-						 "\"systemTime\":" INT64_FORMAT ",\"data\":",
-						 i > 0 ? "," : "", b->shard_id, r->sequence, r->system_time);
+		appendStringInfoString(out, i > 0 ? ",{\"eventId\":\"" : "{\"eventId\":\"");
+		appendBinaryStringInfo(out, shard, shard_len);
+		append_int64(out, r->sequence);
+		appendStringInfoString(out, "\",\"systemTime\":");
+		append_int64(out, r->system_time);
+		appendStringInfoString(out, ",\"data\":");
 		append_json_string(out, r->data);
 		appendStringInfoChar(out, '}');
 	}
@@ -179,7 +232,9 @@ format_dis(StringInfo out, const FormatBatch *b)
 		escape_json(out, r->partition_key ? r->partition_key : "");
 		appendStringInfoString(out, ",\"data\":\"");
 		append_base64(out, data, strlen(data));
-		appendStringInfo(out, "\",\"sequence_number\":\"" INT64_FORMAT "\"}", r->sequence);
+		appendStringInfoString(out, "\",\"sequence_number\":\"");
+		append_int64(out, r->sequence);
+		appendStringInfoString(out, "\"}");
 	}
 	appendStringInfo(out, "],\"millis_behind_latest\":\"" INT64_FORMAT "\"},"
 					 "\"Tag\":\"latest\",\"StreamName\":",

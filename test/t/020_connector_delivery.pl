@@ -29,7 +29,7 @@ $node->safe_psql('postgres', qq{
 # Many keys, each changed several times, in many transactions: inserts,
 # three rounds of updates, deletes; text that needs escaping.
 $node->safe_psql('postgres', q{
-	INSERT INTO orders SELECT g, 'customer "' || g || E'"\\\\ caf\u00e9', g
+	INSERT INTO orders SELECT g, 'customer "' || g || E'"\\\\ caf\u00e9\t', g
 	  FROM generate_series(1, 400) g;});
 for my $round (1 .. 3)
 {
