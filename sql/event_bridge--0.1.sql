@@ -280,6 +280,8 @@ BEGIN
     END IF;
     DELETE FROM event_bridge.streams WHERE stream_id = sid;
     DELETE FROM event_bridge.records WHERE stream_id = sid;
+    -- Its connectors went with it.
+    PERFORM event_bridge._wake_delivery();
 END
 $$;
 COMMENT ON FUNCTION event_bridge.drop_stream(text) IS

@@ -14,8 +14,10 @@
  *
  * A turn of the loop: collect the finished requests; in one transaction,
  * record their outcomes (a success moves the offset), reload the connectors
- * whose version moved, and read the next batch of every idle shard; commit;
- * then start the requests.  Between turns the worker waits in http_wait for
+ * whose version moved (when a connector function says one did), and read
+ * the next batch of every idle shard that may have records; commit; then
+ * start the requests.  A turn with nothing to record or read opens no
+ * transaction.  Between turns the worker waits in http_wait for
  * the network, a timer or its latch, which the capture worker sets after
  * every commit of new records: new records are on their way within
  * milliseconds.  No transaction is open while requests run.
@@ -273,6 +275,9 @@ static bool turn_again = false;
 
 /* The capture worker's flush count, read as a turn starts (see Shard.drained). */
 static uint32 turn_epoch = 0;
+
+/* The count of connector changes when the worker last looked at them. */
+static uint32 synced_connectors_epoch = 0;
 
 /* ---------------------------------------------------------------------
  * Small helpers
@@ -673,9 +678,11 @@ read_batch(Shard *sh, TimestampTz now)
 					 sh->retry_last >= 0 ? sh->retry_last : PG_INT64_MAX,
 					 c->batch_size, records);
 
-	/* Fewer than asked for, and none held back for a batch window: all read. */
-	sh->drained = (sh->retry_last < 0 && n < c->batch_size &&
-				   (n == 0 || c->batch_window_ms == 0));
+	/*
+	 * Fewer than asked for: every record there was (a batch window that holds
+	 * them back reads again when it ends: see wants_read).
+	 */
+	sh->drained = (sh->retry_last < 0 && n < c->batch_size);
 	sh->drained_epoch = turn_epoch;
 	if (n == 0)
 		return;
@@ -903,17 +910,38 @@ shard_active(Shard *sh)
 }
 
 /*
+ * Does an idle shard need a read this turn?  Not if its last read took
+ * every record there was and the capture worker has flushed none since,
+ * unless its batch window has ended.
+ */
+static bool
+wants_read(Shard *sh, TimestampTz now)
+{
+	if (sh->has_batch || !shard_active(sh))
+		return false;
+	if (sh->not_before != 0 && sh->not_before <= now)
+		return true;
+	return !(sh->drained && sh->drained_epoch == turn_epoch);
+}
+
+/*
  * One turn: record finished requests, read new batches, send what is due.
- * woken says the latch was set: new records or changed connectors.
+ * A turn opens a transaction only when it has something to record or read,
+ * and looks at the connectors' catalog only when a connector changed (its
+ * function counted a commit in connectors_epoch), when a stale outcome
+ * asks for a reload, or every EB_DELIVERY_CHECK_MS.
  */
 static void
-delivery_turn(bool woken, TimestampTz *last_sync)
+delivery_turn(TimestampTz *last_sync)
 {
 	List	   *finished = NIL;
 	Finished   *f;
 	TimestampTz now = GetCurrentTimestamp();
-	bool		catalog = woken || turn_again ||
-		TimestampDifferenceExceeds(*last_sync, now, EB_DELIVERY_CHECK_MS);
+	uint32		connectors_epoch = pg_atomic_read_u32(&my_db->connectors_epoch);
+	bool		sync = connectors_epoch != synced_connectors_epoch ||
+		TimestampDifferenceExceeds(*last_sync, now, EB_DELIVERY_CHECK_MS) ||
+		reload_pending();
+	bool		read = false;
 	ListCell   *lc;
 
 	for (;;)
@@ -925,24 +953,22 @@ delivery_turn(bool woken, TimestampTz *last_sync)
 		finished = lappend(finished, f);
 	}
 
-	/* Batch windows that end now need a read. */
+	/* Read before any snapshot of this turn: see Shard.drained. */
+	turn_epoch = pg_atomic_read_u32(&my_db->records_epoch);
+	pg_memory_barrier();
 	foreach(lc, connectors)
 	{
 		Connector  *c = (Connector *) lfirst(lc);
 
-		for (int i = 0; i < c->nshards; i++)
-			catalog |= (!c->shards[i].has_batch && c->shards[i].not_before != 0 &&
-						c->shards[i].not_before <= now);
+		for (int i = 0; i < c->nshards && !read; i++)
+			read = wants_read(&c->shards[i], now);
 	}
 
-	if (catalog || finished != NIL)
+	if (sync || read || finished != NIL)
 	{
 		MemoryContext turn_context = CurrentMemoryContext;
 
 		turn_again = false;
-		/* Read before any snapshot of this turn: see Shard.drained. */
-		turn_epoch = pg_atomic_read_u32(&my_db->records_epoch);
-		pg_memory_barrier();
 		StartTransactionCommand();
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
@@ -952,13 +978,12 @@ delivery_turn(bool woken, TimestampTz *last_sync)
 			f = (Finished *) lfirst(lc);
 			record_outcome(f->shard, &f->outcome);
 		}
-		/*
-		 * The catalog's connectors change only by calls that wake the worker
-		 * (or on the periodic check), and a stale outcome asks for a reload:
-		 * a turn that only records outcomes need not look.
-		 */
-		if (catalog || reload_pending())
+		if (sync || reload_pending())
+		{
 			sync_connectors();
+			synced_connectors_epoch = connectors_epoch;
+			*last_sync = now;
+		}
 		foreach(lc, connectors)
 		{
 			Connector  *c = (Connector *) lfirst(lc);
@@ -967,8 +992,7 @@ delivery_turn(bool woken, TimestampTz *last_sync)
 			{
 				Shard	   *sh = &c->shards[i];
 
-				if (!sh->has_batch && shard_active(sh) &&
-					!(sh->drained && sh->drained_epoch == turn_epoch))
+				if (wants_read(sh, now))
 					read_batch(sh, now);
 			}
 		}
@@ -980,7 +1004,6 @@ delivery_turn(bool woken, TimestampTz *last_sync)
 		CommitTransactionCommand();
 		MemoryContextSwitchTo(turn_context);
 		pgstat_report_stat(false);
-		*last_sync = now;
 	}
 
 	/* Committed: now the network. */
@@ -1065,7 +1088,6 @@ event_bridge_delivery_main(Datum main_arg)
 	MemoryContext loop_context;
 	TimestampTz last_sync = 0;
 	TimestampTz last_check = GetCurrentTimestamp();
-	bool		woken = true;
 
 	my_db = eb_worker_start(main_arg, EB_WORKER_DELIVERY);
 	if (!eb_extension_installed(&extension_oid, "delivery"))
@@ -1101,10 +1123,10 @@ event_bridge_delivery_main(Datum main_arg)
 		}
 
 		old = MemoryContextSwitchTo(loop_context);
-		delivery_turn(woken, &last_sync);
+		delivery_turn(&last_sync);
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(loop_context);
 
-		woken = http_wait(next_turn_ms(last_sync), PG_WAIT_EXTENSION);
+		(void) http_wait(next_turn_ms(last_sync), PG_WAIT_EXTENSION);
 	}
 }

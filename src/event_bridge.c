@@ -87,6 +87,7 @@ eb_shmem_startup(void)
 		{
 			pg_atomic_init_u32(&eb_shared->dbs[i].wal_pending, 0);
 			pg_atomic_init_u32(&eb_shared->dbs[i].records_epoch, 0);
+			pg_atomic_init_u32(&eb_shared->dbs[i].connectors_epoch, 0);
 		}
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -123,6 +124,7 @@ eb_database_entry(Oid dboid, bool create)
 		free_entry->dropping_pid = 0;
 		pg_atomic_write_u32(&free_entry->wal_pending, 0);
 		pg_atomic_write_u32(&free_entry->records_epoch, 0);
+		pg_atomic_write_u32(&free_entry->connectors_epoch, 0);
 		free_entry->dboid = dboid;
 		found = free_entry;
 	}
@@ -317,8 +319,12 @@ eb_xact_callback(XactEvent event, void *arg)
 			return;
 	}
 
+	/* Counted first: the delivery worker looks at its connectors when it moves. */
 	if (wake_delivery)
+	{
+		pg_atomic_fetch_add_u32(&my_db_entry->connectors_epoch, 1);
 		eb_wake_worker(&my_db_entry->workers[EB_WORKER_DELIVERY]);
+	}
 
 	if (GetTopTransactionIdIfAny() != InvalidTransactionId &&
 		my_db_entry->workers[EB_WORKER_CAPTURE].pid != 0 &&

@@ -58,6 +58,7 @@ typedef struct EbDatabase
 	pid_t		dropping_pid;	/* a backend dropping the extension or database */
 	pg_atomic_uint32 wal_pending;	/* a commit happened since the last read */
 	pg_atomic_uint32 records_epoch; /* counts the capture worker's flushes */
+	pg_atomic_uint32 connectors_epoch;	/* counts commits that changed connectors */
 } EbDatabase;
 
 typedef struct EbShared
