@@ -461,7 +461,10 @@ store_state(void)
 
 		/*
 		 * A generic plan: with arrays for parameters, the plan cache would
-		 * otherwise plan each execution anew.
+		 * otherwise plan each execution anew.  Whatever join it picks suits
+		 * a table of one row per shard.  (Not for statements on tables that
+		 * start empty and grow: a plan made while one is empty scans it
+		 * whole ever after.)
 		 */
 		update_state = SPI_prepare_cursor("WITH s AS (UPDATE event_bridge.shards s SET next_sequence = d.next_sequence"
 										  "   FROM unnest($1, $2, $3) AS d(stream_id, shard_id, next_sequence)"

@@ -307,10 +307,8 @@ run(CatalogStatementId id, Datum *values, const char *nulls)
 
 	if (plans[id] == NULL)
 	{
-		/* Generic plans: the statements look rows up by key. */
-		SPIPlanPtr	plan = SPI_prepare_cursor(statements[id].sql, statements[id].nargs,
-											  (Oid *) statements[id].argtypes,
-											  CURSOR_OPT_GENERIC_PLAN);
+		SPIPlanPtr	plan = SPI_prepare(statements[id].sql, statements[id].nargs,
+									   (Oid *) statements[id].argtypes);
 
 		if (plan == NULL || SPI_keepplan(plan) != 0)
 			elog(ERROR, "could not prepare event_bridge delivery statement %d: %s",
