@@ -208,6 +208,7 @@ SELECT event_bridge.create_stream('cap', ARRAY['cap_t']::regclass[], shard_count
 SQL
 
 "$DIR/receiver" --port "$RECV_PORT" >/dev/null 2>"$DIR/receiver.err" &
+ENDPOINT_PID=$!
 BG_PIDS+=($!)
 "$DIR/receiver" --port "$SLOW_PORT" --delay-ms 20 >/dev/null 2>"$DIR/slow.err" &
 BG_PIDS+=($!)
@@ -580,14 +581,48 @@ wp_teardown() {
     esac
 }
 tps() { awk '/^tps/ { printf "%.0f", $3 }'; }
-declare -A TPCB INS
+ntx() { awk '/^number of transactions actually processed/ { split($NF, a, "/"); print a[1] }'; }
+# CPU time of processes, utime + stime in clock ticks (after the command
+# name, which may hold spaces, utime and stime are fields 12 and 13).
+proc_ticks() {
+    local p sum=0
+    for p in "$@"; do
+        [ -r "/proc/$p/stat" ] && sum=$((sum + $(sed 's/.*) //' "/proc/$p/stat" | awk '{ print $12 + $13 }')))
+    done
+    echo "$sum"
+}
+busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+# The consumers' processes of a configuration, as "label:pid ...".
+consumer_pids() {
+    case "$1" in
+        recvlogical)
+            echo "walsender:$(QB -c "SELECT pid FROM pg_stat_replication WHERE application_name = 'pg_recvlogical'") pg_recvlogical:$WP_RECV" ;;
+        event_bridge)
+            echo "capture:$(QB -c "SELECT pid FROM pg_stat_activity WHERE backend_type LIKE 'event_bridge capture%' AND datname = 'pgb'")" \
+                 "delivery:$(QB -c "SELECT pid FROM pg_stat_activity WHERE backend_type LIKE 'event_bridge delivery%' AND datname = 'pgb'")" \
+                 "endpoint:$ENDPOINT_PID" ;;
+    esac
+}
+# Microseconds of CPU per INSERT transaction, summed over repetitions:
+# WP_CPU[config:label] (ticks), WP_TX[config] (transactions).
+declare -A TPCB INS WP_CPU WP_TX WP_BUSY
 WP_EB_PENDING=()
 for ((r = 0; r < WP_REPS; r++)); do
     for ((k = 0; k < ${#CONFIGS[@]}; k++)); do
         c=${CONFIGS[$(( (k + r) % ${#CONFIGS[@]} ))]}
         wp_setup "$c"
         t=$(pgbench -h "$DIR" -p "$PORT_B" -U postgres -n -c 4 -j 2 -T "$WP_SECONDS" pgb 2>&1 | tps)
-        i=$(pgbench -h "$DIR" -p "$PORT_B" -U postgres -n -f "$DIR/ins.sql" -c 4 -j 2 -T "$WP_SECONDS" pgb 2>&1 | tps)
+        pids=$(consumer_pids "$c")
+        declare -A before=()
+        for lp in $pids; do before[${lp%%:*}]=$(proc_ticks "${lp#*:}"); done
+        b0=$(busy_ticks)
+        out=$(pgbench -h "$DIR" -p "$PORT_B" -U postgres -n -f "$DIR/ins.sql" -c 4 -j 2 -T "$WP_SECONDS" pgb 2>&1)
+        WP_BUSY[$c]=$(( ${WP_BUSY[$c]:-0} + $(busy_ticks) - b0 ))
+        for lp in $pids; do
+            WP_CPU[$c:${lp%%:*}]=$(( ${WP_CPU[$c:${lp%%:*}]:-0} + $(proc_ticks "${lp#*:}") - ${before[${lp%%:*}]} ))
+        done
+        i=$(echo "$out" | tps)
+        WP_TX[$c]=$(( ${WP_TX[$c]:-0} + $(echo "$out" | ntx) ))
         wp_teardown "$c"
         TPCB[$c]+="$t "
         INS[$c]+="$i "
@@ -678,6 +713,15 @@ for c in replica recvlogical event_bridge; do
     fi
     row "5. pgbench TPC-B (scale 10, 4 clients), $what" "$(fmt $t) tps" "wal_level = logical, no consumer: $(fmt $TPCB_logical)" "$(ratio $t $TPCB_logical)" "$tt"
     row "5. pgbench single-row INSERT (4 clients), $what" "$(fmt $i) tps" "wal_level = logical, no consumer: $(fmt $INS_logical)" "$(ratio $i $INS_logical)" "$ti"
+done
+# CPU per inserted row, over all INSERT runs of a configuration.
+us_per_tx() { calc "%.1f" "$1 * 1e6 / $(getconf CLK_TCK) / ${WP_TX[$2]}"; }
+for c in logical recvlogical event_bridge; do
+    case $c in
+        logical) row "5. CPU per inserted row, all processes (INSERT runs, wal_level = logical, no consumer)" "$(us_per_tx "${WP_BUSY[$c]}" $c) µs" "" "" "" ;;
+        recvlogical) row "5. CPU per inserted row, pg_recvlogical consuming" "$(us_per_tx $(( WP_CPU[$c:walsender] + WP_CPU[$c:pg_recvlogical] )) $c) µs" "walsender $(us_per_tx "${WP_CPU[$c:walsender]}" $c), pg_recvlogical $(us_per_tx "${WP_CPU[$c:pg_recvlogical]}" $c); all processes $(us_per_tx "${WP_BUSY[$c]}" $c)" "" "" ;;
+        event_bridge) row "5. CPU per inserted row, event_bridge workers and endpoint" "$(us_per_tx $(( WP_CPU[$c:capture] + WP_CPU[$c:delivery] + WP_CPU[$c:endpoint] )) $c) µs" "capture $(us_per_tx "${WP_CPU[$c:capture]}" $c), delivery $(us_per_tx "${WP_CPU[$c:delivery]}" $c), endpoint $(us_per_tx "${WP_CPU[$c:endpoint]}" $c); all processes $(us_per_tx "${WP_BUSY[$c]}" $c)" "" "" ;;
+    esac
 done
 fi
 if want memory; then
