@@ -272,6 +272,8 @@ BEGIN
         RAISE EXCEPTION 'stream name must not be null'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    -- Its connectors' offsets go with it (see _lock_offsets).
+    PERFORM event_bridge._lock_offsets();
     SELECT s.stream_id INTO sid FROM event_bridge.streams s
      WHERE s.stream_name = drop_stream.stream_name FOR UPDATE;
     IF NOT FOUND THEN
@@ -661,6 +663,23 @@ COMMENT ON FUNCTION event_bridge._start_sequence(int, int, bigint) IS
  * Checks the caller's rights, locks a connector against concurrent API calls,
  * bumps its version so that the worker reloads it, and returns its id.
  */
+/*
+ * The delivery worker records the outcomes of several shards in one
+ * transaction, in the order they finished; a function that changes several
+ * shards' rows at once (reset, resume, drop, and drop_stream through the
+ * cascade) would lock them in another order and could deadlock with it.
+ * Such functions first take this lock, which waits for the worker's turn in
+ * progress and holds its next one back until they commit: delivery in the
+ * database pauses for as long as their transaction lasts.
+ */
+CREATE FUNCTION event_bridge._lock_offsets()
+RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog
+AS $$ LOCK TABLE event_bridge.connector_shards IN SHARE ROW EXCLUSIVE MODE $$;
+COMMENT ON FUNCTION event_bridge._lock_offsets() IS
+    'Internal: waits for the delivery worker''s turn in progress and holds its next one back until the calling transaction ends';
+
 CREATE FUNCTION event_bridge._lock_connector(connector_name text)
 RETURNS int
 LANGUAGE plpgsql VOLATILE
@@ -674,6 +693,7 @@ BEGIN
         RAISE EXCEPTION 'connector name must not be null'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    PERFORM event_bridge._lock_offsets();
     UPDATE event_bridge.connectors c SET version = c.version + 1
      WHERE c.connector_name = _lock_connector.connector_name
     RETURNING c.connector_id INTO cid;
@@ -923,6 +943,7 @@ DECLARE
 BEGIN
     FOREACH f IN ARRAY ARRAY[
         'event_bridge._start_sequence(int, int, bigint)',
+        'event_bridge._lock_offsets()',
         'event_bridge._lock_connector(text)',
         'event_bridge.create_connector(text, text, text, timestamptz, text, int, interval, interval, int, interval, jsonb)',
         'event_bridge.stop_connector(text)',

@@ -9,6 +9,7 @@ use lib $FindBin::RealBin;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes qw(usleep);
 use EventBridgeTest;
 use ConnectorTest;
 
@@ -206,6 +207,40 @@ sub check_retries_identical
 	is(scalar(@$ids), 2 * $total, 'reset: every record was delivered twice');
 	check_shard_order([ @$ids[ $total .. $#$ids ] ], $next, 'reset replay');
 	is(status('cdown', 'delivered'), 2 * $total, 'reset: delivered counts the replay');
+	stop_receiver($r);
+}
+
+# 7. Changing a connector while its shards deliver: the worker records the
+# outcomes of several shards in one transaction, and reset, drop and
+# drop_stream change all of a connector's shards at once.  None of the calls
+# may fail (a deadlock would fail one of them), and delivery goes on.
+{
+	my $r = start_receiver();
+	my $url = "http://127.0.0.1:$r->{port}";
+	new_stream('tchurn', 4);
+	insert_rows('tchurn', 1, 4000);
+	my $log_offset = -s $node->logfile;
+	my $calls = 0;
+	for my $i (1 .. 20)
+	{
+		$node->safe_psql($db, "SELECT event_bridge.create_connector('cchurn', 'tchurn', '$url/churn',
+			start_time => NULL, batch_size => 1)");
+		usleep(50_000);
+		$node->safe_psql($db, "SELECT event_bridge.reset_connector('cchurn', NULL)");
+		usleep(50_000);
+		$node->safe_psql($db, "SELECT event_bridge.drop_connector('cchurn')");
+		$calls += 3;
+	}
+	is($calls, 60, 'churn: every create, reset and drop during delivery succeeded');
+	$node->safe_psql($db, "SELECT event_bridge.create_connector('cchurn', 'tchurn', '$url/churn',
+		start_time => NULL, batch_size => 50)");
+	ok(wait_delivered($node, $db, 'cchurn'), 'churn: the last connector delivers everything');
+	$node->safe_psql($db, "SELECT event_bridge.drop_stream('tchurn')");
+	is($node->safe_psql($db,
+		"SELECT count(*) FROM event_bridge.connector_status WHERE connector_name = 'cchurn'"), '0',
+		'churn: drop_stream during delivery dropped its connector');
+	unlike(slurp_file($node->logfile, $log_offset), qr/deadlock detected/,
+		'churn: no deadlock in the server log');
 	stop_receiver($r);
 }
 
