@@ -49,6 +49,7 @@
 #include "utils/relcache.h"
 
 #include "capture.h"
+#include "format.h"
 
 /* Marker for a column value that logical decoding did not carry. */
 #define EB_UNAVAILABLE	"__event_bridge_unavailable__"
@@ -60,7 +61,7 @@ typedef struct PluginState
 {
 	MemoryContext change_context;	/* reset after every change */
 	char	   *instance_id;
-	char	   *db_name;
+	char	   *source_json;	/* "instance id",database (JSON), fields 2-3 */
 } PluginState;
 
 /* What the plugin keeps of a relation, rebuilt when the relcache says so. */
@@ -71,6 +72,7 @@ typedef struct RelInfo
 	uint64		generation;		/* eb_streams_generation of streams */
 	List	   *streams;		/* CaptureStream pointers capturing it */
 	char	   *name;			/* schema.table */
+	char	   *name_json;		/* the same as a JSON string */
 	char		replident;
 	int			natts;
 	FmgrInfo   *out;			/* output function per attribute */
@@ -110,6 +112,7 @@ relinfo_build(RelInfo *ri, Relation rel)
 	Bitmapset  *keyattrs;
 	Oid			keyindex;
 	int			attno;
+	StringInfoData json;
 	MemoryContext old;
 
 	if (ri->context == NULL)
@@ -123,6 +126,9 @@ relinfo_build(RelInfo *ri, Relation rel)
 	ri->name = psprintf("%s.%s",
 						get_namespace_name(RelationGetNamespace(rel)),
 						RelationGetRelationName(rel));
+	initStringInfo(&json);
+	escape_json(&json, ri->name);
+	ri->name_json = json.data;
 	ri->replident = rel->rd_rel->relreplident;
 	ri->natts = desc->natts;
 	ri->out = palloc0(sizeof(FmgrInfo) * desc->natts);
@@ -232,13 +238,17 @@ format_record(StringInfo buf, PluginState *st, RelInfo *ri, TupleDesc desc,
 		((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000);
 
 	resetStringInfo(buf);
-	appendStringInfo(buf, "[\"" INT64_FORMAT "\",\"%c\",\"%s\",", record_id, operation,
-					 st->instance_id);
-	escape_json(buf, st->db_name);
+	appendStringInfoString(buf, "[\"");
+	format_append_int64(buf, record_id);
+	appendStringInfoString(buf, "\",\"");
+	appendStringInfoChar(buf, operation);
+	appendStringInfoString(buf, "\",");
+	appendStringInfoString(buf, st->source_json);
 	appendStringInfoChar(buf, ',');
-	escape_json(buf, ri->name);
-	appendStringInfo(buf, ",\"" INT64_FORMAT "\",\"%c\",\"%c\"", commit_ms,
-					 before ? 'Y' : 'N', before ? 'N' : 'Y');
+	appendStringInfoString(buf, ri->name_json);
+	appendStringInfoString(buf, ",\"");
+	format_append_int64(buf, commit_ms);
+	appendStringInfoString(buf, before ? "\",\"Y\",\"N\"" : "\",\"N\",\"Y\"");
 
 	if (tuple != NULL)
 		heap_deform_tuple(tuple, desc, values, nulls);
@@ -472,8 +482,17 @@ eb_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		oldtup = &change->data.tp.oldtuple->tuple;
 	old_carried = (ri->replident == REPLICA_IDENTITY_FULL);
 
-	if (st->db_name == NULL)
-		st->db_name = MemoryContextStrdup(ctx->context, get_database_name(MyDatabaseId));
+	if (st->source_json == NULL)
+	{
+		MemoryContext old_context = MemoryContextSwitchTo(ctx->context);
+		StringInfoData json;
+
+		initStringInfo(&json);
+		appendStringInfo(&json, "\"%s\",", st->instance_id);
+		escape_json(&json, get_database_name(MyDatabaseId));
+		st->source_json = json.data;
+		MemoryContextSwitchTo(old_context);
+	}
 
 	key = format_key(ri, desc, operation == 'D' ? oldtup : newtup);
 	if (eb_capture_active)

@@ -50,5 +50,6 @@ typedef struct FormatBatch
 
 extern bool format_by_name(const char *name, EbFormat *format);
 extern void format_body(StringInfo out, const FormatBatch *batch);
+extern void format_append_int64(StringInfo out, int64 v);
 
 #endif							/* EVENT_BRIDGE_FORMAT_H */
