@@ -30,7 +30,7 @@
 #     by a loop that POSTs one request per row.
 #
 # --quick runs smaller workloads and one repetition (about 4 minutes; the
-# full run takes about 18).  --only runs some sections and prints their rows:
+# full run takes about 20).  --only runs some sections and prints their rows:
 # ceiling, capture, delivery (with capture, the baseline of its ratios),
 # latency, memory, trigger, write-path.  Ports: PORT (56432) and PORT_B (56433) for the
 # clusters, RECV_PORT (56480) and SLOW_PORT (56481) for the endpoints.
