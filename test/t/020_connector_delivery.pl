@@ -27,7 +27,7 @@ $node->safe_psql('postgres', qq{
 	    batch_size => 7);});
 
 # Many keys, each changed several times, in many transactions: inserts,
-# three rounds of updates, deletes; text that needs escaping.
+# three rounds of updates, deletes; text that needs escaping; big values.
 $node->safe_psql('postgres', q{
 	INSERT INTO orders SELECT g, 'customer "' || g || E'"\\\\ caf\u00e9\t', g
 	  FROM generate_series(1, 400) g;});
@@ -39,7 +39,15 @@ for my $round (1 .. 3)
 		"INSERT INTO orders SELECT g, 'late', 0 FROM generate_series(1000 * $round, 1000 * $round + 49) g");
 }
 $node->safe_psql('postgres', 'DELETE FROM orders WHERE id % 10 = 0');
+# Records too big to stay in the records table's row (stored out of line).
+$node->safe_psql('postgres', q{
+	INSERT INTO orders SELECT 5000 + g,
+	       (SELECT string_agg(md5(g::text || i::text), '') FROM generate_series(1, 2000) i), g
+	  FROM generate_series(1, 3) g;});
 ok(wait_capture($node, 'postgres'), 'every change is captured');
+is($node->safe_psql('postgres', q{
+	SELECT count(*) FROM event_bridge.records WHERE length(data) > 64000
+	   AND pg_column_size(data) > 8000}), '3', 'three records are stored out of line');
 
 my %next = map { split /\|/ } split /\n/, $node->safe_psql('postgres',
 	'SELECT shard_id, next_sequence FROM event_bridge.shards ORDER BY 1');
