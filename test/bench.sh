@@ -98,6 +98,19 @@ io_stall_us() { awk '/^some/ { sub("total=", "", $5); print $5 }' /proc/pressure
 read -r RUN_TICKS0 RUN_STEAL0 < <(cpu_ticks)
 RUN_IO0=$(io_stall_us)
 RUN_T0=$(date +%s.%N)
+# Microseconds per synchronous 8 kB overwrite of a preallocated file on the
+# clusters' disk, like a WAL flush: each commit that moves a delivery offset
+# waits for one, so the delivery figures follow it.
+sync_write_us() {
+    local t0 t1
+    dd if=/dev/zero of="$DIR/sync_probe" bs=8k count=500 status=none
+    t0=$(date +%s.%N)
+    dd if=/dev/zero of="$DIR/sync_probe" bs=8k count=500 conv=notrunc oflag=dsync status=none
+    t1=$(date +%s.%N)
+    rm -f "$DIR/sync_probe"
+    awk "BEGIN { printf \"%.0f\", ($t1 - $t0) * 1e6 / 500 }"
+}
+SYNC_US0=$(sync_write_us)
 
 echo "== building the benchmark endpoint and the trigger drain loop"
 gcc -O2 -Wall -Wextra -o "$DIR/receiver" "$EB_ROOT/test/bench/receiver.c"
@@ -382,6 +395,8 @@ SQL
 # share the disk with the offset commits timed here.
 Q -c "VACUUM ANALYZE" >/dev/null
 Q -c "CHECKPOINT" >/dev/null
+SYNC_US_DLV=$(sync_write_us)
+echo "   a synchronous 8 kB write takes $SYNC_US_DLV µs now"
 
 # deliver_run PORT URL SHARDS BATCH: a connector from the earliest record of
 # the stream's backlog; delivered/s between the first and the last receipt,
@@ -658,7 +673,7 @@ read -r RUN_TICKS1 RUN_STEAL1 < <(cpu_ticks)
 RUN_IO1=$(io_stall_us)
 STEAL=$(calc "%.1f" "100 * ($RUN_STEAL1 - $RUN_STEAL0) / ($RUN_TICKS1 - $RUN_TICKS0)")
 IO_STALL=$(calc "%.1f" "100 * ($RUN_IO1 - $RUN_IO0) / 1e6 / ($(date +%s.%N) - $RUN_T0)")
-echo "Machine: $(nproc) cores ($CPU), $(free -g | awk '/^Mem/ { print $2 }') GiB, $(. /etc/os-release; echo "$PRETTY_NAME"), PostgreSQL $(pg_config --version | awk '{ print $2 }'); mode: $([ $QUICK = 1 ] && echo quick || echo full); during the run, CPU stolen by the host $STEAL %, some task stalled on I/O $IO_STALL % of the time"
+echo "Machine: $(nproc) cores ($CPU), $(free -g | awk '/^Mem/ { print $2 }') GiB, $(. /etc/os-release; echo "$PRETTY_NAME"), PostgreSQL $(pg_config --version | awk '{ print $2 }'); mode: $([ $QUICK = 1 ] && echo quick || echo full); during the run, CPU stolen by the host $STEAL %, some task stalled on I/O $IO_STALL % of the time; a synchronous 8 kB write took $SYNC_US0 µs at the start, ${SYNC_US_DLV:+$SYNC_US_DLV µs before the delivery section, }$(sync_write_us) µs at the end"
 echo
 row "what" "figure" "baseline (same run)" "ratio" "target"
 row "---" "---:" "---" "---:" "---"
