@@ -63,6 +63,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -1091,6 +1092,13 @@ event_bridge_delivery_main(Datum main_arg)
 	if (!eb_extension_installed(&extension_oid, "delivery"))
 		eb_exit_without_extension(my_db, "delivery");
 	use_delivery_origin();
+
+	/*
+	 * Every statement of the worker looks rows up by key.  A plan made when
+	 * the attempts log was small would trim it with a sequential scan, which
+	 * then reads all its dead rows after every batch until vacuum comes.
+	 */
+	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
 	worker_context = AllocSetContextCreate(TopMemoryContext, "event_bridge delivery",
 										   ALLOCSET_DEFAULT_SIZES);
