@@ -660,10 +660,6 @@ COMMENT ON FUNCTION event_bridge._start_sequence(int, int, bigint) IS
     'Internal: the first sequence of a shard appended at or after a time (epoch ms), or the shard''s next sequence';
 
 /*
- * Checks the caller's rights, locks a connector against concurrent API calls,
- * bumps its version so that the worker reloads it, and returns its id.
- */
-/*
  * The delivery worker records the outcomes of several shards in one
  * transaction, in the order they finished; a function that changes several
  * shards' rows at once (reset, resume, drop, and drop_stream through the
@@ -680,6 +676,11 @@ AS $$ LOCK TABLE event_bridge.connector_shards IN SHARE ROW EXCLUSIVE MODE $$;
 COMMENT ON FUNCTION event_bridge._lock_offsets() IS
     'Internal: waits for the delivery worker''s turn in progress and holds its next one back until the calling transaction ends';
 
+/*
+ * Checks the caller's rights, takes _lock_offsets, locks a connector against
+ * concurrent API calls, bumps its version so that the worker reloads it, and
+ * returns its id.
+ */
 CREATE FUNCTION event_bridge._lock_connector(connector_name text)
 RETURNS int
 LANGUAGE plpgsql VOLATILE
