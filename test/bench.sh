@@ -93,9 +93,11 @@ trap cleanup EXIT
 # How much the machine itself was disturbed: CPU time stolen by the host
 # (/proc/stat) and time some task stalled on I/O (/proc/pressure/io), as
 # shares of the run.  Noisy neighbours move single figures by tens of %.
-cpu_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $9 }' /proc/stat; }
+# cpu_ticks: all CPU time, the share stolen by the host, and the busy share
+# (user, nice, system, irq, softirq), in clock ticks since boot.
+cpu_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9, $9, $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
 io_stall_us() { awk '/^some/ { sub("total=", "", $5); print $5 }' /proc/pressure/io 2>/dev/null || echo 0; }
-read -r RUN_TICKS0 RUN_STEAL0 < <(cpu_ticks)
+read -r RUN_TICKS0 RUN_STEAL0 _ < <(cpu_ticks)
 RUN_IO0=$(io_stall_us)
 RUN_T0=$(date +%s.%N)
 # Microseconds per synchronous 8 kB overwrite of a preallocated file on the
@@ -616,7 +618,7 @@ proc_ticks() {
     done
     echo "$sum"
 }
-busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+busy_ticks() { cpu_ticks | awk '{ print $3 }'; }
 # The consumers' processes of a configuration, as "label:pid ...".
 consumer_pids() {
     case "$1" in
@@ -669,7 +671,7 @@ fi
 
 CPU=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
 echo
-read -r RUN_TICKS1 RUN_STEAL1 < <(cpu_ticks)
+read -r RUN_TICKS1 RUN_STEAL1 _ < <(cpu_ticks)
 RUN_IO1=$(io_stall_us)
 STEAL=$(calc "%.1f" "100 * ($RUN_STEAL1 - $RUN_STEAL0) / ($RUN_TICKS1 - $RUN_TICKS0)")
 IO_STALL=$(calc "%.1f" "100 * ($RUN_IO1 - $RUN_IO0) / 1e6 / ($(date +%s.%N) - $RUN_T0)")
