@@ -46,7 +46,7 @@ sub crash_at
 	$bench->finish;
 	ok($ok, "fault point $point fired");
 	# The postmaster restarts everything; wait until it accepts connections.
-	$node->poll_query_until('postgres', 'SELECT true') or die;
+	wait_restarted($node) or die 'the server did not come back';
 	$node->safe_psql('postgres', q{
 		ALTER SYSTEM RESET event_bridge.fault_point;
 		SELECT pg_reload_conf();});

@@ -49,7 +49,7 @@ for my $point ('delivery-before-offset-commit', 'delivery-mid-send')
 		usleep(50_000);
 	}
 	ok($ok, "$point fired");
-	$node->poll_query_until('postgres', 'SELECT true') or die;
+	wait_restarted($node) or die 'the server did not come back';
 	$node->safe_psql('postgres', q{
 		ALTER SYSTEM RESET event_bridge.fault_point;
 		SELECT pg_reload_conf();});

@@ -5,13 +5,14 @@ use strict;
 use warnings;
 use Exporter 'import';
 use IPC::Run;
+use Time::HiRes qw(usleep);
 use FindBin;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
 our @EXPORT = qw(eb_node wait_capture worker_pid shard_gaps rss_anon_kb
-	load_setup load_start check_exactly_once);
+	load_setup load_start check_exactly_once wait_restarted);
 
 # A started node configured like test/regress.conf, plus extra lines.
 sub eb_node
@@ -30,6 +31,21 @@ sub eb_node
 }
 
 # Waits until everything committed so far is in the streams of a database.
+# Waits until a node whose postmaster restarts after a crash accepts
+# queries again; returns false after 180 s.  While it restarts, psql can
+# exit before reading its query, and IPC::Run then dies with a broken pipe:
+# that is retried like a refused connection.
+sub wait_restarted
+{
+	my ($node) = @_;
+	for (1 .. 360)
+	{
+		return 1 if eval { $node->poll_query_until('postgres', 'SELECT true') };
+		usleep(500_000);
+	}
+	return 0;
+}
+
 sub wait_capture
 {
 	my ($node, $db, $timeout) = @_;
