@@ -3,7 +3,7 @@
 # machine in one run, printed as a table whose ratios compare each figure
 # with a baseline measured in the same run.
 #
-#   sudo bash test/bench.sh [--quick] [--only SECTION[,SECTION...]]
+#   bash test/bench.sh [--quick] [--only SECTION[,SECTION...]]
 #
 # Builds and installs event_bridge, builds a fast C endpoint
 # (test/bench/receiver.c) and the drain loop of the trigger baseline

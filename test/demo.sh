@@ -6,7 +6,7 @@
 # shows the records, the events the function received and the status views.
 # Everything is removed at the end.
 #
-#   sudo bash test/demo.sh
+#   bash test/demo.sh
 
 source "$(dirname "$0")/setup.sh"
 eb_need_root

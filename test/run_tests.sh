@@ -6,9 +6,9 @@
 # built with its test fault points (make FAULT_INJECTION=1); run
 # test/demo.sh or make install again for a build without them.
 #
-#   sudo bash test/run_tests.sh            # everything
-#   sudo bash test/run_tests.sh regress    # pg_regress only
-#   sudo bash test/run_tests.sh tap [t/file.pl ...]   # TAP only
+#   bash test/run_tests.sh            # everything
+#   bash test/run_tests.sh regress    # pg_regress only
+#   bash test/run_tests.sh tap [t/file.pl ...]   # TAP only
 
 source "$(dirname "$0")/setup.sh"
 eb_need_root

@@ -12,7 +12,7 @@ export PATH="$PG_BIN:$PATH"
 
 eb_need_root() {
     if [ "$(id -u)" -ne 0 ]; then
-        echo "run this as root (it installs packages and the extension): sudo bash $0" >&2
+        echo "run this as root (it installs packages and the extension): bash $0 (or sudo bash $0)" >&2
         exit 1
     fi
 }

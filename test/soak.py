@@ -205,7 +205,7 @@ log_min_messages = log
         if self.sql("SELECT count(*) FROM pg_settings WHERE name = 'event_bridge.fault_point'",
                     db="postgres") != "1":
             raise RuntimeError("event_bridge was built without FAULT_INJECTION=1 "
-                               "(run as root: sudo bash test/soak.sh, which builds it)")
+                               "(run as root: bash test/soak.sh, which builds it)")
         self.sql(f"CREATE DATABASE {DB}", db="postgres")
         self.start_receiver()
         url = f"http://127.0.0.1:{self.rport}"

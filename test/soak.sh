@@ -2,7 +2,7 @@
 # test/soak.sh: the soak test (not in the default suite; test/t/030_soak_short.pl
 # runs a one-minute version of it).
 #
-#   sudo bash test/soak.sh [--minutes N] [--seed S] [--rate TPS] [--keep]
+#   bash test/soak.sh [--minutes N] [--seed S] [--rate TPS] [--keep]
 #                          [--drain-seconds N] [--fault-gap MIN,MAX]
 #
 # As root it installs what is missing, builds and installs event_bridge with

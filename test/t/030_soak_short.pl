@@ -2,7 +2,7 @@
 # with rolled-back transactions, crashes, restarts, kill -9 of each worker,
 # the fault points and endpoint faults; afterwards every connector passes
 # test/check_invariants.py and capture is exactly once.  The long version:
-# sudo bash test/soak.sh --minutes 5.  Needs a build with FAULT_INJECTION=1
+# bash test/soak.sh --minutes 5.  Needs a build with FAULT_INJECTION=1
 # (test/run_tests.sh).
 use strict;
 use warnings;
