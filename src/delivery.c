@@ -1097,8 +1097,13 @@ event_bridge_delivery_main(Datum main_arg)
 	 * Every statement of the worker looks rows up by key.  A plan made when
 	 * the attempts log was small would trim it with a sequential scan, which
 	 * then reads all its dead rows after every batch until vacuum comes.
+	 *
+	 * No JIT either: a scan that has to be sequential (the connectors'
+	 * versions) now costs more than jit_above_cost, and compiling it took a
+	 * fifth of the worker's CPU.  No statement here is big enough to gain.
 	 */
 	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 
 	worker_context = AllocSetContextCreate(TopMemoryContext, "event_bridge delivery",
 										   ALLOCSET_DEFAULT_SIZES);
