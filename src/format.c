@@ -130,43 +130,45 @@ json_needs_escape(unsigned char c)
 }
 
 /*
+ * Strings up to this long are escaped in one pass, into room for the worst
+ * case (every byte a six-byte \u escape); longer ones are measured first, so
+ * that a big record does not reserve six times its size.
+ */
+#define EB_JSON_ONE_PASS_MAX	(64 * 1024)
+
+/*
  * Appends s as a JSON string, byte for byte what escape_json appends, but
- * faster: one pass measures, one writes, and the buffer grows once.
- * Records' data (a JSON array as text, full of quotes) is most of a DataHub
- * body.
+ * faster: the buffer grows once, and a record's data (a JSON array as text,
+ * full of quotes, most of a DataHub body) is read once.
  */
 static void
 append_json_string(StringInfo out, const char *s)
 {
 	size_t		len = strlen(s);
-	size_t		size = len + 2;
+	size_t		size = len * 6 + 2;
 	char		esc[6];
 	char	   *d;
 
-	for (size_t i = 0; i < len; i++)
-		if (unlikely(json_needs_escape((unsigned char) s[i])))
-			size += json_escape((unsigned char) s[i], esc) - 1;
+	if (len > EB_JSON_ONE_PASS_MAX)
+	{
+		size = len + 2;
+		for (size_t i = 0; i < len; i++)
+			if (unlikely(json_needs_escape((unsigned char) s[i])))
+				size += json_escape((unsigned char) s[i], esc) - 1;
+	}
 	/* Too big for a body: enlargeStringInfo reports it. */
 	enlargeStringInfo(out, (int) Min(size, (size_t) MaxAllocSize));
 
 	d = out->data + out->len;
 	*d++ = '"';
-	if (size == len + 2)
+	for (size_t i = 0; i < len; i++)
 	{
-		memcpy(d, s, len);
-		d += len;
-	}
-	else
-	{
-		for (size_t i = 0; i < len; i++)
-		{
-			unsigned char c = (unsigned char) s[i];
+		unsigned char c = (unsigned char) s[i];
 
-			if (likely(!json_needs_escape(c)))
-				*d++ = c;
-			else
-				d += json_escape(c, d);
-		}
+		if (likely(!json_needs_escape(c)))
+			*d++ = c;
+		else
+			d += json_escape(c, d);
 	}
 	*d++ = '"';
 	*d = '\0';
