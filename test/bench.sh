@@ -630,8 +630,9 @@ consumer_pids() {
                  "endpoint:$ENDPOINT_PID" ;;
     esac
 }
-# Microseconds of CPU per INSERT transaction, summed over repetitions:
-# WP_CPU[config:label] (ticks), WP_TX[config] (transactions).
+# CPU per INSERT transaction, summed over repetitions: WP_CPU[config:label]
+# (ticks of a consumer's process), WP_BUSY[config] (busy ticks of the whole
+# machine), WP_TX[config] (transactions).
 declare -A TPCB INS WP_CPU WP_TX WP_BUSY
 WP_EB_PENDING=()
 for ((r = 0; r < WP_REPS; r++)); do

@@ -30,22 +30,24 @@ sub eb_node
 	return $node;
 }
 
-# Waits until everything committed so far is in the streams of a database.
 # Waits until a node whose postmaster restarts after a crash accepts
-# queries again; returns false after 180 s.  While it restarts, psql can
-# exit before reading its query, and IPC::Run then dies with a broken pipe:
-# that is retried like a refused connection.
+# queries again; returns false when poll_query_until gives up (180 s).
+# While the server restarts, psql can exit before reading its query, and
+# IPC::Run then dies with a broken pipe: that is retried like a refused
+# connection.
 sub wait_restarted
 {
 	my ($node) = @_;
 	for (1 .. 360)
 	{
-		return 1 if eval { $node->poll_query_until('postgres', 'SELECT true') };
+		my $up = eval { $node->poll_query_until('postgres', 'SELECT true') };
+		return $up if defined $up;
 		usleep(500_000);
 	}
 	return 0;
 }
 
+# Waits until everything committed so far is in the streams of a database.
 sub wait_capture
 {
 	my ($node, $db, $timeout) = @_;
