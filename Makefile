@@ -1,6 +1,7 @@
 # event_bridge: PGXS build of the extension, its regression and TAP tests.
 
 EXTENSION = event_bridge
+EXTVERSION = 0.2
 MODULE_big = event_bridge
 OBJS = \
 	src/event_bridge.o \
@@ -13,12 +14,22 @@ OBJS = \
 	src/format.o \
 	src/http.o \
 	src/delivery.o \
-	src/connector_api.o
+	src/connector_api.o \
+	src/caller.o
 
-DATA = $(wildcard sql/event_bridge--*.sql)
+# The install script of the current version and the upgrade script from
+# the previous one are built from sql/extension/, one file per area:
+# 10_catalog.sql creates the tables (a fresh install only); the other
+# numbered files create or replace functions, views, grants and triggers,
+# so an upgrade runs them too, after its own catalog changes.  Released
+# versions' scripts are kept as they shipped.
+EB_AREAS = $(sort $(wildcard sql/extension/[0-9]*.sql))
+EB_REPLACEABLE = $(filter-out sql/extension/10_catalog.sql,$(EB_AREAS))
+DATA = sql/event_bridge--0.1.sql
+DATA_built = sql/event_bridge--$(EXTVERSION).sql sql/event_bridge--0.1--$(EXTVERSION).sql
 PGFILEDESC = "event_bridge - row changes to function calls"
 
-PG_CPPFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers
+PG_CPPFLAGS = -DEB_EXTVERSION='"$(EXTVERSION)"' -Wall -Wextra -Werror -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers
 SHLIB_LINK = -lcurl
 
 # `make FAULT_INJECTION=1` compiles in the fault points the tests use.
@@ -40,3 +51,12 @@ override with_llvm = no
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+sql/event_bridge--$(EXTVERSION).sql: $(EB_AREAS)
+	cat $^ > $@
+
+sql/event_bridge--0.1--$(EXTVERSION).sql: sql/extension/upgrade--0.1--$(EXTVERSION).sql $(EB_REPLACEABLE)
+	cat $^ > $@
+
+# The library knows the version of the SQL it was built for.
+src/event_bridge.o: Makefile

@@ -87,8 +87,8 @@ SELECT event_bridge._format_batch('datahub', 'd', 's', 'r', 0, '{}', '{}', '{}',
 -- _format_batch with a NULL record
 SELECT event_bridge._format_batch('dis', 'd', 's', 'r', 0, '{1}', '{1}', '{a}', '{NULL}', 0); \echo :SQLSTATE
 
--- Rights: only superusers and event_bridge_admin members manage connectors
--- and read them; admins see header values, the views show names only.
+-- Rights: only superusers and event_bridge_admin members manage connectors;
+-- nobody below superuser reads header values, the views show names only.
 CREATE ROLE eb_connector_nobody;
 CREATE ROLE eb_connector_admin IN ROLE event_bridge_admin;
 SET ROLE eb_connector_nobody;
@@ -102,12 +102,19 @@ SELECT headers FROM event_bridge.connectors; \echo :SQLSTATE
 SELECT state FROM event_bridge.connector_status; \echo :SQLSTATE
 RESET ROLE;
 SET ROLE eb_connector_admin;
+-- an admin without SELECT on the stream's table creates a connector
+SELECT event_bridge.create_connector('by_member', 's', 'https://fc.example.com/invoke'); \echo :SQLSTATE
+RESET ROLE;
+GRANT SELECT ON t TO eb_connector_admin;
+SET ROLE eb_connector_admin;
 SELECT event_bridge.create_connector('by_member', 's', 'https://fc.example.com/invoke',
     headers => '{"X-Auth-Token": "s3cret", "X-Tenant": "t1"}');
 SELECT connector_name, header_names FROM event_bridge.connector_status ORDER BY 1;
-SELECT headers->>'X-Auth-Token' AS token FROM event_bridge.connectors WHERE connector_name = 'by_member';
+-- an admin reads the headers from the catalog
+SELECT headers->>'X-Auth-Token' AS token FROM event_bridge.connectors WHERE connector_name = 'by_member'; \echo :SQLSTATE
 SELECT event_bridge.drop_connector('by_member');
 RESET ROLE;
+REVOKE SELECT ON t FROM eb_connector_admin;
 
 -- Clean up: DROP EXTENSION stops the workers and drops the slot.
 DROP EXTENSION event_bridge;

@@ -6,7 +6,10 @@ CREATE TABLE items (id int PRIMARY KEY, name text, price int);
 ALTER TABLE items REPLICA IDENTITY FULL;
 CREATE TABLE other (id int PRIMARY KEY);
 ALTER TABLE other REPLICA IDENTITY FULL;
-SELECT event_bridge.create_stream('ddl', ARRAY['items', 'other']::regclass[]);
+CREATE SCHEMA shop;
+CREATE TABLE shop.stock (id int PRIMARY KEY);
+ALTER TABLE shop.stock REPLICA IDENTITY FULL;
+SELECT event_bridge.create_stream('ddl', ARRAY['items', 'other', 'shop.stock']::regclass[]);
 
 CREATE FUNCTION show() RETURNS TABLE (event_id text, op char, tbl text, columns jsonb)
 LANGUAGE sql AS $$
@@ -24,20 +27,29 @@ ALTER TABLE products RENAME COLUMN name TO title;
 -- ALTER COLUMN TYPE: later values in the new type's text form.
 ALTER TABLE products ALTER COLUMN price TYPE numeric(10,2);
 UPDATE products SET price = 21 WHERE id = 2;
+-- ALTER SCHEMA RENAME: later records carry the new schema name.
+INSERT INTO shop.stock VALUES (1);
+ALTER SCHEMA shop RENAME TO store;
+INSERT INTO store.stock VALUES (2);
+-- SET UNLOGGED of a captured table is refused: its changes would go unseen.
+ALTER TABLE other SET UNLOGGED;
+SELECT relpersistence FROM pg_class WHERE oid = 'other'::regclass;
 -- TRUNCATE is not captured.
 TRUNCATE other;
 INSERT INTO other VALUES (1);
 TRUNCATE products;
--- DROP TABLE: the stream goes on with its other tables; a new table of the
--- same name is not captured.
+-- DROP TABLE: the table leaves the stream, which goes on with its other
+-- tables; a new table of the same name is not captured.
 DROP TABLE products;
 CREATE TABLE products (id int PRIMARY KEY);
 INSERT INTO products VALUES (3);
 INSERT INTO other VALUES (2);
 SELECT event_bridge.wait_for_capture();
 SELECT * FROM show();
-SELECT stream_name, cardinality(tables) AS tables, records, capture_state FROM event_bridge.stream_status;
+SELECT stream_name, tables, records, capture_state FROM event_bridge.stream_status;
+SELECT tables FROM event_bridge.streams;
 
 DROP EXTENSION event_bridge;
 DROP FUNCTION show();
-DROP TABLE products, other;
+DROP TABLE products, other, store.stock;
+DROP SCHEMA store;

@@ -59,12 +59,10 @@ line_with_event_bridge(const char *setting, const char *value)
 	return psprintf("%s = '%s, event_bridge'", setting, value);
 }
 
-/* Refuses, with the exact line to add, when a setting capture needs is missing. */
-static void
-check_settings(void)
+/* Refuses, with the exact line to add, when the library is not preloaded. */
+void
+eb_check_preloaded(void)
 {
-	const char *opl;
-
 	if (!eb_preloaded)
 	{
 		const char *spl = GetConfigOption("shared_preload_libraries", false, false);
@@ -75,6 +73,15 @@ check_settings(void)
 				 errhint("Add %s to postgresql.conf and restart the server.",
 						 line_with_event_bridge("shared_preload_libraries", spl))));
 	}
+}
+
+/* Refuses, with the exact line to add, when a setting capture needs is missing. */
+static void
+check_settings(void)
+{
+	const char *opl;
+
+	eb_check_preloaded();
 	if (wal_level < WAL_LEVEL_LOGICAL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

@@ -213,6 +213,27 @@ capture_restore_sequence(int32 stream_id, int32 shard_id, int64 next_sequence)
 	state_dirty = true;
 }
 
+/*
+ * A change of a stream's tables was decoded (a captured table was dropped):
+ * from the next change on, it captures these.
+ */
+void
+capture_set_stream_tables(int32 stream_id, int nrelids, Oid *relids)
+{
+	CaptureStream *s = find_stream(stream_id);
+	MemoryContext old;
+
+	if (s == NULL || s->removed)
+		return;
+	old = MemoryContextSwitchTo(capture_context);
+	pfree(s->relids);
+	s->relids = palloc(sizeof(Oid) * Max(nrelids, 1));
+	memcpy(s->relids, relids, sizeof(Oid) * nrelids);
+	s->nrelids = nrelids;
+	MemoryContextSwitchTo(old);
+	eb_streams_generation++;
+}
+
 /* A stream's drop was decoded: it captures nothing more. */
 void
 capture_remove_stream(int32 stream_id)
@@ -909,6 +930,7 @@ event_bridge_capture_main(Datum main_arg)
 	LogicalDecodingContext *ctx;
 	XLogRecPtr	origin_lsn;
 	Oid			schema;
+	bool		slot_lost;
 
 	my_db = eb_worker_start(main_arg, EB_WORKER_CAPTURE);
 	before_shmem_exit(slot_not_ready, (Datum) 0);
@@ -944,8 +966,17 @@ event_bridge_capture_main(Datum main_arg)
 	if (SearchNamedReplicationSlot(my_slot_name, true) == NULL)
 		create_slot(my_slot_name);
 	ReplicationSlotAcquire(my_slot_name, true);
-	if (MyReplicationSlot->data.invalidated_at != InvalidXLogRecPtr &&
-		MyReplicationSlot->data.restart_lsn == InvalidXLogRecPtr)
+	slot_lost = (MyReplicationSlot->data.invalidated_at != InvalidXLogRecPtr &&
+				 MyReplicationSlot->data.restart_lsn == InvalidXLogRecPtr);
+
+	/*
+	 * A stream created from now on is decoded, even while the worker waits
+	 * for the extension's SQL to match the library: the slot keeps the WAL.
+	 */
+	if (!slot_lost)
+		my_db->slot_ready = true;
+	eb_wait_for_sql_version(my_db, &extension_oid, "capture");
+	if (slot_lost)
 		recover_lost_slot(my_slot_name);
 
 	/*

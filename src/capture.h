@@ -64,6 +64,7 @@ extern uint64 eb_streams_generation;
 extern List *capture_streams_for_relation(Oid relid);
 extern void capture_add_stream(int32 stream_id, int32 shard_count, bool before_images,
 							   int nrelids, Oid *relids, XLogRecPtr lsn);
+extern void capture_set_stream_tables(int32 stream_id, int nrelids, Oid *relids);
 extern void capture_remove_stream(int32 stream_id);
 extern void capture_restore_sequence(int32 stream_id, int32 shard_id, int64 next_sequence);
 extern int64 capture_next_record_id(void);

@@ -47,6 +47,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
+#include "utils/syscache.h"
 
 #include "capture.h"
 #include "format.h"
@@ -83,6 +84,9 @@ typedef struct RelInfo
 
 static HTAB *relinfo_hash = NULL;
 
+/* Some entry was invalidated since the last relinfo_free_invalid(). */
+static bool relinfo_some_invalid = false;
+
 bool		eb_capture_active = false;
 Oid			eb_streams_relid = InvalidOid;
 Oid			eb_shards_relid = InvalidOid;
@@ -102,6 +106,39 @@ relinfo_invalidate(Datum arg, Oid relid)
 	while ((ri = hash_seq_search(&status)) != NULL)
 		if (relid == InvalidOid || ri->relid == relid)
 			ri->valid = false;
+	relinfo_some_invalid = true;
+}
+
+/* A schema was renamed (or changed): every cached schema.table may be stale. */
+static void
+relinfo_namespace_changed(Datum arg, int cacheid, uint32 hashvalue)
+{
+	relinfo_invalidate(arg, InvalidOid);
+}
+
+/*
+ * Frees the entries invalidated since the last call: a dropped table's
+ * entry is never asked for again.  An entry in use must not be freed, so
+ * this runs where none is, at the start of a decoded transaction.
+ */
+static void
+relinfo_free_invalid(void)
+{
+	HASH_SEQ_STATUS status;
+	RelInfo    *ri;
+
+	if (relinfo_hash == NULL || !relinfo_some_invalid)
+		return;
+	hash_seq_init(&status, relinfo_hash);
+	while ((ri = hash_seq_search(&status)) != NULL)
+	{
+		if (ri->valid)
+			continue;
+		if (ri->context != NULL)
+			MemoryContextDelete(ri->context);
+		(void) hash_search(relinfo_hash, &ri->relid, HASH_REMOVE, NULL);
+	}
+	relinfo_some_invalid = false;
 }
 
 /* Builds the cached description of a relation.  Runs under the historic snapshot. */
@@ -181,6 +218,7 @@ relinfo_get(Relation rel)
 		relinfo_hash = hash_create("event_bridge relinfo", 64, &ctl,
 								   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 		CacheRegisterRelcacheCallback(relinfo_invalidate, (Datum) 0);
+		CacheRegisterSyscacheCallback(NAMESPACEOID, relinfo_namespace_changed, (Datum) 0);
 	}
 
 	ri = hash_search(relinfo_hash, &relid, HASH_ENTER, &found);
@@ -310,7 +348,10 @@ format_key(RelInfo *ri, TupleDesc desc, HeapTuple tuple)
 	return buf.data;
 }
 
-/* Creates or drops a stream from a decoded change of event_bridge.streams. */
+/*
+ * Creates, changes (its tables: a dropped table leaves) or drops a stream
+ * from a decoded change of event_bridge.streams.
+ */
 static void
 apply_streams_change(ReorderBufferTXN *txn, Relation rel, ReorderBufferChange *change)
 {
@@ -319,25 +360,31 @@ apply_streams_change(ReorderBufferTXN *txn, Relation rel, ReorderBufferChange *c
 	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
 	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
 
-	if (change->action == REORDER_BUFFER_CHANGE_INSERT && change->data.tp.newtuple)
+	if ((change->action == REORDER_BUFFER_CHANGE_INSERT ||
+		 change->action == REORDER_BUFFER_CHANGE_UPDATE) && change->data.tp.newtuple)
 	{
 		ArrayType  *arr;
 		Datum	   *elems;
 		int			nelems;
 		Oid		   *relids;
+		int32		stream_id;
 
 		tuple = &change->data.tp.newtuple->tuple;
 		heap_deform_tuple(tuple, desc, values, nulls);
 		arr = DatumGetArrayTypeP(values[Anum_eb_streams_tables - 1]);
 		deconstruct_array(arr, REGCLASSOID, sizeof(Oid), true, TYPALIGN_INT,
 						  &elems, NULL, &nelems);
-		relids = palloc(sizeof(Oid) * nelems);
+		relids = palloc(sizeof(Oid) * Max(nelems, 1));
 		for (int i = 0; i < nelems; i++)
 			relids[i] = DatumGetObjectId(elems[i]);
-		capture_add_stream(DatumGetInt32(values[Anum_eb_streams_stream_id - 1]),
-						   DatumGetInt32(values[Anum_eb_streams_shard_count - 1]),
-						   DatumGetBool(values[Anum_eb_streams_before_images - 1]),
-						   nelems, relids, txn->end_lsn);
+		stream_id = DatumGetInt32(values[Anum_eb_streams_stream_id - 1]);
+		if (change->action == REORDER_BUFFER_CHANGE_INSERT)
+			capture_add_stream(stream_id,
+							   DatumGetInt32(values[Anum_eb_streams_shard_count - 1]),
+							   DatumGetBool(values[Anum_eb_streams_before_images - 1]),
+							   nelems, relids, txn->end_lsn);
+		else
+			capture_set_stream_tables(stream_id, nelems, relids);
 	}
 	else if (change->action == REORDER_BUFFER_CHANGE_DELETE && change->data.tp.oldtuple)
 	{
@@ -411,6 +458,7 @@ eb_shutdown(LogicalDecodingContext *ctx)
 static void
 eb_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 {
+	relinfo_free_invalid();
 }
 
 /* Tells the capture worker about DDL, whose caches it must then renew. */

@@ -42,6 +42,7 @@
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
 #include "access/genam.h"
 #include "access/relscan.h"
 #include "access/stratnum.h"
@@ -138,12 +139,15 @@ struct Connector
 	int64		retry_interval_ms;
 	int			max_retries;
 	int64		timeout_ms;
+	int			max_request_bytes;	/* no body is larger */
 	bool		stopped;
 	bool		unusable;		/* the endpoint cannot be parsed */
 	int			nshards;
 	Shard	   *shards;
 	MemoryContext context;		/* the configuration; reset at reload */
 };
+
+static void record_failure(Shard *sh, const HttpOutcome *o, bool suspend_now);
 
 /* A request that finished, waiting to be recorded. */
 typedef struct Finished
@@ -185,7 +189,7 @@ static const CatalogStatement statements[NUM_STATEMENTS] = {
 		" c.max_retries,"
 		" ceil(extract(epoch FROM c.timeout) * 1000)::bigint,"
 		" ARRAY(SELECT e.key || ': ' || e.value FROM jsonb_each_text(c.headers) e ORDER BY e.key),"
-		" c.stopped, c.version"
+		" c.stopped, c.version, c.max_request_bytes"
 		" FROM event_bridge.connectors c JOIN event_bridge.streams s ON s.stream_id = c.stream_id"
 		" WHERE c.connector_id = $1",
 		1, {INT4OID}
@@ -486,6 +490,7 @@ load_connector(Connector *c)
 		c->headers[i] = TextDatumGetCString(lines[i]);
 	c->stopped = column_bool(0, 13);
 	c->version = column_int64(0, 14);
+	c->max_request_bytes = column_int32(0, 15);
 	if (!format_by_name(format, &c->format))
 		c->format = EB_FORMAT_DATAHUB;	/* the table's CHECK forbids this */
 	c->unusable = (http_parse_endpoint(endpoint, &c->endpoint) != NULL);
@@ -607,6 +612,11 @@ find_records_table(void)
  * in order, into records; the strings are allocated in the current memory
  * context.  Returns how many it read.
  *
+ * What it reads is bounded by max_bytes, not by what users insert: it stops
+ * after the record whose data and key take the total to max_bytes or more
+ * (*full says so), and a record whose data alone is larger is not read at
+ * all: its data is NULL and its size in *big_bytes.
+ *
  * A plain scan of the primary key under the turn's snapshot: a batch is a
  * range of one index, and delivery reads one after every batch, so the
  * executor's per-statement work would cost more than the reading.  Must be
@@ -614,7 +624,7 @@ find_records_table(void)
  */
 static int
 read_records(int32 stream_id, int32 shard_id, int64 after, int64 upto, int limit,
-			 FormatRecord *records)
+			 int64 max_bytes, FormatRecord *records, bool *full, int64 *big_bytes)
 {
 	Relation	rel;
 	Relation	index;
@@ -622,6 +632,9 @@ read_records(int32 stream_id, int32 shard_id, int64 after, int64 upto, int limit
 	TupleTableSlot *slot;
 	ScanKeyData keys[4];
 	int			n = 0;
+	int64		bytes = 0;
+
+	*full = false;
 
 	/* Dropped with the extension: the worker exits at its next check. */
 	rel = try_table_open(records_relid, AccessShareLock);
@@ -647,7 +660,22 @@ read_records(int32 stream_id, int32 shard_id, int64 after, int64 upto, int limit
 		r->system_time = DatumGetInt64(slot_getattr(slot, records_attnums[1], &isnull));
 		d = slot_getattr(slot, records_attnums[2], &isnull);
 		r->partition_key = isnull ? NULL : TextDatumGetCString(d);
-		r->data = TextDatumGetCString(slot_getattr(slot, records_attnums[3], &isnull));
+		bytes += r->partition_key ? strlen(r->partition_key) : 0;
+		d = slot_getattr(slot, records_attnums[3], &isnull);
+		if ((int64) toast_raw_datum_size(d) > max_bytes)
+		{
+			r->data = NULL;
+			*big_bytes = toast_raw_datum_size(d);
+			*full = true;
+			break;
+		}
+		r->data = TextDatumGetCString(d);
+		bytes += strlen(r->data);
+		if (bytes >= max_bytes)
+		{
+			*full = true;
+			break;
+		}
 	}
 
 	index_endscan(scan);
@@ -655,6 +683,66 @@ read_records(int32 stream_id, int32 shard_id, int64 after, int64 upto, int limit
 	index_close(index, AccessShareLock);
 	table_close(rel, AccessShareLock);
 	return n;
+}
+
+/*
+ * How many of a batch's first records fit in a body of at most the
+ * connector's max_request_bytes; 0 if the first alone does not.  Counts
+ * bytes exactly only for a batch that could be too big.
+ */
+static int
+records_that_fit(Connector *c, const FormatBatch *batch)
+{
+	size_t		room = c->max_request_bytes - Min(format_envelope_max(batch),
+												  (size_t) c->max_request_bytes);
+	size_t		bound = 0;
+	size_t		used = 0;
+
+	for (int i = 0; i < batch->nrecords; i++)
+	{
+		const FormatRecord *r = &batch->records[i];
+
+		if (r->data == NULL)
+			break;
+		bound += FORMAT_RECORD_MAX(strlen(r->data),
+								   r->partition_key ? strlen(r->partition_key) : 0);
+	}
+	if (bound <= room && batch->records[batch->nrecords - 1].data != NULL)
+		return batch->nrecords;
+
+	for (int i = 0; i < batch->nrecords; i++)
+	{
+		const FormatRecord *r = &batch->records[i];
+
+		if (r->data == NULL)
+			return i;
+		used += format_record_size(batch->format, batch->shard_id, r);
+		if (used > room)
+			return i;
+	}
+	return batch->nrecords;
+}
+
+/*
+ * A record too big for any body of its connector: the shard is suspended
+ * at once, with an error that says so.  Must be called inside a transaction.
+ */
+static void
+fail_big_record(Shard *sh, const FormatRecord *r, int64 big_bytes, TimestampTz now)
+{
+	Connector  *c = sh->connector;
+	HttpOutcome o;
+
+	memset(&o, 0, sizeof(o));
+	snprintf(o.error, sizeof(o.error),
+			 "record %d:" INT64_FORMAT " is too big for a request of at most %d bytes (max_request_bytes)%s",
+			 sh->shard_id, r->sequence, c->max_request_bytes,
+			 r->data == NULL ? psprintf(": its data alone is " INT64_FORMAT " bytes", big_bytes) : "");
+	o.started_at = now;
+	sh->first_sequence = sh->last_sequence = r->sequence;
+	sh->nrecords = 1;
+	sh->in_flight = false;
+	record_failure(sh, &o, true);
 }
 
 /*
@@ -670,18 +758,21 @@ read_batch(Shard *sh, TimestampTz now)
 	FormatBatch batch;
 	int			n;
 	int			first = 0;
+	bool		full;
+	int64		big_bytes = 0;
 	MemoryContext old;
 
 	records = palloc(sizeof(FormatRecord) * c->batch_size);
 	n = read_records(c->stream_id, sh->shard_id, sh->delivered_sequence,
 					 sh->retry_last >= 0 ? sh->retry_last : PG_INT64_MAX,
-					 c->batch_size, records);
+					 c->batch_size, c->max_request_bytes, records, &full, &big_bytes);
 
 	/*
-	 * Fewer than asked for: every record there was (a batch window that holds
-	 * them back reads again when it ends: see wants_read).
+	 * Fewer than asked for, and not for their size: every record there was
+	 * (a batch window that holds them back reads again when it ends: see
+	 * wants_read).
 	 */
-	sh->drained = (sh->retry_last < 0 && n < c->batch_size);
+	sh->drained = (sh->retry_last < 0 && n < c->batch_size && !full);
 	sh->drained_epoch = turn_epoch;
 	if (n == 0)
 		return;
@@ -707,7 +798,7 @@ read_batch(Shard *sh, TimestampTz now)
 	}
 
 	/* A batch window waits for a full batch, up to the window's end. */
-	if (sh->retry_last < 0 && n - first < c->batch_size && c->batch_window_ms > 0)
+	if (sh->retry_last < 0 && n - first < c->batch_size && !full && c->batch_window_ms > 0)
 	{
 		TimestampTz window_end = from_epoch_ms(records[first].system_time + c->batch_window_ms);
 
@@ -726,6 +817,15 @@ read_batch(Shard *sh, TimestampTz now)
 	batch.now_ms = epoch_ms(now);
 	batch.nrecords = n - first;
 	batch.records = records + first;
+	batch.nrecords = records_that_fit(c, &batch);
+	if (batch.nrecords == 0)
+	{
+		fail_big_record(sh, &records[first], big_bytes, now);
+		return;
+	}
+	if (batch.nrecords < n - first)
+		sh->drained = false;
+	n = first + batch.nrecords;
 
 	old = MemoryContextSwitchTo(sh->batch_context);
 	initStringInfo(&sh->body);
@@ -809,56 +909,70 @@ record_stale_outcome(Shard *sh, const HttpOutcome *o)
 }
 
 /*
- * Records how a shard's attempt went: a success moves the offset and frees
- * the shard for its next batch; a failure schedules the retry or suspends
- * the shard.  Must be called inside a transaction.
+ * Records a shard's successful attempt: moves the offset and frees the shard
+ * for its next batch.  Must be called inside a transaction.
  */
 static void
-record_outcome(Shard *sh, const HttpOutcome *o)
+record_success(Shard *sh, const HttpOutcome *o)
 {
 	Connector  *c = sh->connector;
 	Datum		values[12];
 	char		nulls[12];
-	TimestampTz now = GetCurrentTimestamp();
-	int64		attempt = 0;
+	int64		attempt;
 
-	sh->in_flight = false;
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = Int32GetDatum(c->connector_id);
 	values[1] = Int32GetDatum(sh->shard_id);
 	values[2] = Int32GetDatum(sh->generation);
+	values[3] = Int64GetDatum(sh->last_sequence);
+	values[4] = Int32GetDatum(sh->nrecords);
+	values[5] = TimestampTzGetDatum(GetCurrentTimestamp());
+	values[6] = Int32GetDatum((int32) o->status);
+	nulls[6] = (o->status == 0) ? 'n' : ' ';
+	values[7] = CStringGetTextDatum(psprintf("%d:" INT64_FORMAT,
+											 sh->shard_id, sh->last_sequence));
+	values[8] = TimestampTzGetDatum(o->started_at);
+	values[9] = Float8GetDatum(o->elapsed_us / 1000.0);
+	values[10] = Int64GetDatum(sh->first_sequence);
+	values[11] = CStringGetTextDatum(o->response);
+	nulls[11] = (o->response[0] == '\0') ? 'n' : ' ';
+	if (run(STMT_SUCCESS, values, nulls) == 1)
+	{
+		sh->delivered_sequence = sh->last_sequence;
+		sh->retry_last = -1;
+	}
+	else
+	{
+		attempt = record_stale_outcome(sh, o);
+		if (attempt > 0)
+			log_attempt(sh, attempt, o);
+	}
+	drop_batch(sh);
+}
+
+/*
+ * Records a shard's failed attempt: schedules the retry of the same batch,
+ * or suspends the shard after max_retries consecutive failures, or at once
+ * with suspend_now.  Must be called inside a transaction.
+ */
+static void
+record_failure(Shard *sh, const HttpOutcome *o, bool suspend_now)
+{
+	Connector  *c = sh->connector;
+	Datum		values[8];
+	char		nulls[8];
+	TimestampTz now = GetCurrentTimestamp();
+	int64		attempt;
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = Int32GetDatum(c->connector_id);
+	values[1] = Int32GetDatum(sh->shard_id);
+	values[2] = Int32GetDatum(sh->generation);
+	values[3] = Int32GetDatum(suspend_now ? 0 : c->max_retries);
+	values[4] = Int64GetDatum(sh->last_sequence);
 	values[5] = TimestampTzGetDatum(now);
 	values[6] = Int32GetDatum((int32) o->status);
 	nulls[6] = (o->status == 0) ? 'n' : ' ';
-
-	if (o->ok)
-	{
-		values[3] = Int64GetDatum(sh->last_sequence);
-		values[4] = Int32GetDatum(sh->nrecords);
-		values[7] = CStringGetTextDatum(psprintf("%d:" INT64_FORMAT,
-												 sh->shard_id, sh->last_sequence));
-		values[8] = TimestampTzGetDatum(o->started_at);
-		values[9] = Float8GetDatum(o->elapsed_us / 1000.0);
-		values[10] = Int64GetDatum(sh->first_sequence);
-		values[11] = CStringGetTextDatum(o->response);
-		nulls[11] = (o->response[0] == '\0') ? 'n' : ' ';
-		if (run(STMT_SUCCESS, values, nulls) == 1)
-		{
-			sh->delivered_sequence = sh->last_sequence;
-			sh->retry_last = -1;
-		}
-		else
-		{
-			attempt = record_stale_outcome(sh, o);
-			if (attempt > 0)
-				log_attempt(sh, attempt, o);
-		}
-		drop_batch(sh);
-		return;
-	}
-
-	values[3] = Int32GetDatum(c->max_retries);
-	values[4] = Int64GetDatum(sh->last_sequence);
 	values[7] = CStringGetTextDatum(o->error);
 	if (run(STMT_FAILURE, values, nulls) != 1)
 	{
@@ -876,11 +990,27 @@ record_outcome(Shard *sh, const HttpOutcome *o)
 	sh->not_before = TimestampTzPlusMilliseconds(now, retry_delay_ms(c, column_int32(0, 3)));
 	if (sh->suspended)
 		ereport(LOG,
-				(errmsg("event_bridge connector \"%s\" shard %d is suspended after %d consecutive failures",
+				(suspend_now ?
+				 errmsg("event_bridge connector \"%s\" shard %d is suspended",
+						c->name, sh->shard_id) :
+				 errmsg("event_bridge connector \"%s\" shard %d is suspended after %d consecutive failures",
 						c->name, sh->shard_id, column_int32(0, 3)),
 				 errdetail("The last error was: %s.", o->error),
 				 errhint("Run SELECT event_bridge.resume_connector('%s') to retry.", c->name)));
 	log_attempt(sh, attempt, o);
+}
+
+/*
+ * Records how a shard's attempt went.  Must be called inside a transaction.
+ */
+static void
+record_outcome(Shard *sh, const HttpOutcome *o)
+{
+	sh->in_flight = false;
+	if (o->ok)
+		record_success(sh, o);
+	else
+		record_failure(sh, o, false);
 }
 
 /* ---------------------------------------------------------------------
@@ -1089,8 +1219,7 @@ event_bridge_delivery_main(Datum main_arg)
 	TimestampTz last_check = GetCurrentTimestamp();
 
 	my_db = eb_worker_start(main_arg, EB_WORKER_DELIVERY);
-	if (!eb_extension_installed(&extension_oid, "delivery"))
-		eb_exit_without_extension(my_db, "delivery");
+	eb_wait_for_sql_version(my_db, &extension_oid, "delivery");
 	use_delivery_origin();
 
 	/*

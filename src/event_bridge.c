@@ -17,8 +17,18 @@
 
 #include <signal.h>
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/indexing.h"
+#include "commands/dbcommands.h"
 #include "executor/spi.h"
+#include "pgstat.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "catalog/objectaccess.h"
 #include "catalog/pg_database.h"
@@ -59,6 +69,10 @@ static EbDatabase *dropping_db = NULL;
 
 /* Entry of this backend's database, looked up once. */
 static EbDatabase *my_db_entry = NULL;
+
+/* A worker's view of the installed SQL (see eb_wait_for_sql_version). */
+static bool sql_version_matches = false;
+static bool sql_version_checked = false;
 
 static void
 eb_shmem_request(void)
@@ -122,6 +136,7 @@ eb_database_entry(Oid dboid, bool create)
 		free_entry->slot_ready = false;
 		free_entry->no_extension = false;
 		free_entry->dropping_pid = 0;
+		free_entry->sql_version_logged = false;
 		pg_atomic_write_u32(&free_entry->wal_pending, 0);
 		pg_atomic_write_u32(&free_entry->records_epoch, 0);
 		pg_atomic_write_u32(&free_entry->connectors_epoch, 0);
@@ -166,7 +181,8 @@ eb_worker_attach(EbWorkerSlot *slot)
 
 /*
  * Starts a worker of a database: signal handlers, the connection to the
- * database whose OID is the worker's argument, and its shared slot.  Returns
+ * database whose OID is the worker's argument, an empty search_path, and its
+ * shared slot.  Returns
  * the database's entry; exits quietly if every entry is taken.
  */
 EbDatabase *
@@ -180,6 +196,13 @@ eb_worker_start(Datum main_arg, EbWorkerKind kind)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 
+	/*
+	 * The workers run as a superuser in a database whose owner may be
+	 * hostile: with an empty search_path, every name in their SQL resolves
+	 * in pg_catalog or is qualified, never in a schema a user can write.
+	 */
+	SetConfigOption("search_path", "", PGC_SUSET, PGC_S_OVERRIDE);
+
 	db = eb_database_entry(dboid, true);
 	if (db == NULL)
 		proc_exit(0);
@@ -187,19 +210,57 @@ eb_worker_start(Datum main_arg, EbWorkerKind kind)
 	return db;
 }
 
+/* The version of the extension's SQL installed in this database, or NULL. */
+static char *
+installed_sql_version(Oid extension_oid)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	char	   *version = NULL;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(extension_oid));
+	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, Anum_pg_extension_extversion,
+									 RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			version = TextDatumGetCString(d);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return version;
+}
+
 /*
  * Checks, in a transaction of its own, that event_bridge is still installed
- * in this database; *extension_oid remembers the OID seen first.  Returns
- * false if the extension is gone.  If it was dropped and created again, the
- * worker errors out, to restart with fresh state.
+ * in this database, and notes the version of its SQL; *extension_oid
+ * remembers the OID seen first.  Returns false if the extension is gone.
+ * If it was dropped and created again, or its SQL changed version under a
+ * worker that had waited for it (eb_wait_for_sql_version), the worker errors
+ * out, to restart with fresh state.
  */
 bool
 eb_extension_installed(Oid *extension_oid, const char *worker)
 {
 	Oid			current;
+	bool		matches = false;
 
 	StartTransactionCommand();
 	current = get_extension_oid("event_bridge", true);
+	if (OidIsValid(current))
+	{
+		char	   *version = installed_sql_version(current);
+
+		matches = (version != NULL && strcmp(version, EB_EXTVERSION) == 0);
+	}
 	CommitTransactionCommand();
 	if (!OidIsValid(current))
 		return false;
@@ -207,8 +268,64 @@ eb_extension_installed(Oid *extension_oid, const char *worker)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("event_bridge was dropped and created again; %s worker restarts", worker)));
+	if (sql_version_checked && !matches)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the SQL of event_bridge changed version; %s worker restarts", worker)));
 	*extension_oid = current;
+	sql_version_matches = matches;
 	return true;
+}
+
+/*
+ * Waits until the extension's SQL in this database is the version this
+ * library was built for: after a new library is installed, the catalog
+ * stays as it was until ALTER EXTENSION event_bridge UPDATE, and the
+ * workers touch none of it before.  Says so once per database in the log.
+ * Exits the worker if the extension is dropped meanwhile.
+ */
+void
+eb_wait_for_sql_version(EbDatabase *db, Oid *extension_oid, const char *worker)
+{
+	bool		logged = false;
+
+	for (;;)
+	{
+		if (!eb_extension_installed(extension_oid, worker))
+			eb_exit_without_extension(db, worker);
+		if (sql_version_matches)
+			break;
+		if (!logged)
+		{
+			bool		first;
+
+			LWLockAcquire(eb_shared->lock, LW_EXCLUSIVE);
+			first = !db->sql_version_logged;
+			db->sql_version_logged = true;
+			LWLockRelease(eb_shared->lock);
+			if (first)
+			{
+				char	   *dbname;
+
+				StartTransactionCommand();
+				dbname = pstrdup(get_database_name(MyDatabaseId));
+				CommitTransactionCommand();
+				ereport(LOG,
+						(errmsg("event_bridge in database \"%s\" waits for its SQL to be updated to version %s",
+								dbname, EB_EXTVERSION),
+						 errdetail("The event_bridge library is version %s and the extension's SQL in this database is older or newer; nothing is captured or delivered until they match.",
+								   EB_EXTVERSION),
+						 errhint("Run ALTER EXTENSION event_bridge UPDATE; in database \"%s\".", dbname)));
+			}
+			pgstat_report_activity(STATE_IDLE, "waiting for ALTER EXTENSION event_bridge UPDATE");
+			logged = true;
+		}
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 1000L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+	sql_version_checked = true;
 }
 
 /*
@@ -489,6 +606,7 @@ _PG_init(void)
 	prev_process_utility_hook = ProcessUtility_hook;
 	ProcessUtility_hook = eb_process_utility;
 	RegisterXactCallback(eb_xact_callback, NULL);
+	eb_caller_init();
 
 	eb_register_launcher();
 }

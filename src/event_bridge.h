@@ -56,6 +56,7 @@ typedef struct EbDatabase
 	bool		slot_ready;
 	bool		no_extension;
 	pid_t		dropping_pid;	/* a backend dropping the extension or database */
+	bool		sql_version_logged; /* a worker said the SQL needs an update */
 	pg_atomic_uint32 wal_pending;	/* a commit happened since the last read */
 	pg_atomic_uint32 records_epoch; /* counts the capture worker's flushes */
 	pg_atomic_uint32 connectors_epoch;	/* counts commits that changed connectors */
@@ -107,7 +108,15 @@ extern PGDLLEXPORT void event_bridge_capture_main(Datum main_arg);
 /* event_bridge.c: shared by the workers of a database */
 extern EbDatabase *eb_worker_start(Datum main_arg, EbWorkerKind kind);
 extern bool eb_extension_installed(Oid *extension_oid, const char *worker);
+extern void eb_wait_for_sql_version(EbDatabase *db, Oid *extension_oid, const char *worker);
 extern void eb_exit_without_extension(EbDatabase *db, const char *worker) pg_attribute_noreturn();
+
+/* api.c */
+extern void eb_check_preloaded(void);
+
+/* caller.c */
+extern void eb_caller_init(void);
+extern Oid	eb_api_caller(void);
 
 /* delivery.c */
 extern PGDLLEXPORT void event_bridge_delivery_main(Datum main_arg);

@@ -175,6 +175,64 @@ append_json_string(StringInfo out, const char *s)
 	out->len = d - out->data;
 }
 
+/* Bytes s takes as a JSON string, quotes included. */
+static size_t
+json_string_size(const char *s)
+{
+	size_t		size = 2;
+	char		esc[6];
+
+	for (; *s; s++)
+	{
+		if (unlikely(json_needs_escape((unsigned char) *s)))
+			size += json_escape((unsigned char) *s, esc);
+		else
+			size++;
+	}
+	return size;
+}
+
+/* Decimal digits of an int64, sign included. */
+static size_t
+int64_size(int64 v)
+{
+	char		buf[MAXINT8LEN + 1];
+
+	return pg_lltoa(v, buf);
+}
+
+/*
+ * Bytes a record adds to a body of the given format, exactly, with the comma
+ * before it.  Never more than FORMAT_RECORD_MAX().
+ */
+size_t
+format_record_size(EbFormat format, int32 shard_id, const FormatRecord *r)
+{
+	if (format == EB_FORMAT_DIS)
+	{
+		const char *data = to_utf8(r->data);
+
+		return strlen(",{\"partition_key\":,\"data\":\"\",\"sequence_number\":\"\"}") +
+			json_string_size(r->partition_key ? r->partition_key : "") +
+			pg_b64_enc_len(strlen(data)) + int64_size(r->sequence);
+	}
+	return strlen(",{\"eventId\":\":\",\"systemTime\":,\"data\":}") +
+		int64_size(shard_id) + int64_size(r->sequence) + int64_size(r->system_time) +
+		json_string_size(r->data);
+}
+
+/*
+ * Bytes a body of the batch takes besides its records, at most (the
+ * strings it names counted as if each byte needed a six-byte escape).
+ */
+size_t
+format_envelope_max(const FormatBatch *b)
+{
+	size_t		names = strlen(b->database) + strlen(b->stream) + strlen(b->region);
+
+	return 256 + 6 * names;
+}
+
 /* Appends an integer in decimal, without printf's cost. */
 void
 format_append_int64(StringInfo out, int64 v)

@@ -50,6 +50,16 @@ typedef struct FormatBatch
 
 extern bool format_by_name(const char *name, EbFormat *format);
 extern void format_body(StringInfo out, const FormatBatch *batch);
+/*
+ * At most the bytes a record with data and key of these lengths adds to a
+ * body of any format: six per byte (a \u escape; base64 of text converted
+ * to UTF-8 takes less), and the fixed parts.
+ */
+#define FORMAT_RECORD_MAX(data_len, key_len) \
+	(6 * ((size_t) (data_len) + (size_t) (key_len)) + 128)
+
+extern size_t format_record_size(EbFormat format, int32 shard_id, const FormatRecord *r);
+extern size_t format_envelope_max(const FormatBatch *b);
 extern void format_append_int64(StringInfo out, int64 v);
 
 #endif							/* EVENT_BRIDGE_FORMAT_H */

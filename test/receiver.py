@@ -27,7 +27,8 @@ before any delay), also for injected errors, so a test can count attempts:
   {"t_ms": receive time (epoch ms, float), "path": "/...",
    "format": "datahub"|"dis"|"unknown", "status": status answered or null,
    "fault": fault name or null, "shard": int or null, "event_ids": [...],
-   "body_sha256": hex of the raw body, "records": [{"event_id": "0:12",
+   "body_sha256": hex of the raw body, "bytes": its length,
+   "records": [{"event_id": "0:12",
    "system_time": int or null, "data": decoded JSON array}, ...]}
 A request whose body was cut off by the client gets no reply and is logged
 with status null plus an extra "error" key.  Fault "reset" logs status null;
@@ -176,6 +177,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                  "status": None, "fault": None, "shard": shard,
                  "event_ids": [r["event_id"] for r in recs],
                  "body_sha256": hashlib.sha256(body).hexdigest(),
+                 "bytes": len(body),
                  "records": recs}
         if ARGS.keep_body:
             entry["body"] = body.decode("utf-8", "replace")

@@ -12,7 +12,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 our @EXPORT = qw(eb_node wait_capture worker_pid shard_gaps rss_anon_kb
-	load_setup load_start check_exactly_once wait_restarted);
+	load_setup load_script load_start check_exactly_once wait_restarted);
 
 # A started node configured like test/regress.conf, plus extra lines.
 sub eb_node
@@ -108,6 +108,12 @@ sub load_setup
 		ALTER TABLE hot REPLICA IDENTITY FULL;
 		INSERT INTO hot SELECT g, 0 FROM generate_series(1, 200) g;
 		SELECT event_bridge.create_stream('s', ARRAY['ins', 'hot']::regclass[], shard_count => 4);});
+	load_script();
+}
+
+# Writes the pgbench script of the load, over tables ins and hot.
+sub load_script
+{
 	my $script = "$PostgreSQL::Test::Utils::tmp_check/load.sql";
 	open my $fh, '>', $script or die $!;
 	print $fh <<'SQL';

@@ -1,0 +1,181 @@
+/* ---------------------------------------------------------------------
+ * Catalog: the extension's tables, created by a fresh install only (an
+ * upgrade script changes them in place).  Only the extension's owner may
+ * read or write them: admins go through the API and the views.
+ * ------------------------------------------------------------------- */
+
+/*
+ * One row per stream.  The capture worker decodes changes of this table
+ * (REPLICA IDENTITY FULL) in commit order, so a stream captures exactly the
+ * transactions that commit after the one that created it.  capture_lsn is
+ * set by the capture worker once it has decoded that creation.
+ */
+CREATE TABLE event_bridge.streams (
+    stream_id     int PRIMARY KEY,
+    stream_name   text NOT NULL UNIQUE,
+    tables        regclass[] NOT NULL,   -- names in a dump, so a restore maps them
+    shard_count   int NOT NULL CHECK (shard_count BETWEEN 1 AND 256),
+    retention     interval NOT NULL,
+    before_images boolean NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    capture_lsn   pg_lsn
+);
+ALTER TABLE event_bridge.streams REPLICA IDENTITY FULL;
+CREATE SEQUENCE event_bridge.stream_id_seq AS int OWNED BY event_bridge.streams.stream_id;
+COMMENT ON TABLE event_bridge.streams IS
+    'Streams (DataHub topics): which tables each captures, into how many shards';
+
+/* The next sequence number of every shard; written by the capture worker. */
+CREATE TABLE event_bridge.shards (
+    stream_id     int NOT NULL REFERENCES event_bridge.streams ON DELETE CASCADE,
+    shard_id      int NOT NULL,
+    next_sequence bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (stream_id, shard_id)
+);
+COMMENT ON TABLE event_bridge.shards IS
+    'Per-shard sequence counters; sequences keep counting after retention cleanup';
+
+/*
+ * The records of all streams.  Only the capture worker inserts here, under
+ * its replication origin, so its own writes are never decoded again.  data
+ * is the TUPLE record's JSON array, kept as text exactly as it is delivered.
+ */
+CREATE TABLE event_bridge.records (
+    stream_id     int NOT NULL,
+    shard_id      int NOT NULL,
+    sequence      bigint NOT NULL,
+    system_time   bigint NOT NULL,
+    record_id     bigint NOT NULL,
+    operation     "char" NOT NULL,
+    table_name    text NOT NULL,
+    partition_key text,
+    data          text NOT NULL,
+    PRIMARY KEY (stream_id, shard_id, sequence)
+);
+COMMENT ON TABLE event_bridge.records IS
+    'TUPLE records of every stream, per shard in gapless sequence order';
+
+/*
+ * Capture state of this database: the next record id (field 0 of every
+ * record), written by the capture worker in the transaction that appends.
+ * slot_lost_at is set when the replication slot was invalidated (for
+ * example by max_slot_wal_keep_size): capture stops until recover_capture().
+ */
+CREATE TABLE event_bridge.capture_state (
+    singleton         boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    next_record_id    bigint NOT NULL DEFAULT 1,
+    slot_lost_at      timestamptz,
+    slot_lost_lsn     pg_lsn,
+    recover_requested boolean NOT NULL DEFAULT false
+);
+INSERT INTO event_bridge.capture_state DEFAULT VALUES;
+
+/*
+ * Gaps in capture: changes committed between lost_lsn and resumed_lsn were
+ * not captured, because the slot was lost and capture was recovered.
+ */
+CREATE TABLE event_bridge.capture_gaps (
+    lost_at     timestamptz NOT NULL,
+    lost_lsn    pg_lsn,
+    resumed_at  timestamptz NOT NULL,
+    resumed_lsn pg_lsn NOT NULL
+);
+COMMENT ON TABLE event_bridge.capture_gaps IS
+    'Stretches of WAL whose changes were not captured because the replication slot was lost';
+
+SELECT pg_catalog.pg_extension_config_dump('event_bridge.streams', '');
+SELECT pg_catalog.pg_extension_config_dump('event_bridge.stream_id_seq', '');
+-- Sequence counters go with the streams, so that a restored stream goes on
+-- counting instead of handing out eventIds a consumer has already seen.
+SELECT pg_catalog.pg_extension_config_dump('event_bridge.shards', '');
+
+/* Connectors (see 40_connectors.sql). */
+
+/*
+ * One row per connector.  Every API call that changes a connector bumps
+ * version; the delivery worker reloads a connector when its version moved.
+ * headers holds secrets (tokens): the status views show only their names.
+ */
+CREATE TABLE event_bridge.connectors (
+    connector_id   int PRIMARY KEY,
+    connector_name text NOT NULL UNIQUE,
+    stream_id      int NOT NULL REFERENCES event_bridge.streams ON DELETE CASCADE,
+    endpoint       text NOT NULL,
+    format         text NOT NULL CHECK (format IN ('datahub', 'dis')),
+    batch_size     int NOT NULL CHECK (batch_size BETWEEN 1 AND 10000),
+    batch_window   interval NOT NULL,
+    retry_interval interval NOT NULL,
+    max_retries    int NOT NULL CHECK (max_retries >= 0),
+    timeout        interval NOT NULL,
+    headers        jsonb NOT NULL DEFAULT '{}',
+    stopped        boolean NOT NULL DEFAULT false,
+    version        bigint NOT NULL DEFAULT 1,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    max_request_bytes int NOT NULL DEFAULT 6291456
+                   CHECK (max_request_bytes BETWEEN 1024 AND 268435456)
+);
+CREATE SEQUENCE event_bridge.connector_id_seq AS int OWNED BY event_bridge.connectors.connector_id;
+COMMENT ON TABLE event_bridge.connectors IS
+    'Connectors (DataHub DataConnectors): which stream goes to which endpoint, in which format, with which batching and retries';
+
+/*
+ * Position and health of every shard of every connector, written by the
+ * delivery worker after each attempt.  delivered_sequence is the offset:
+ * every record up to it is done (acknowledged with a 2xx, or skipped by the
+ * start time); -1 = none.  Records appended before skip_before (epoch ms)
+ * are skipped, for a start time that was not reached when the position was
+ * set.  reset_connector bumps position_generation, and the worker moves the
+ * offset only while it is unchanged, so a batch in flight cannot undo a
+ * reset.  failures counts consecutive failed attempts; retry_last_sequence
+ * ends the batch that failed, so that a retry sends the same records, also
+ * after a restart.
+ */
+CREATE TABLE event_bridge.connector_shards (
+    connector_id        int NOT NULL REFERENCES event_bridge.connectors ON DELETE CASCADE,
+    shard_id            int NOT NULL,
+    delivered_sequence  bigint NOT NULL,
+    skip_before         bigint NOT NULL DEFAULT 0,
+    position_generation int NOT NULL DEFAULT 0,
+    suspended           boolean NOT NULL DEFAULT false,
+    failures            int NOT NULL DEFAULT 0,
+    retry_last_sequence bigint,
+    delivered           bigint NOT NULL DEFAULT 0,
+    attempts            bigint NOT NULL DEFAULT 0,
+    failed_attempts     bigint NOT NULL DEFAULT 0,
+    last_attempt_at     timestamptz,
+    last_http_status    int,
+    last_success_at     timestamptz,
+    last_event_id       text,
+    last_error          text,
+    last_error_at       timestamptz,
+    PRIMARY KEY (connector_id, shard_id)
+);
+COMMENT ON TABLE event_bridge.connector_shards IS
+    'Per connector and shard: the delivery offset, consecutive failures, suspension and the last outcome';
+
+/*
+ * The attempts log: the last attempts of every connector shard, numbered by
+ * connector_shards.attempts.  The worker deletes the oldest as it adds one.
+ * Rows go with their connector shard by the trigger below rather than by a
+ * foreign key, whose check would cost every delivered batch a row lock.
+ */
+CREATE TABLE event_bridge.connector_attempts (
+    connector_id   int NOT NULL,
+    shard_id       int NOT NULL,
+    attempt        bigint NOT NULL,
+    attempted_at   timestamptz NOT NULL,
+    duration_ms    double precision NOT NULL,
+    first_sequence bigint NOT NULL,
+    last_sequence  bigint NOT NULL,
+    http_status    int,
+    error          text,
+    response       text,
+    PRIMARY KEY (connector_id, shard_id, attempt)
+);
+COMMENT ON TABLE event_bridge.connector_attempts IS
+    'The last delivery attempts of every connector shard: HTTP status, error, start of the response body, time';
+
+SELECT pg_catalog.pg_extension_config_dump('event_bridge.connectors', '');
+SELECT pg_catalog.pg_extension_config_dump('event_bridge.connector_id_seq', '');
+-- Offsets go with the connectors: a restored connector goes on from them.
+SELECT pg_catalog.pg_extension_config_dump('event_bridge.connector_shards', '');

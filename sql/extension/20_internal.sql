@@ -1,0 +1,270 @@
+/* ---------------------------------------------------------------------
+ * Internal C helpers
+ * ------------------------------------------------------------------- */
+
+CREATE OR REPLACE FUNCTION event_bridge._prepare_capture()
+RETURNS void
+LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'event_bridge_prepare_capture';
+COMMENT ON FUNCTION event_bridge._prepare_capture() IS
+    'Internal: checks the server settings capture needs, starts this database''s capture worker and waits until its slot exists';
+
+CREATE OR REPLACE FUNCTION event_bridge._extension_created()
+RETURNS void
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'event_bridge_extension_created';
+COMMENT ON FUNCTION event_bridge._extension_created() IS
+    'Internal: has the launcher start this database''s workers once CREATE EXTENSION commits';
+
+/*
+ * The API functions run as the extension's owner (SECURITY DEFINER), so
+ * their checks concern the role that called them, which these helpers find
+ * in C (src/caller.c): current_user is the owner there.
+ */
+CREATE OR REPLACE FUNCTION event_bridge._check_admin()
+RETURNS void
+LANGUAGE C STABLE
+AS 'MODULE_PATHNAME', 'event_bridge_check_admin';
+COMMENT ON FUNCTION event_bridge._check_admin() IS
+    'Internal: refuses a caller that is neither a superuser nor a member of event_bridge_admin';
+
+CREATE OR REPLACE FUNCTION event_bridge._check_readable(tables regclass[])
+RETURNS void
+LANGUAGE C STABLE STRICT
+AS 'MODULE_PATHNAME', 'event_bridge_check_readable';
+COMMENT ON FUNCTION event_bridge._check_readable(regclass[]) IS
+    'Internal: refuses a caller without SELECT on every table, or subject to row-level security on one; superusers pass';
+
+CREATE OR REPLACE FUNCTION event_bridge._hide_statement()
+RETURNS void
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'event_bridge_hide_statement';
+COMMENT ON FUNCTION event_bridge._hide_statement() IS
+    'Internal: replaces the running statement''s text in pg_stat_activity, for calls whose arguments hold secrets';
+
+/* Validates get_records' arguments and the caller's rights; returns the stream's id. */
+CREATE OR REPLACE FUNCTION event_bridge._get_records_stream(
+    stream_name   text,
+    shard_id      int,
+    from_sequence bigint,
+    max_records   int)
+RETURNS int
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s record;
+BEGIN
+    PERFORM event_bridge._check_admin();
+    IF stream_name IS NULL OR shard_id IS NULL OR from_sequence IS NULL OR max_records IS NULL THEN
+        RAISE EXCEPTION 'arguments of get_records must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT st.stream_id, st.shard_count, st.tables INTO s FROM event_bridge.streams st
+     WHERE st.stream_name = _get_records_stream.stream_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'stream "%" does not exist', stream_name
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    PERFORM event_bridge._check_readable(s.tables);
+    IF shard_id < 0 OR shard_id >= s.shard_count THEN
+        RAISE EXCEPTION 'shard % does not exist in stream "%"', shard_id, stream_name
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('Stream "%s" has shards 0 to %s.', stream_name, s.shard_count - 1);
+    END IF;
+    IF from_sequence < 0 THEN
+        RAISE EXCEPTION 'from_sequence % must not be negative', from_sequence
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF max_records < 1 OR max_records > 10000 THEN
+        RAISE EXCEPTION 'max_records % is out of range', max_records
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'max_records must be between 1 and 10000.';
+    END IF;
+    RETURN s.stream_id;
+END
+$$;
+
+
+CREATE OR REPLACE FUNCTION event_bridge._capture_lag_bytes()
+RETURNS bigint
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint
+      FROM pg_replication_slots
+     WHERE slot_name = 'event_bridge_' || (SELECT oid FROM pg_database WHERE datname = current_database())
+$$;
+
+
+/* Internal C helpers of connectors. */
+
+CREATE OR REPLACE FUNCTION event_bridge._check_endpoint(endpoint text)
+RETURNS void
+LANGUAGE C IMMUTABLE STRICT
+AS 'MODULE_PATHNAME', 'event_bridge_check_endpoint';
+COMMENT ON FUNCTION event_bridge._check_endpoint(text) IS
+    'Internal: refuses an endpoint that is not an http or https URL, without quoting it';
+
+CREATE OR REPLACE FUNCTION event_bridge._wake_delivery()
+RETURNS void
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'event_bridge_wake_delivery';
+COMMENT ON FUNCTION event_bridge._wake_delivery() IS
+    'Internal: wakes this database''s delivery worker when the calling transaction commits';
+
+CREATE OR REPLACE FUNCTION event_bridge._format_batch(
+    format         text,
+    database_name  text,
+    stream_name    text,
+    region         text,
+    shard_id       int,
+    sequences      bigint[],
+    system_times   bigint[],
+    partition_keys text[],
+    data           text[],
+    now_ms         bigint)
+RETURNS text
+LANGUAGE C IMMUTABLE
+AS 'MODULE_PATHNAME', 'event_bridge_format_batch';
+COMMENT ON FUNCTION event_bridge._format_batch(text, text, text, text, int, bigint[], bigint[], text[], text[], bigint) IS
+    'Internal: the HTTP body the delivery worker sends for a batch of records, for tests';
+
+
+/*
+ * The first sequence of a shard whose record was appended at or after
+ * start_ms (epoch milliseconds), or the shard's next sequence if there is
+ * none yet; NULL start_ms means the earliest retained record.  A binary
+ * search: inside a shard, system_time grows with the sequence.
+ */
+CREATE OR REPLACE FUNCTION event_bridge._start_sequence(stream_id int, shard_id int, start_ms bigint)
+RETURNS bigint
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    lo    bigint;
+    hi    bigint;
+    mid   bigint;
+    seq   bigint;
+    t     bigint;
+BEGIN
+    SELECT h.next_sequence INTO hi FROM event_bridge.shards h
+     WHERE h.stream_id = $1 AND h.shard_id = $2;
+    SELECT r.sequence INTO lo FROM event_bridge.records r
+     WHERE r.stream_id = $1 AND r.shard_id = $2 ORDER BY r.sequence LIMIT 1;
+    IF lo IS NULL OR start_ms IS NULL THEN
+        RETURN coalesce(lo, hi, 0);
+    END IF;
+    /* Every record before lo is older than start_ms; the answer is in [lo, hi]. */
+    WHILE lo < hi LOOP
+        mid := lo + (hi - lo) / 2;
+        seq := NULL;
+        SELECT r.sequence, r.system_time INTO seq, t FROM event_bridge.records r
+         WHERE r.stream_id = $1 AND r.shard_id = $2 AND r.sequence >= mid
+         ORDER BY r.sequence LIMIT 1;
+        IF seq IS NULL OR seq >= hi THEN
+            hi := mid;
+        ELSIF t >= start_ms THEN
+            hi := seq;
+        ELSE
+            lo := seq + 1;
+        END IF;
+    END LOOP;
+    RETURN lo;
+END
+$$;
+COMMENT ON FUNCTION event_bridge._start_sequence(int, int, bigint) IS
+    'Internal: the first sequence of a shard appended at or after a time (epoch ms), or the shard''s next sequence';
+
+/*
+ * The delivery worker records the outcomes of several shards in one
+ * transaction, in the order they finished; a function that changes several
+ * shards' rows at once (reset, resume, drop, and drop_stream through the
+ * cascade) would lock them in another order and could deadlock with it.
+ * Such functions first take this lock, which waits for the worker's turn in
+ * progress and holds its next one back until they commit: delivery in the
+ * database pauses for as long as their transaction lasts.
+ */
+CREATE OR REPLACE FUNCTION event_bridge._lock_offsets()
+RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$ LOCK TABLE event_bridge.connector_shards IN SHARE ROW EXCLUSIVE MODE $$;
+COMMENT ON FUNCTION event_bridge._lock_offsets() IS
+    'Internal: waits for the delivery worker''s turn in progress and holds its next one back until the calling transaction ends';
+
+/*
+ * Checks the caller's rights, takes _lock_offsets, locks a connector against
+ * concurrent API calls, bumps its version so that the worker reloads it, and
+ * returns its id.
+ */
+CREATE OR REPLACE FUNCTION event_bridge._lock_connector(connector_name text)
+RETURNS int
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cid int;
+BEGIN
+    PERFORM event_bridge._check_admin();
+    IF connector_name IS NULL THEN
+        RAISE EXCEPTION 'connector name must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM event_bridge._lock_offsets();
+    UPDATE event_bridge.connectors c SET version = c.version + 1
+     WHERE c.connector_name = _lock_connector.connector_name
+    RETURNING c.connector_id INTO cid;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'connector "%" does not exist', connector_name
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN cid;
+END
+$$;
+COMMENT ON FUNCTION event_bridge._lock_connector(text) IS
+    'Internal: checks rights, locks a connector by name, bumps its version so the delivery worker reloads it, returns its id';
+
+/* A start time in epoch milliseconds (NULL stays NULL: the earliest retained). */
+CREATE OR REPLACE FUNCTION event_bridge._start_ms(start_time timestamptz)
+RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF isfinite(start_time) IS FALSE THEN
+        RAISE EXCEPTION 'start_time "%" must be a finite time', start_time
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use NULL for the earliest retained record.';
+    END IF;
+    RETURN floor(extract(epoch FROM start_time) * 1000)::bigint;
+END
+$$;
+
+
+/* An endpoint as the views show it: without the password of its userinfo. */
+CREATE OR REPLACE FUNCTION event_bridge._endpoint_without_secrets(endpoint text)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT regexp_replace(endpoint, '^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@]*@', '\1***@')
+$$;
+COMMENT ON FUNCTION event_bridge._endpoint_without_secrets(text) IS
+    'Internal: an endpoint URL with its userinfo masked, as the status views show it';
+
+CREATE OR REPLACE FUNCTION event_bridge._drop_attempts()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM event_bridge.connector_attempts a
+     USING gone g
+     WHERE a.connector_id = g.connector_id AND a.shard_id = g.shard_id;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION event_bridge._drop_attempts() IS
+    'Internal: deletes the attempts log of connector shards as they are deleted';

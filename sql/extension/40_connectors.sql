@@ -1,0 +1,246 @@
+/* ---------------------------------------------------------------------
+ * Connectors
+ *
+ * A connector delivers one stream to one HTTP endpoint (a DataHub
+ * DataConnector).  The database's delivery worker reads each shard's
+ * records after the connector's offset, POSTs them in batches, one batch
+ * in flight per shard, and moves the offset only after a 2xx answer.
+ * ------------------------------------------------------------------- */
+
+CREATE OR REPLACE FUNCTION event_bridge.create_connector(
+    connector_name text,
+    stream_name    text,
+    endpoint       text,
+    start_time     timestamptz DEFAULT now(),
+    format         text     DEFAULT 'datahub',
+    batch_size     int      DEFAULT 100,
+    batch_window   interval DEFAULT '0',
+    retry_interval interval DEFAULT '1 second',
+    max_retries    int      DEFAULT 512,
+    timeout        interval DEFAULT '30 seconds',
+    headers        text     DEFAULT '{}',
+    max_request_bytes int   DEFAULT 6291456)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+-- headers holds secrets: a refused call must not log its statement.
+SET log_min_error_statement = panic
+AS $$
+DECLARE
+    s        record;
+    h        record;
+    cid      int;
+    start_ms bigint := event_bridge._start_ms(start_time);
+    hj       jsonb;
+BEGIN
+    PERFORM event_bridge._hide_statement();
+    PERFORM event_bridge._check_admin();
+
+    IF connector_name IS NULL OR stream_name IS NULL OR endpoint IS NULL OR format IS NULL
+       OR batch_size IS NULL OR batch_window IS NULL OR retry_interval IS NULL
+       OR max_retries IS NULL OR timeout IS NULL OR headers IS NULL
+       OR max_request_bytes IS NULL THEN
+        RAISE EXCEPTION 'arguments of create_connector must not be null'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'Only start_time may be null: it then means the earliest retained record.';
+    END IF;
+    IF connector_name !~ '^[A-Za-z_][A-Za-z0-9_.-]{0,127}$' THEN
+        RAISE EXCEPTION 'invalid connector name "%"', connector_name
+            USING ERRCODE = 'invalid_name',
+                  DETAIL = 'A connector name starts with a letter or underscore and holds at most 128 letters, digits, "_", "." or "-".';
+    END IF;
+    SELECT st.stream_id, st.shard_count, st.tables INTO s FROM event_bridge.streams st
+     WHERE st.stream_name = create_connector.stream_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'stream "%" does not exist', stream_name
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    PERFORM event_bridge._check_readable(s.tables);
+    IF EXISTS (SELECT FROM event_bridge.connectors c WHERE c.connector_name = create_connector.connector_name) THEN
+        RAISE EXCEPTION 'connector "%" already exists', connector_name
+            USING ERRCODE = 'duplicate_object';
+    END IF;
+    PERFORM event_bridge._check_endpoint(endpoint);
+    IF format NOT IN ('datahub', 'dis') THEN
+        RAISE EXCEPTION 'unknown event format "%"', format
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The formats are datahub (Alibaba Function Compute) and dis (Huawei FunctionGraph).';
+    END IF;
+    IF batch_size < 1 OR batch_size > 10000 THEN
+        RAISE EXCEPTION 'batch_size % is out of range', batch_size
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'batch_size must be between 1 and 10000.';
+    END IF;
+    IF batch_window < interval '0' OR batch_window > interval '1 day' THEN
+        RAISE EXCEPTION 'batch_window "%" is out of range', batch_window
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'batch_window must be between 0 and 1 day.';
+    END IF;
+    IF retry_interval <= interval '0' OR retry_interval > interval '1 day' THEN
+        RAISE EXCEPTION 'retry_interval "%" is out of range', retry_interval
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'retry_interval must be positive and at most 1 day.';
+    END IF;
+    IF timeout <= interval '0' OR timeout > interval '1 day' THEN
+        RAISE EXCEPTION 'timeout "%" is out of range', timeout
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'timeout must be positive and at most 1 day.';
+    END IF;
+    IF max_request_bytes < 1024 OR max_request_bytes > 268435456 THEN
+        RAISE EXCEPTION 'max_request_bytes % is out of range', max_request_bytes
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'max_request_bytes must be between 1024 (1 kB) and 268435456 (256 MB).';
+    END IF;
+    IF max_retries < 0 THEN
+        RAISE EXCEPTION 'max_retries % must not be negative', max_retries
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    /* Parsed here, not by the call: a parse error would quote the text. */
+    BEGIN
+        hj := headers::jsonb;
+    EXCEPTION WHEN invalid_text_representation THEN
+        RAISE EXCEPTION 'headers are not valid JSON'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass headers like ''{"X-Auth-Token": "..."}''.';
+    END;
+    IF jsonb_typeof(hj) <> 'object' THEN
+        RAISE EXCEPTION 'headers must be a JSON object'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('headers is a JSON %s.', jsonb_typeof(hj)),
+                  HINT = 'Pass headers like ''{"X-Auth-Token": "..."}''.';
+    END IF;
+    /* Header values are secrets: errors name the header, never its value. */
+    FOR h IN SELECT e.key, e.value FROM jsonb_each(hj) e ORDER BY e.key LOOP
+        IF h.key !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$' THEN
+            RAISE EXCEPTION 'invalid header name "%"', h.key
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'A header name is a token of letters, digits and !#$%&''*+.^_`|~-.';
+        END IF;
+        IF jsonb_typeof(h.value) <> 'string' THEN
+            RAISE EXCEPTION 'value of header "%" must be a JSON string', h.key
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = format('It is a JSON %s.', jsonb_typeof(h.value));
+        END IF;
+        IF (h.value #>> '{}') ~ '[\r\n]' THEN
+            RAISE EXCEPTION 'value of header "%" must not contain a line break', h.key
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF lower(h.key) IN ('content-length', 'transfer-encoding', 'connection', 'expect') THEN
+            RAISE EXCEPTION 'header "%" cannot be set', h.key
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'event_bridge sets the headers that frame the request itself.';
+        END IF;
+    END LOOP;
+
+    cid := nextval('event_bridge.connector_id_seq');
+    INSERT INTO event_bridge.connectors (connector_id, connector_name, stream_id, endpoint, format,
+        batch_size, batch_window, retry_interval, max_retries, timeout, headers, max_request_bytes)
+    VALUES (cid, connector_name, s.stream_id, endpoint, format,
+        batch_size, batch_window, retry_interval, max_retries, timeout, hj, max_request_bytes);
+    INSERT INTO event_bridge.connector_shards (connector_id, shard_id, delivered_sequence, skip_before)
+    SELECT cid, g, event_bridge._start_sequence(s.stream_id, g, start_ms) - 1, coalesce(start_ms, 0)
+      FROM generate_series(0, s.shard_count - 1) g;
+    PERFORM event_bridge._wake_delivery();
+EXCEPTION
+    WHEN unique_violation THEN
+        RAISE EXCEPTION 'connector "%" already exists', connector_name
+            USING ERRCODE = 'duplicate_object';
+END
+$$;
+COMMENT ON FUNCTION event_bridge.create_connector(text, text, text, timestamptz, text, int, interval, interval, int, interval, text, int) IS
+    'Creates a connector that POSTs the records of a stream appended from start_time on to an http(s) endpoint, in order per shard, in the datahub or dis event format';
+
+CREATE OR REPLACE FUNCTION event_bridge.stop_connector(name text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cid int := event_bridge._lock_connector(stop_connector.name);
+BEGIN
+    UPDATE event_bridge.connectors SET stopped = true
+     WHERE connector_id = cid;
+    PERFORM event_bridge._wake_delivery();
+END
+$$;
+COMMENT ON FUNCTION event_bridge.stop_connector(text) IS
+    'Stops a connector (state STOPPED): no batch is sent after the ones in flight; start_connector continues from its offsets';
+
+CREATE OR REPLACE FUNCTION event_bridge.start_connector(name text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cid int := event_bridge._lock_connector(start_connector.name);
+BEGIN
+    UPDATE event_bridge.connectors SET stopped = false
+     WHERE connector_id = cid;
+    PERFORM event_bridge._wake_delivery();
+END
+$$;
+COMMENT ON FUNCTION event_bridge.start_connector(text) IS
+    'Starts a stopped connector again: delivery continues from its offsets';
+
+CREATE OR REPLACE FUNCTION event_bridge.resume_connector(name text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cid int := event_bridge._lock_connector(resume_connector.name);
+BEGIN
+    UPDATE event_bridge.connector_shards SET suspended = false, failures = 0
+     WHERE connector_id = cid AND suspended;
+    IF NOT FOUND THEN
+        RAISE NOTICE 'connector "%" has no suspended shard', name;
+    END IF;
+    PERFORM event_bridge._wake_delivery();
+END
+$$;
+COMMENT ON FUNCTION event_bridge.resume_connector(text) IS
+    'Clears the suspension of a connector''s SUSPENDED shards: each retries the batch that failed at once';
+
+CREATE OR REPLACE FUNCTION event_bridge.reset_connector(name text, start_time timestamptz)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cid      int := event_bridge._lock_connector(reset_connector.name);
+    start_ms bigint := event_bridge._start_ms(start_time);
+BEGIN
+    PERFORM event_bridge._check_readable(s.tables)
+       FROM event_bridge.connectors c JOIN event_bridge.streams s ON s.stream_id = c.stream_id
+      WHERE c.connector_id = cid;
+    UPDATE event_bridge.connector_shards cs
+       SET delivered_sequence = event_bridge._start_sequence(c.stream_id, cs.shard_id, start_ms) - 1,
+           skip_before = coalesce(start_ms, 0),
+           position_generation = cs.position_generation + 1,
+           suspended = false,
+           failures = 0,
+           retry_last_sequence = NULL
+      FROM event_bridge.connectors c
+     WHERE c.connector_id = cid AND cs.connector_id = cid;
+    PERFORM event_bridge._wake_delivery();
+END
+$$;
+COMMENT ON FUNCTION event_bridge.reset_connector(text, timestamptz) IS
+    'Moves every shard of a connector to its first record appended at or after start_time (NULL: the earliest retained), to replay or to skip ahead; clears suspensions';
+
+CREATE OR REPLACE FUNCTION event_bridge.drop_connector(name text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cid int := event_bridge._lock_connector(drop_connector.name);
+BEGIN
+    DELETE FROM event_bridge.connectors
+     WHERE connector_id = cid;
+    PERFORM event_bridge._wake_delivery();
+END
+$$;
+COMMENT ON FUNCTION event_bridge.drop_connector(text) IS
+    'Drops a connector, its offsets and its attempts log; a batch in flight is abandoned';
+

@@ -1,0 +1,104 @@
+/* ---------------------------------------------------------------------
+ * Views: what admins may see of streams and connectors.  They run with
+ * the owner's rights and show no header value and no endpoint password.
+ * ------------------------------------------------------------------- */
+
+CREATE OR REPLACE VIEW event_bridge.stream_status AS
+SELECT s.stream_name,
+       ARRAY(SELECT t::regclass FROM unnest(s.tables) t) AS tables,
+       s.shard_count,
+       (SELECT count(*) FROM event_bridge.records r WHERE r.stream_id = s.stream_id) AS records,
+       (SELECT to_timestamp(min(r.system_time) / 1000.0) FROM event_bridge.records r
+         WHERE r.stream_id = s.stream_id) AS oldest_system_time,
+       (SELECT to_timestamp(max(r.system_time) / 1000.0) FROM event_bridge.records r
+         WHERE r.stream_id = s.stream_id) AS newest_system_time,
+       event_bridge._capture_lag_bytes() AS capture_lag_bytes,
+       (SELECT sum(h.next_sequence) FROM event_bridge.shards h WHERE h.stream_id = s.stream_id) AS appended,
+       s.retention,
+       s.before_images,
+       s.capture_lsn IS NOT NULL AS capturing,
+       s.created_at,
+       CASE WHEN c.slot_lost_at IS NOT NULL THEN 'SLOT LOST'
+            WHEN s.capture_lsn IS NULL THEN 'STARTING'
+            ELSE 'RUNNING' END AS capture_state,
+       c.slot_lost_at,
+       (SELECT count(*) FROM event_bridge.capture_gaps g WHERE g.resumed_at > s.created_at) AS capture_gaps
+  FROM event_bridge.streams s, event_bridge.capture_state c;
+COMMENT ON VIEW event_bridge.stream_status IS
+    'One row per stream: its tables, shards, stored records, their time range, how far capture lags behind the WAL, and whether capture runs (SLOT LOST: see recover_capture)';
+
+
+CREATE OR REPLACE VIEW event_bridge.shard_status AS
+SELECT c.connector_name,
+       cs.shard_id,
+       CASE WHEN c.stopped THEN 'STOPPED'
+            WHEN cs.suspended THEN 'SUSPENDED'
+            ELSE 'RUNNING' END AS state,
+       cs.delivered_sequence,
+       h.next_sequence,
+       greatest(h.next_sequence - cs.delivered_sequence - 1, 0) AS pending,
+       cs.failures,
+       cs.last_error,
+       cs.last_error_at,
+       cs.last_http_status,
+       cs.last_event_id,
+       cs.last_success_at,
+       cs.delivered,
+       coalesce(greatest(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint -
+           (SELECT r.system_time FROM event_bridge.records r
+             WHERE r.stream_id = c.stream_id AND r.shard_id = cs.shard_id
+               AND r.sequence > cs.delivered_sequence
+             ORDER BY r.sequence LIMIT 1), 0), 0) AS lag_ms,
+       cs.attempts,
+       cs.failed_attempts,
+       cs.last_attempt_at
+  FROM event_bridge.connectors c
+  JOIN event_bridge.connector_shards cs ON cs.connector_id = c.connector_id
+  JOIN event_bridge.shards h ON h.stream_id = c.stream_id AND h.shard_id = cs.shard_id;
+COMMENT ON VIEW event_bridge.shard_status IS
+    'One row per connector and shard: state, offset (delivered_sequence, -1 = none), the stream''s next sequence, pending records, consecutive failures and the last error';
+
+CREATE OR REPLACE VIEW event_bridge.connector_status AS
+SELECT c.connector_name,
+       s.stream_name,
+       event_bridge._endpoint_without_secrets(c.endpoint) AS endpoint,
+       CASE WHEN c.stopped THEN 'STOPPED'
+            WHEN bool_or(ss.state = 'SUSPENDED') THEN 'SUSPENDED'
+            ELSE 'RUNNING' END AS state,
+       sum(ss.delivered)::bigint AS delivered,
+       sum(ss.pending)::bigint AS pending,
+       max(ss.lag_ms) AS lag_ms,
+       (array_agg(ss.last_event_id ORDER BY ss.last_success_at DESC NULLS LAST))[1] AS last_event_id,
+       max(ss.last_success_at) AS last_success_at,
+       sum(ss.failures)::bigint AS failures,
+       (array_agg(ss.last_error ORDER BY ss.last_error_at DESC NULLS LAST))[1] AS last_error,
+       max(ss.last_error_at) AS last_error_at,
+       (array_agg(ss.last_http_status ORDER BY ss.last_attempt_at DESC NULLS LAST))[1] AS last_http_status,
+       ARRAY(SELECT jsonb_object_keys(c.headers) ORDER BY 1) AS header_names,
+       c.format,
+       c.batch_size,
+       c.batch_window,
+       c.retry_interval,
+       c.max_retries,
+       c.timeout,
+       count(*)::int AS shard_count,
+       count(*) FILTER (WHERE ss.state = 'SUSPENDED')::int AS suspended_shards,
+       sum(ss.attempts)::bigint AS attempts,
+       sum(ss.failed_attempts)::bigint AS failed_attempts,
+       c.created_at,
+       c.max_request_bytes
+  FROM event_bridge.connectors c
+  JOIN event_bridge.streams s ON s.stream_id = c.stream_id
+  JOIN event_bridge.shard_status ss ON ss.connector_name = c.connector_name
+ GROUP BY c.connector_id, s.stream_name;
+COMMENT ON VIEW event_bridge.connector_status IS
+    'One row per connector: state (RUNNING, STOPPED, SUSPENDED if any shard is), records delivered and pending, lag, the last success and the last error; header names but never their values';
+
+CREATE OR REPLACE VIEW event_bridge.connector_attempts_log AS
+SELECT c.connector_name, a.shard_id, a.attempt, a.attempted_at, a.duration_ms,
+       a.first_sequence, a.last_sequence, a.last_sequence - a.first_sequence + 1 AS records,
+       a.http_status, a.error, a.response
+  FROM event_bridge.connector_attempts a
+  JOIN event_bridge.connectors c ON c.connector_id = a.connector_id;
+COMMENT ON VIEW event_bridge.connector_attempts_log IS
+    'The last delivery attempts of every connector shard, newest attempt numbers last';

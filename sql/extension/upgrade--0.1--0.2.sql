@@ -1,0 +1,29 @@
+/* event_bridge upgrade from 0.1 to 0.2: the catalog changes of 0.2 */
+
+\echo Use "ALTER EXTENSION event_bridge UPDATE TO '0.2'" to load this file. \quit
+
+/*
+ * What follows this part are the area scripts of 0.2 (functions, views,
+ * triggers, grants), which create or replace their objects; the build
+ * (Makefile) appends them.  Here: what they cannot do in place.
+ */
+
+/* headers is taken as text and parsed inside, so that no error quotes it. */
+DROP FUNCTION event_bridge.create_connector(text, text, text, timestamptz, text, int,
+    interval, interval, int, interval, jsonb);
+
+/* A bound on every request body (9.1 of the design: bounded work). */
+ALTER TABLE event_bridge.connectors
+    ADD COLUMN max_request_bytes int NOT NULL DEFAULT 6291456
+               CHECK (max_request_bytes BETWEEN 1024 AND 268435456);
+
+/* 0.1 granted admins DML on the tables; 60_grants.sql revokes it. */
+/*
+ * 0.1 kept dropped tables in streams.tables as bare OIDs; 0.2 removes a
+ * table from its streams when it is dropped (70_triggers.sql).
+ */
+UPDATE event_bridge.streams s
+   SET tables = ARRAY(SELECT t FROM unnest(s.tables) WITH ORDINALITY u(t, i)
+                       WHERE EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = t) ORDER BY i)
+ WHERE EXISTS (SELECT FROM unnest(s.tables) t
+                WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = t));
