@@ -8,6 +8,8 @@ OBJS = \
 	src/launcher.o \
 	src/decoder.o \
 	src/capture.o \
+	src/capture_store.o \
+	src/capture_slot.o \
 	src/retention.o \
 	src/fault.o \
 	src/api.o \
@@ -15,7 +17,8 @@ OBJS = \
 	src/http.o \
 	src/delivery.o \
 	src/connector_api.o \
-	src/caller.o
+	src/caller.o \
+	src/catalog.o
 
 # The install script of the current version and the upgrade script from
 # the previous one are built from sql/extension/, one file per area:

@@ -112,7 +112,7 @@ event_bridge_prepare_capture(PG_FUNCTION_ARGS)
 
 	check_settings();
 
-	db = eb_database_entry(MyDatabaseId, true);
+	db = eb_database_want_workers(MyDatabaseId);
 	if (db == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
@@ -127,11 +127,6 @@ event_bridge_prepare_capture(PG_FUNCTION_ARGS)
 				 errmsg("cannot start event_bridge capture in a transaction that has already written"),
 				 errdetail("The capture worker creates its replication slot first, and that waits for this transaction to end."),
 				 errhint("Commit, then create the first stream of this database in a new transaction.")));
-
-	LWLockAcquire(eb_shared->lock, LW_EXCLUSIVE);
-	db->no_extension = false;
-	LWLockRelease(eb_shared->lock);
-	eb_wake_worker(&eb_shared->launcher);
 
 	for (int i = 0; i < EB_SLOT_WAIT_SECONDS * 100; i++)
 	{

@@ -1,9 +1,10 @@
 /*-------------------------------------------------------------------------
  *
  * capture.h
- *	  The interface between the output plugin (decoder.c), which turns
- *	  decoded changes into records, and the capture worker (capture.c), which
- *	  keeps the streams' state and appends the records to storage.
+ *	  The capture side of event_bridge: the output plugin (decoder.c), which
+ *	  turns decoded changes into records, the record store that keeps the
+ *	  streams' state and stores the records (capture_store.c), the slot and
+ *	  origins (capture_slot.c), and the worker that drives them (capture.c).
  *
  * IDENTIFICATION
  *	  src/capture.h
@@ -17,6 +18,9 @@
 
 #include "access/xlogdefs.h"
 #include "nodes/pg_list.h"
+#include "replication/logical.h"
+
+#include "event_bridge.h"
 
 /*
  * A stream as the capture worker knows it.  next_sequence[] holds the next
@@ -36,42 +40,57 @@ typedef struct CaptureStream
 	XLogRecPtr	activated_lsn;	/* creation decoded at; to store at the next flush */
 } CaptureStream;
 
-/* Column numbers of event_bridge.streams, as the plugin decodes them. */
-#define Anum_eb_streams_stream_id		1
-#define Anum_eb_streams_tables			3
-#define Anum_eb_streams_shard_count		4
-#define Anum_eb_streams_before_images	6
+/* The record store of one capture worker (capture_store.c). */
+typedef struct CaptureStore CaptureStore;
 
-/* Column numbers of event_bridge.shards. */
-#define Anum_eb_shards_stream_id		1
-#define Anum_eb_shards_shard_id			2
-#define Anum_eb_shards_next_sequence	3
+/*
+ * What the capture worker hands the output plugin through the decoding
+ * context (decoder_set_target): the tables whose changes configure streams,
+ * the origins whose transactions are not decoded, and the store that takes
+ * the records.  A decoding context without one (a slot read by
+ * pg_logical_slot_get_changes) writes text lines instead.
+ */
+typedef struct CaptureTarget
+{
+	Oid			streams_relid;
+	Oid			shards_relid;
+	RepOriginId capture_origin;
+	RepOriginId delivery_origin;
+	CaptureStore *store;
+} CaptureTarget;
 
-/* Set in the capture worker only; the plugin writes text output otherwise. */
-extern bool eb_capture_active;
+/* decoder.c */
+extern void decoder_set_target(LogicalDecodingContext *ctx, CaptureTarget *target);
 
-/* The OIDs of event_bridge.streams and event_bridge.shards in this database. */
-extern Oid	eb_streams_relid;
-extern Oid	eb_shards_relid;
+/* capture_store.c, called by the plugin in commit order */
+extern uint64 capture_streams_generation(CaptureStore *store);
+extern List *capture_streams_for_relation(CaptureStore *store, Oid relid);
+extern void capture_add_stream(CaptureStore *store, int32 stream_id, int32 shard_count,
+							   bool before_images, int nrelids, Oid *relids, XLogRecPtr lsn);
+extern void capture_set_stream_tables(CaptureStore *store, int32 stream_id,
+									  int nrelids, Oid *relids);
+extern void capture_remove_stream(CaptureStore *store, int32 stream_id);
+extern void capture_restore_sequence(CaptureStore *store, int32 stream_id, int32 shard_id,
+									 int64 next_sequence);
+extern int64 capture_next_record_id(CaptureStore *store);
+extern void capture_catalog_changed(CaptureStore *store);
+extern void capture_append(CaptureStore *store, CaptureStream *stream, int32 shard_id,
+						   int64 record_id, char operation, const char *table_name,
+						   const char *key, int keylen, const char *data, int datalen);
 
-/* Replication origins of the workers; their transactions are not decoded. */
-extern RepOriginId eb_capture_origin_id;
-extern RepOriginId eb_delivery_origin_id;
+/* capture_store.c, called by the worker */
+extern CaptureStore *capture_store_create(EbDatabase *db, Oid records_relid);
+extern void capture_store_load(CaptureStore *store);
+extern int64 capture_store_pending(CaptureStore *store, TimestampTz *since);
+extern bool capture_store_dirty(CaptureStore *store);
+extern void capture_store_flush(CaptureStore *store, XLogRecPtr upto);
 
-/* Bumped whenever the set of streams changes, so routing caches rebuild. */
-extern uint64 eb_streams_generation;
-
-extern List *capture_streams_for_relation(Oid relid);
-extern void capture_add_stream(int32 stream_id, int32 shard_count, bool before_images,
-							   int nrelids, Oid *relids, XLogRecPtr lsn);
-extern void capture_set_stream_tables(int32 stream_id, int nrelids, Oid *relids);
-extern void capture_remove_stream(int32 stream_id);
-extern void capture_restore_sequence(int32 stream_id, int32 shard_id, int64 next_sequence);
-extern int64 capture_next_record_id(void);
-extern void capture_catalog_changed(void);
-extern void capture_append(CaptureStream *stream, int32 shard_id, int64 record_id,
-						   char operation, const char *table_name,
-						   const char *key, int keylen,
-						   const char *data, int datalen);
+/* capture_slot.c */
+extern void capture_create_slot(const char *name);
+extern RepOriginId capture_origin(const char *name);
+extern void capture_exit_if_dropped(EbDatabase *db, Oid *extension_oid,
+									const char *slot_name, bool holding_slot);
+extern void capture_recover_lost_slot(EbDatabase *db, Oid *extension_oid,
+									  const char *slot_name);
 
 #endif							/* EVENT_BRIDGE_CAPTURE_H */

@@ -9,9 +9,11 @@
  * as JSON null.  A row's shard is a hash of its key (the replica identity
  * index, else the primary key) modulo the stream's shard count.
  *
- * In the capture worker the plugin hands records to capture.c.  Anywhere
- * else (pg_logical_slot_get_changes on a slot of this plugin) it writes one
- * text line per change, which is handy to look at what would be captured.
+ * In the capture worker the plugin hands records to the record store that
+ * the worker gives it through the decoding context (decoder_set_target).
+ * Anywhere else (pg_logical_slot_get_changes on a slot of this plugin) it
+ * writes one text line per change, which is handy to look at what would be
+ * captured.
  *
  * Changes of event_bridge.streams are decoded too: they create and drop
  * streams in commit order, so a stream captures exactly the transactions
@@ -50,6 +52,7 @@
 #include "utils/syscache.h"
 
 #include "capture.h"
+#include "catalog.h"
 #include "format.h"
 
 /* Marker for a column value that logical decoding did not carry. */
@@ -57,12 +60,13 @@
 
 extern PGDLLEXPORT void _PG_output_plugin_init(OutputPluginCallbacks *cb);
 
-/* Per decoding context. */
+/* Per decoding context, in ctx->output_plugin_private. */
 typedef struct PluginState
 {
 	MemoryContext change_context;	/* reset after every change */
 	char	   *instance_id;
 	char	   *source_json;	/* "instance id",database (JSON), fields 2-3 */
+	CaptureTarget *target;		/* the capture worker's; NULL: text output */
 } PluginState;
 
 /* What the plugin keeps of a relation, rebuilt when the relcache says so. */
@@ -70,7 +74,7 @@ typedef struct RelInfo
 {
 	Oid			relid;			/* hash key */
 	bool		valid;
-	uint64		generation;		/* eb_streams_generation of streams */
+	uint64		generation;		/* the store's streams generation of streams */
 	List	   *streams;		/* CaptureStream pointers capturing it */
 	char	   *name;			/* schema.table */
 	char	   *name_json;		/* the same as a JSON string */
@@ -82,17 +86,11 @@ typedef struct RelInfo
 	MemoryContext context;		/* holds all of the above */
 } RelInfo;
 
+/* Relations seen by the decoding contexts of this process, by OID. */
 static HTAB *relinfo_hash = NULL;
 
 /* Some entry was invalidated since the last relinfo_free_invalid(). */
 static bool relinfo_some_invalid = false;
-
-bool		eb_capture_active = false;
-Oid			eb_streams_relid = InvalidOid;
-Oid			eb_shards_relid = InvalidOid;
-uint64		eb_streams_generation = 1;
-RepOriginId eb_capture_origin_id = InvalidRepOriginId;
-RepOriginId eb_delivery_origin_id = InvalidRepOriginId;
 
 static void
 relinfo_invalidate(Datum arg, Oid relid)
@@ -202,7 +200,7 @@ relinfo_build(RelInfo *ri, Relation rel)
 }
 
 static RelInfo *
-relinfo_get(Relation rel)
+relinfo_get(PluginState *st, Relation rel)
 {
 	Oid			relid = RelationGetRelid(rel);
 	RelInfo    *ri;
@@ -231,13 +229,14 @@ relinfo_get(Relation rel)
 	}
 	if (!ri->valid)
 		relinfo_build(ri, rel);
-	if (eb_capture_active && ri->generation != eb_streams_generation)
+	if (st->target != NULL &&
+		ri->generation != capture_streams_generation(st->target->store))
 	{
 		MemoryContext old = MemoryContextSwitchTo(ri->context);
 
 		list_free(ri->streams);
-		ri->streams = capture_streams_for_relation(relid);
-		ri->generation = eb_streams_generation;
+		ri->streams = capture_streams_for_relation(st->target->store, relid);
+		ri->generation = capture_streams_generation(st->target->store);
 		MemoryContextSwitchTo(old);
 	}
 	return ri;
@@ -353,9 +352,11 @@ format_key(RelInfo *ri, TupleDesc desc, HeapTuple tuple)
  * from a decoded change of event_bridge.streams.
  */
 static void
-apply_streams_change(ReorderBufferTXN *txn, Relation rel, ReorderBufferChange *change)
+apply_streams_change(CaptureStore *store, ReorderBufferTXN *txn, Relation rel,
+					 ReorderBufferChange *change)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
+	AttrNumber	stream_id_att = eb_column(desc, "stream_id");
 	HeapTuple	tuple;
 	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
 	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
@@ -371,32 +372,32 @@ apply_streams_change(ReorderBufferTXN *txn, Relation rel, ReorderBufferChange *c
 
 		tuple = &change->data.tp.newtuple->tuple;
 		heap_deform_tuple(tuple, desc, values, nulls);
-		arr = DatumGetArrayTypeP(values[Anum_eb_streams_tables - 1]);
+		arr = DatumGetArrayTypeP(values[eb_column(desc, "tables") - 1]);
 		deconstruct_array(arr, REGCLASSOID, sizeof(Oid), true, TYPALIGN_INT,
 						  &elems, NULL, &nelems);
 		relids = palloc(sizeof(Oid) * Max(nelems, 1));
 		for (int i = 0; i < nelems; i++)
 			relids[i] = DatumGetObjectId(elems[i]);
-		stream_id = DatumGetInt32(values[Anum_eb_streams_stream_id - 1]);
+		stream_id = DatumGetInt32(values[stream_id_att - 1]);
 		if (change->action == REORDER_BUFFER_CHANGE_INSERT)
-			capture_add_stream(stream_id,
-							   DatumGetInt32(values[Anum_eb_streams_shard_count - 1]),
-							   DatumGetBool(values[Anum_eb_streams_before_images - 1]),
+			capture_add_stream(store, stream_id,
+							   DatumGetInt32(values[eb_column(desc, "shard_count") - 1]),
+							   DatumGetBool(values[eb_column(desc, "before_images") - 1]),
 							   nelems, relids, txn->end_lsn);
 		else
-			capture_set_stream_tables(stream_id, nelems, relids);
+			capture_set_stream_tables(store, stream_id, nelems, relids);
 	}
 	else if (change->action == REORDER_BUFFER_CHANGE_DELETE && change->data.tp.oldtuple)
 	{
 		tuple = &change->data.tp.oldtuple->tuple;
 		heap_deform_tuple(tuple, desc, values, nulls);
-		capture_remove_stream(DatumGetInt32(values[Anum_eb_streams_stream_id - 1]));
+		capture_remove_stream(store, DatumGetInt32(values[stream_id_att - 1]));
 	}
 }
 
 /* Takes the sequence counter of a shard from a decoded event_bridge.shards row. */
 static void
-apply_shards_change(Relation rel, ReorderBufferChange *change)
+apply_shards_change(CaptureStore *store, Relation rel, ReorderBufferChange *change)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
@@ -406,9 +407,10 @@ apply_shards_change(Relation rel, ReorderBufferChange *change)
 		 change->action != REORDER_BUFFER_CHANGE_UPDATE) || change->data.tp.newtuple == NULL)
 		return;
 	heap_deform_tuple(&change->data.tp.newtuple->tuple, desc, values, nulls);
-	capture_restore_sequence(DatumGetInt32(values[Anum_eb_shards_stream_id - 1]),
-							 DatumGetInt32(values[Anum_eb_shards_shard_id - 1]),
-							 DatumGetInt64(values[Anum_eb_shards_next_sequence - 1]));
+	capture_restore_sequence(store,
+							 DatumGetInt32(values[eb_column(desc, "stream_id") - 1]),
+							 DatumGetInt32(values[eb_column(desc, "shard_id") - 1]),
+							 DatumGetInt64(values[eb_column(desc, "next_sequence") - 1]));
 }
 
 /* Hands one record to the capture worker, or writes it as a text line. */
@@ -416,6 +418,8 @@ static void
 emit(LogicalDecodingContext *ctx, CaptureStream *stream, const char *key,
 	 int64 record_id, char operation, RelInfo *ri, StringInfo data)
 {
+	PluginState *st = ctx->output_plugin_private;
+
 	if (stream != NULL)
 	{
 		int32		shard = 0;
@@ -423,7 +427,7 @@ emit(LogicalDecodingContext *ctx, CaptureStream *stream, const char *key,
 
 		if (key != NULL && stream->shard_count > 1)
 			shard = hash_bytes((const unsigned char *) key, keylen) % stream->shard_count;
-		capture_append(stream, shard, record_id, operation, ri->name,
+		capture_append(st->target->store, stream, shard, record_id, operation, ri->name,
 					   key, keylen, data->data, data->len);
 	}
 	else
@@ -465,16 +469,20 @@ eb_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 static void
 eb_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr commit_lsn)
 {
-	if (eb_capture_active && rbtxn_has_catalog_changes(txn))
-		capture_catalog_changed();
+	PluginState *st = ctx->output_plugin_private;
+
+	if (st->target != NULL && rbtxn_has_catalog_changes(txn))
+		capture_catalog_changed(st->target->store);
 }
 
 /* The capture worker's own writes (records, offsets) are never decoded. */
 static bool
 eb_filter_by_origin(LogicalDecodingContext *ctx, RepOriginId origin_id)
 {
-	return origin_id != InvalidRepOriginId &&
-		(origin_id == eb_capture_origin_id || origin_id == eb_delivery_origin_id);
+	PluginState *st = ctx->output_plugin_private;
+
+	return st->target != NULL && origin_id != InvalidRepOriginId &&
+		(origin_id == st->target->capture_origin || origin_id == st->target->delivery_origin);
 }
 
 static void
@@ -482,6 +490,7 @@ eb_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		  Relation relation, ReorderBufferChange *change)
 {
 	PluginState *st = ctx->output_plugin_private;
+	CaptureTarget *target = st->target;
 	MemoryContext old = MemoryContextSwitchTo(st->change_context);
 	TupleDesc	desc = RelationGetDescr(relation);
 	HeapTuple	newtup = NULL;
@@ -495,19 +504,19 @@ eb_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	StringInfoData after;
 	ListCell   *lc;
 
-	if (eb_capture_active && RelationGetRelid(relation) == eb_streams_relid)
+	if (target != NULL && RelationGetRelid(relation) == target->streams_relid)
 	{
-		apply_streams_change(txn, relation, change);
+		apply_streams_change(target->store, txn, relation, change);
 		goto done;
 	}
-	if (eb_capture_active && RelationGetRelid(relation) == eb_shards_relid)
+	if (target != NULL && RelationGetRelid(relation) == target->shards_relid)
 	{
-		apply_shards_change(relation, change);
+		apply_shards_change(target->store, relation, change);
 		goto done;
 	}
 
-	ri = relinfo_get(relation);
-	if (eb_capture_active && ri->streams == NIL)
+	ri = relinfo_get(st, relation);
+	if (target != NULL && ri->streams == NIL)
 		goto done;
 
 	switch (change->action)
@@ -543,8 +552,8 @@ eb_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	}
 
 	key = format_key(ri, desc, operation == 'D' ? oldtup : newtup);
-	if (eb_capture_active)
-		record_id = capture_next_record_id();
+	if (target != NULL)
+		record_id = capture_next_record_id(target->store);
 
 	initStringInfo(&before);
 	initStringInfo(&after);
@@ -555,7 +564,7 @@ eb_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		format_record(&after, st, ri, desc, record_id, operation,
 					  txn->xact_time.commit_time, false, newtup, oldtup, true);
 
-	if (!eb_capture_active)
+	if (target == NULL)
 	{
 		if (operation != 'I')
 			emit(ctx, NULL, key, record_id, operation, ri, &before);
@@ -577,6 +586,18 @@ eb_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 done:
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(st->change_context);
+}
+
+/*
+ * Makes a decoding context hand its records to the capture worker's store
+ * instead of writing text.  Called by the worker once the context exists.
+ */
+void
+decoder_set_target(LogicalDecodingContext *ctx, CaptureTarget *target)
+{
+	PluginState *st = ctx->output_plugin_private;
+
+	st->target = target;
 }
 
 void

@@ -12,6 +12,10 @@
  * in hand, so at most one in flight; the shards of all connectors run
  * concurrently on one libcurl multi handle (http.c).
  *
+ * Between turns, at most once per event_bridge.cleanup_interval, the worker
+ * runs the maintenance of retention.c; its failure is logged and changes
+ * nothing else.
+ *
  * A turn of the loop: collect the finished requests; in one transaction,
  * record their outcomes (a success moves the offset), reload the connectors
  * whose version moved (when a connector function says one did), and read
@@ -71,12 +75,16 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "catalog.h"
 #include "event_bridge.h"
 #include "format.h"
 #include "http.h"
 
 /* Attempts kept per connector shard in event_bridge.connector_attempts. */
 #define EB_ATTEMPTS_KEPT	100
+
+/* The least retry interval, as create_connector allows it. */
+#define EB_MIN_RETRY_MS		10
 
 /* Milliseconds between two looks at the catalog when nothing happens. */
 #define EB_DELIVERY_CHECK_MS	1000
@@ -141,13 +149,14 @@ struct Connector
 	int64		timeout_ms;
 	int			max_request_bytes;	/* no body is larger */
 	bool		stopped;
-	bool		unusable;		/* the endpoint cannot be parsed */
+	bool		unusable;		/* could not be loaded: state ERROR */
 	int			nshards;
 	Shard	   *shards;
 	MemoryContext context;		/* the configuration; reset at reload */
 };
 
 static void record_failure(Shard *sh, const HttpOutcome *o, bool suspend_now);
+static void set_connector_error(Connector *c, const char *error);
 
 /* A request that finished, waiting to be recorded. */
 typedef struct Finished
@@ -167,17 +176,11 @@ typedef enum CatalogStatementId
 	STMT_FAILURE,
 	STMT_STALE,
 	STMT_LOG_ATTEMPT,
+	STMT_SET_ERROR,
 	NUM_STATEMENTS
 } CatalogStatementId;
 
-typedef struct CatalogStatement
-{
-	const char *sql;
-	int			nargs;
-	Oid			argtypes[12];
-} CatalogStatement;
-
-static const CatalogStatement statements[NUM_STATEMENTS] = {
+static EbStatement statements[NUM_STATEMENTS] = {
 	[STMT_VERSIONS] = {
 		"SELECT connector_id, version FROM event_bridge.connectors", 0
 	},
@@ -189,7 +192,7 @@ static const CatalogStatement statements[NUM_STATEMENTS] = {
 		" c.max_retries,"
 		" ceil(extract(epoch FROM c.timeout) * 1000)::bigint,"
 		" ARRAY(SELECT e.key || ': ' || e.value FROM jsonb_each_text(c.headers) e ORDER BY e.key),"
-		" c.stopped, c.version, c.max_request_bytes"
+		" c.stopped, c.version, c.max_request_bytes, c.error"
 		" FROM event_bridge.connectors c JOIN event_bridge.streams s ON s.stream_id = c.stream_id"
 		" WHERE c.connector_id = $1",
 		1, {INT4OID}
@@ -253,9 +256,14 @@ static const CatalogStatement statements[NUM_STATEMENTS] = {
 		10, {INT4OID, INT4OID, INT8OID, TIMESTAMPTZOID, FLOAT8OID, INT8OID, INT8OID, INT4OID,
 		TEXTOID, TEXTOID}
 	},
+	/* Why the worker cannot use a connector (NULL: it can), where the views show it. */
+	[STMT_SET_ERROR] = {
+		"UPDATE event_bridge.connectors SET error = $2"
+		" WHERE connector_id = $1 AND error IS DISTINCT FROM $2",
+		2, {INT4OID, TEXTOID}
+	},
 };
 
-static SPIPlanPtr plans[NUM_STATEMENTS];
 
 static MemoryContext worker_context = NULL;
 static List *connectors = NIL;
@@ -300,38 +308,18 @@ from_epoch_ms(int64 ms)
 	return (ms - EB_EPOCH_OFFSET_MS) * 1000;
 }
 
-/*
- * Runs one of the worker's statements and returns the number of rows it
- * returned or changed; the rows are in SPI_tuptable.  Must be called inside
- * a transaction, connected to SPI.
- */
+/* Runs one of the worker's statements (see eb_run). */
 static uint64
 run(CatalogStatementId id, Datum *values, const char *nulls)
 {
-	int			rc;
-
-	if (plans[id] == NULL)
-	{
-		SPIPlanPtr	plan = SPI_prepare(statements[id].sql, statements[id].nargs,
-									   (Oid *) statements[id].argtypes);
-
-		if (plan == NULL || SPI_keepplan(plan) != 0)
-			elog(ERROR, "could not prepare event_bridge delivery statement %d: %s",
-				 (int) id, SPI_result_code_string(SPI_result));
-		plans[id] = plan;
-	}
-	rc = SPI_execute_plan(plans[id], values, nulls, false, 0);
-	if (rc < 0)
-		elog(ERROR, "event_bridge delivery statement %d failed: %s",
-			 (int) id, SPI_result_code_string(rc));
-	return SPI_processed;
+	return eb_run(&statements[id], values, nulls);
 }
 
 /* A column of a row that SPI returned. */
 static Datum
 column(uint64 row, int attno, bool *isnull)
 {
-	return SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, attno, isnull);
+	return eb_result(row, attno, isnull);
 }
 
 static int64
@@ -350,6 +338,15 @@ column_int32(uint64 row, int attno)
 	Datum		d = column(row, attno, &isnull);
 
 	return isnull ? -1 : DatumGetInt32(d);
+}
+
+static bool
+column_isnull(uint64 row, int attno)
+{
+	bool		isnull;
+
+	(void) column(row, attno, &isnull);
+	return isnull;
 }
 
 static bool
@@ -461,10 +458,13 @@ load_connector(Connector *c)
 	MemoryContext old;
 	ArrayType  *headers;
 	Datum	   *lines;
+	bool	   *line_nulls;
 	int			nlines;
 	bool		isnull;
 	char	   *endpoint;
 	char	   *format;
+	const char *problem;
+	bool		had_error;
 	uint64		n;
 
 	if (run(STMT_CONNECTOR, &arg, NULL) != 1)
@@ -479,26 +479,39 @@ load_connector(Connector *c)
 	format = column_text(0, 6);
 	c->batch_size = column_int32(0, 7);
 	c->batch_window_ms = column_int64(0, 8);
-	c->retry_interval_ms = Max(column_int64(0, 9), 1);
+	c->retry_interval_ms = Max(column_int64(0, 9), EB_MIN_RETRY_MS);
 	c->max_retries = column_int32(0, 10);
 	c->timeout_ms = Max(column_int64(0, 11), 1);
 	headers = DatumGetArrayTypeP(column(0, 12, &isnull));
-	deconstruct_array(headers, TEXTOID, -1, false, TYPALIGN_INT, &lines, NULL, &nlines);
+	deconstruct_array(headers, TEXTOID, -1, false, TYPALIGN_INT, &lines, &line_nulls, &nlines);
 	c->nheaders = nlines;
 	c->headers = palloc(sizeof(char *) * Max(nlines, 1));
 	for (int i = 0; i < nlines; i++)
+	{
+		/* A value that is no string; its name only: the value is a secret. */
+		if (line_nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("a header value is not a string")));
 		c->headers[i] = TextDatumGetCString(lines[i]);
+	}
 	c->stopped = column_bool(0, 13);
 	c->version = column_int64(0, 14);
 	c->max_request_bytes = column_int32(0, 15);
+	had_error = !column_isnull(0, 16);
 	if (!format_by_name(format, &c->format))
-		c->format = EB_FORMAT_DATAHUB;	/* the table's CHECK forbids this */
-	c->unusable = (http_parse_endpoint(endpoint, &c->endpoint) != NULL);
-	if (c->unusable)
-		ereport(WARNING,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("event_bridge connector \"%s\" has an endpoint that is not a valid URL; it delivers nothing",
-						c->name)));
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("unknown event format \"%s\"", format)));
+	problem = http_parse_endpoint(endpoint, &c->endpoint);
+	if (problem != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("the endpoint is not a valid URL: %s", problem)));
+	if (c->shards != NULL && c->nshards != column_int32(0, 4))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("the stream has %d shards, not %d", column_int32(0, 4), c->nshards)));
 	if (c->shards == NULL)
 		create_shards(c, column_int32(0, 4));
 	MemoryContextSwitchTo(old);
@@ -506,6 +519,69 @@ load_connector(Connector *c)
 	n = run(STMT_SHARDS, &arg, NULL);
 	for (uint64 i = 0; i < n; i++)
 		load_shard(c, i);
+	c->unusable = false;
+	if (had_error)
+		set_connector_error(c, NULL);
+	return true;
+}
+
+/* Stores why the worker cannot use a connector, or NULL when it can again. */
+static void
+set_connector_error(Connector *c, const char *error)
+{
+	Datum		values[2];
+	char		nulls[2] = {' ', ' '};
+
+	values[0] = Int32GetDatum(c->connector_id);
+	values[1] = error ? CStringGetTextDatum(error) : (Datum) 0;
+	nulls[1] = error ? ' ' : 'n';
+	run(STMT_SET_ERROR, values, nulls);
+}
+
+/*
+ * Loads a connector (see load_connector) in a subtransaction, so that one
+ * the worker cannot use (a forged row, a request that cannot be built) goes
+ * to state ERROR, with the error in the catalog, and the others of the
+ * database keep delivering.  It is tried again when its version moves.
+ * Returns false if the connector no longer exists.  Must be called inside a
+ * transaction.
+ */
+static bool
+load_connector_isolated(Connector *c, int64 version)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	ErrorData  *volatile edata = NULL;
+	volatile bool exists = true;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(caller);
+	PG_TRY();
+	{
+		exists = load_connector(c);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(caller);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(caller);
+	CurrentResourceOwner = owner;
+	if (edata == NULL)
+		return exists;
+
+	c->unusable = true;
+	c->version = version;
+	c->name = MemoryContextStrdup(c->context, psprintf("%d", c->connector_id));
+	ereport(WARNING,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("event_bridge connector %d cannot be used: %s", c->connector_id, edata->message),
+			 errdetail("Its state is ERROR until it is changed; the other connectors go on.")));
+	set_connector_error(c, edata->message);
 	return true;
 }
 
@@ -552,7 +628,7 @@ sync_connectors(void)
 			connectors = lappend(connectors, c);
 			MemoryContextSwitchTo(old);
 		}
-		c->seen = (c->version == versions[i] || load_connector(c));
+		c->seen = (c->version == versions[i] || load_connector_isolated(c, versions[i]));
 	}
 
 	foreach(lc, connectors)
@@ -1217,6 +1293,7 @@ event_bridge_delivery_main(Datum main_arg)
 	MemoryContext loop_context;
 	TimestampTz last_sync = 0;
 	TimestampTz last_check = GetCurrentTimestamp();
+	TimestampTz last_maintenance = 0;
 
 	my_db = eb_worker_start(main_arg, EB_WORKER_DELIVERY);
 	eb_wait_for_sql_version(my_db, &extension_oid, "delivery");
@@ -1264,6 +1341,12 @@ event_bridge_delivery_main(Datum main_arg)
 
 		old = MemoryContextSwitchTo(loop_context);
 		delivery_turn(&last_sync);
+		if (TimestampDifferenceExceeds(last_maintenance, GetCurrentTimestamp(),
+									   eb_cleanup_interval_ms))
+		{
+			eb_maintenance();
+			last_maintenance = GetCurrentTimestamp();
+		}
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(loop_context);
 

@@ -108,43 +108,94 @@ eb_shmem_startup(void)
 }
 
 /*
+ * The shared entry of a database, or NULL; with take, a free entry is taken
+ * for it (NULL when all are in use).  The caller holds eb_shared->lock,
+ * exclusively to take.
+ */
+static EbDatabase *
+find_entry(Oid dboid, bool take)
+{
+	EbDatabase *free_entry = NULL;
+
+	for (int i = 0; i < EB_MAX_DATABASES; i++)
+	{
+		EbDatabase *db = &eb_shared->dbs[i];
+
+		if (db->dboid == dboid)
+			return db;
+		if (db->dboid == InvalidOid && free_entry == NULL)
+			free_entry = db;
+	}
+	if (!take || free_entry == NULL)
+		return NULL;
+	memset(free_entry->workers, 0, sizeof(free_entry->workers));
+	free_entry->slot_ready = false;
+	free_entry->no_extension = false;
+	free_entry->dropping_pid = 0;
+	free_entry->sql_version_logged = false;
+	pg_atomic_write_u32(&free_entry->wal_pending, 0);
+	pg_atomic_write_u32(&free_entry->records_epoch, 0);
+	pg_atomic_write_u32(&free_entry->connectors_epoch, 0);
+	free_entry->dboid = dboid;
+	return free_entry;
+}
+
+/*
  * Returns the shared entry of a database, or NULL.  With create, a free
  * entry is taken (NULL when all are in use).  Takes the lock itself.
  */
 EbDatabase *
 eb_database_entry(Oid dboid, bool create)
 {
-	EbDatabase *found = NULL;
-	EbDatabase *free_entry = NULL;
+	EbDatabase *found;
 
 	LWLockAcquire(eb_shared->lock, create ? LW_EXCLUSIVE : LW_SHARED);
-	for (int i = 0; i < EB_MAX_DATABASES; i++)
-	{
-		EbDatabase *db = &eb_shared->dbs[i];
-
-		if (db->dboid == dboid)
-		{
-			found = db;
-			break;
-		}
-		if (db->dboid == InvalidOid && free_entry == NULL)
-			free_entry = db;
-	}
-	if (found == NULL && create && free_entry != NULL)
-	{
-		memset(free_entry->workers, 0, sizeof(free_entry->workers));
-		free_entry->slot_ready = false;
-		free_entry->no_extension = false;
-		free_entry->dropping_pid = 0;
-		free_entry->sql_version_logged = false;
-		pg_atomic_write_u32(&free_entry->wal_pending, 0);
-		pg_atomic_write_u32(&free_entry->records_epoch, 0);
-		pg_atomic_write_u32(&free_entry->connectors_epoch, 0);
-		free_entry->dboid = dboid;
-		found = free_entry;
-	}
+	found = find_entry(dboid, create);
 	LWLockRelease(eb_shared->lock);
 	return found;
+}
+
+/*
+ * Asks the launcher for a database's workers (CREATE EXTENSION, the first
+ * stream): finds or takes the database's entry and clears no_extension in
+ * one step, so that the launcher cannot free the entry in between, and wakes
+ * the launcher.  Returns the entry, or NULL when every entry is taken.
+ */
+EbDatabase *
+eb_database_want_workers(Oid dboid)
+{
+	EbDatabase *db;
+
+	LWLockAcquire(eb_shared->lock, LW_EXCLUSIVE);
+	db = find_entry(dboid, true);
+	if (db != NULL)
+		db->no_extension = false;
+	LWLockRelease(eb_shared->lock);
+	eb_wake_worker(&eb_shared->launcher);
+	return db;
+}
+
+/*
+ * Frees the entry of a database without the extension once its workers are
+ * gone, so that the entries serve databases that have it.  Returns whether
+ * it did.  Called by the launcher, which remembers such databases itself.
+ */
+bool
+eb_database_release(EbDatabase *db)
+{
+	bool		released = false;
+
+	LWLockAcquire(eb_shared->lock, LW_EXCLUSIVE);
+	if (db->no_extension && db->dropping_pid == 0)
+	{
+		released = true;
+		for (int k = 0; k < EB_NUM_WORKER_KINDS; k++)
+			released &= (db->workers[k].pid == 0);
+		if (released)
+			db->dboid = InvalidOid;
+	}
+	LWLockRelease(eb_shared->lock);
+	return released;
 }
 
 /* Sets the latch of a running worker; does nothing if it is not running. */
@@ -414,17 +465,7 @@ eb_xact_callback(XactEvent event, void *arg)
 		return;
 
 	if (start_workers)
-	{
-		EbDatabase *db = eb_database_entry(MyDatabaseId, true);
-
-		if (db != NULL)
-		{
-			LWLockAcquire(eb_shared->lock, LW_EXCLUSIVE);
-			db->no_extension = false;
-			LWLockRelease(eb_shared->lock);
-			eb_wake_worker(&eb_shared->launcher);
-		}
-	}
+		(void) eb_database_want_workers(MyDatabaseId);
 
 	if (my_db_entry == NULL || my_db_entry->dboid != MyDatabaseId)
 	{

@@ -35,6 +35,25 @@ typedef enum EbWorkerKind
 	EB_NUM_WORKER_KINDS
 } EbWorkerKind;
 
+/*
+ * Shared memory, and who may touch what.  One LWLock, EbShared.lock, guards
+ * the table of databases:
+ *  - dboid is written under the lock held exclusively (an entry is taken by
+ *    find_entry, freed by eb_database_release or the launcher); readers that
+ *    hold no lock (a committing backend looking for its entry) check it again
+ *    before they use an entry;
+ *  - a worker slot's pid and procno are written under the lock held
+ *    exclusively (eb_worker_attach, the exit callback); eb_wake_worker reads
+ *    them without it: a stale pid at worst sets a latch for nothing;
+ *  - no_extension, dropping_pid and sql_version_logged are read and written
+ *    under the lock, except that the launcher and the workers read
+ *    dropping_pid without it, a flag they look at again a second later;
+ *  - slot_ready is written only by the database's capture worker (and its
+ *    exit callback), a single byte; create_stream polls it without the lock.
+ * The counters (wal_pending, records_epoch, connectors_epoch) are atomics and
+ * need no lock; see their users for what each ordering relies on.
+ */
+
 /* One running worker: only its pid and PGPROC number live here. */
 typedef struct EbWorkerSlot
 {
@@ -45,9 +64,10 @@ typedef struct EbWorkerSlot
 /*
  * Shared state of one database.  dboid is InvalidOid for a free entry.
  * no_extension is set by a worker that found no event_bridge extension; the
- * launcher starts no workers there until CREATE EXTENSION or create_stream
- * clears it.  While dropping_pid is set, a transaction is dropping the
- * extension or the database, and the launcher starts no workers there.
+ * launcher then frees the entry once the workers are gone, and starts none
+ * until CREATE EXTENSION or create_stream takes an entry again.  While
+ * dropping_pid is set, a transaction is dropping the extension or the
+ * database, and the launcher starts no workers there.
  */
 typedef struct EbDatabase
 {
@@ -79,6 +99,8 @@ extern int	eb_cleanup_interval_ms;
 /* event_bridge.c */
 extern bool eb_preloaded;
 extern EbDatabase *eb_database_entry(Oid dboid, bool create);
+extern EbDatabase *eb_database_want_workers(Oid dboid);
+extern bool eb_database_release(EbDatabase *db);
 extern void eb_wake_worker(EbWorkerSlot *slot);
 extern void eb_worker_attach(EbWorkerSlot *slot);
 extern void eb_wake_at_commit(EbWorkerKind kind);
@@ -89,12 +111,16 @@ extern void eb_worker_xact_commit(void);
 #ifdef EB_FAULT_INJECTION
 extern void eb_define_fault_guc(void);
 extern void eb_fault(const char *name);
+extern void eb_fault_error(const char *name);
 #define EB_FAULT_POINT(name)	eb_fault(name)
+#define EB_FAULT_ERROR(name)	eb_fault_error(name)
 #else
 #define EB_FAULT_POINT(name)	((void) 0)
+#define EB_FAULT_ERROR(name)	((void) 0)
 #endif
 
-/* retention.c */
+/* retention.c: maintenance, run by the delivery worker */
+extern void eb_maintenance(void);
 extern void eb_trim_records(void);
 extern void eb_drop_orphan_origins(void);
 

@@ -12,6 +12,9 @@
  * once per arming: it stays quiet while that file names it, and the test
  * removes the file to arm it again.
  *
+ * An error point (EB_FAULT_ERROR) raises an ERROR instead, every time it is
+ * reached while armed: for the code that must survive one.
+ *
  * IDENTIFICATION
  *	  src/fault.c
  *
@@ -76,6 +79,16 @@ eb_fault(const char *name)
 	}
 	ereport(LOG, (errmsg("event_bridge fault point \"%s\" fired", name)));
 	kill(MyProcPid, SIGKILL);
+}
+
+/* Raises an ERROR if the named error point is armed. */
+void
+eb_fault_error(const char *name)
+{
+	if (eb_fault_point != NULL && strcmp(eb_fault_point, name) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("event_bridge fault point \"%s\" raised an error", name)));
 }
 
 #endif							/* EB_FAULT_INJECTION */

@@ -6,8 +6,12 @@
  *
  * Once a second, or when create_stream wakes it, the launcher lists the
  * databases and starts the worker of each one that has none.  A worker that
- * finds no extension marks its database and exits; DROP DATABASE marks the
- * database as dropping so that no worker is started while it goes.
+ * finds no extension marks its database and exits; the launcher then frees
+ * the database's shared entry and remembers it in its own memory, which has
+ * no limit, so that the EB_MAX_DATABASES entries serve databases that have
+ * the extension.  CREATE EXTENSION or a stream takes an entry again.  DROP
+ * DATABASE marks the database as dropping so that no worker is started
+ * while it goes.
  *
  * IDENTIFICATION
  *	  src/launcher.c
@@ -30,20 +34,23 @@
 #include "tcop/tcopprot.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
 #include "event_bridge.h"
 
-/* A database the launcher looks after, with its workers' handles. */
+/* A database the launcher knows, with its workers' handles. */
 typedef struct LauncherDb
 {
-	Oid			dboid;
+	Oid			dboid;			/* hash key */
+	bool		no_extension;	/* its workers found none, nobody asked since */
+	bool		full_warned;	/* said that every shared entry is taken */
 	BackgroundWorkerHandle *handles[EB_NUM_WORKER_KINDS];
 	TimestampTz started_at[EB_NUM_WORKER_KINDS];
 } LauncherDb;
 
-static LauncherDb launcher_dbs[EB_MAX_DATABASES];
+static HTAB *launcher_dbs = NULL;
 
 /* Milliseconds between two starts of the same worker (crash loops). */
 #define EB_RESTART_DELAY_MS	1000
@@ -99,21 +106,22 @@ list_databases(void)
 static LauncherDb *
 launcher_db(Oid dboid)
 {
-	LauncherDb *free_entry = NULL;
+	LauncherDb *ldb;
+	bool		found;
 
-	for (int i = 0; i < EB_MAX_DATABASES; i++)
+	if (launcher_dbs == NULL)
 	{
-		if (launcher_dbs[i].dboid == dboid)
-			return &launcher_dbs[i];
-		if (launcher_dbs[i].dboid == InvalidOid && free_entry == NULL)
-			free_entry = &launcher_dbs[i];
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(LauncherDb);
+		launcher_dbs = hash_create("event_bridge launcher databases", 64, &ctl,
+								   HASH_ELEM | HASH_BLOBS);
 	}
-	if (free_entry != NULL)
-	{
-		memset(free_entry, 0, sizeof(LauncherDb));
-		free_entry->dboid = dboid;
-	}
-	return free_entry;
+	ldb = hash_search(launcher_dbs, &dboid, HASH_ENTER, &found);
+	if (!found)
+		memset((char *) ldb + sizeof(Oid), 0, sizeof(LauncherDb) - sizeof(Oid));
+	return ldb;
 }
 
 /* Starts one worker of the given kind for a database. */
@@ -123,6 +131,8 @@ start_worker(Oid dboid, EbWorkerKind kind)
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
 	const char *what = (kind == EB_WORKER_CAPTURE) ? "capture" : "delivery";
+	MemoryContext old;
+	bool		registered;
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -135,7 +145,11 @@ start_worker(Oid dboid, EbWorkerKind kind)
 	worker.bgw_main_arg = ObjectIdGetDatum(dboid);
 	worker.bgw_notify_pid = MyProcPid;
 
-	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+	/* The handle outlives the launcher's turn, whose memory is reset. */
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	registered = RegisterDynamicBackgroundWorker(&worker, &handle);
+	MemoryContextSwitchTo(old);
+	if (!registered)
 	{
 		ereport(WARNING,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
@@ -146,17 +160,40 @@ start_worker(Oid dboid, EbWorkerKind kind)
 	return handle;
 }
 
-/* Starts the workers a database is missing. */
+/*
+ * Starts the workers a database is missing.  A database whose workers found
+ * no extension gets none until someone asks (eb_database_want_workers).
+ */
 static void
 ensure_workers(Oid dboid)
 {
-	EbDatabase *db = eb_database_entry(dboid, true);
 	LauncherDb *ldb = launcher_db(dboid);
+	EbDatabase *db = eb_database_entry(dboid, false);
 
-	if (db == NULL || ldb == NULL)
+	if (db != NULL && db->no_extension)
+	{
+		if (eb_database_release(db))
+			ldb->no_extension = true;
 		return;
-	if (db->no_extension)
-		return;
+	}
+	if (db == NULL)
+	{
+		if (ldb->no_extension)
+			return;
+		db = eb_database_entry(dboid, true);
+		if (db == NULL)
+		{
+			if (!ldb->full_warned)
+				ereport(WARNING,
+						(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+						 errmsg("event_bridge serves at most %d databases; database %u waits for one to drop the extension",
+								EB_MAX_DATABASES, dboid)));
+			ldb->full_warned = true;
+			return;
+		}
+	}
+	ldb->no_extension = false;
+	ldb->full_warned = false;
 	if (db->dropping_pid != 0)
 		return;
 
@@ -181,13 +218,22 @@ ensure_workers(Oid dboid)
 static void
 forget_dropped(List *dboids)
 {
-	for (int i = 0; i < EB_MAX_DATABASES; i++)
-	{
-		Oid			dboid = launcher_dbs[i].dboid;
+	HASH_SEQ_STATUS status;
+	LauncherDb *ldb;
 
-		if (dboid == InvalidOid || list_member_oid(dboids, dboid))
+	if (launcher_dbs == NULL)
+		return;
+	hash_seq_init(&status, launcher_dbs);
+	while ((ldb = hash_seq_search(&status)) != NULL)
+	{
+		Oid			dboid = ldb->dboid;
+
+		if (list_member_oid(dboids, dboid))
 			continue;
-		launcher_dbs[i].dboid = InvalidOid;
+		for (int k = 0; k < EB_NUM_WORKER_KINDS; k++)
+			if (ldb->handles[k] != NULL)
+				pfree(ldb->handles[k]);
+		(void) hash_search(launcher_dbs, &dboid, HASH_REMOVE, NULL);
 		LWLockAcquire(eb_shared->lock, LW_EXCLUSIVE);
 		for (int j = 0; j < EB_MAX_DATABASES; j++)
 			if (eb_shared->dbs[j].dboid == dboid)

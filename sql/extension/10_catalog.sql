@@ -95,6 +95,8 @@ SELECT pg_catalog.pg_extension_config_dump('event_bridge.shards', '');
  * One row per connector.  Every API call that changes a connector bumps
  * version; the delivery worker reloads a connector when its version moved.
  * headers holds secrets (tokens): the status views show only their names.
+ * error is set by the delivery worker when it cannot use the connector
+ * (state ERROR), and cleared when it can again.
  */
 CREATE TABLE event_bridge.connectors (
     connector_id   int PRIMARY KEY,
@@ -112,7 +114,8 @@ CREATE TABLE event_bridge.connectors (
     version        bigint NOT NULL DEFAULT 1,
     created_at     timestamptz NOT NULL DEFAULT now(),
     max_request_bytes int NOT NULL DEFAULT 6291456
-                   CHECK (max_request_bytes BETWEEN 1024 AND 268435456)
+                   CHECK (max_request_bytes BETWEEN 1024 AND 268435456),
+    error          text
 );
 CREATE SEQUENCE event_bridge.connector_id_seq AS int OWNED BY event_bridge.connectors.connector_id;
 COMMENT ON TABLE event_bridge.connectors IS

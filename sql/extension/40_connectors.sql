@@ -76,10 +76,10 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = 'batch_window must be between 0 and 1 day.';
     END IF;
-    IF retry_interval <= interval '0' OR retry_interval > interval '1 day' THEN
+    IF retry_interval < interval '10 milliseconds' OR retry_interval > interval '1 day' THEN
         RAISE EXCEPTION 'retry_interval "%" is out of range', retry_interval
             USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = 'retry_interval must be positive and at most 1 day.';
+                  DETAIL = 'retry_interval must be between 10 milliseconds and 1 day.';
     END IF;
     IF timeout <= interval '0' OR timeout > interval '1 day' THEN
         RAISE EXCEPTION 'timeout "%" is out of range', timeout

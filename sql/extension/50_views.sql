@@ -32,13 +32,14 @@ CREATE OR REPLACE VIEW event_bridge.shard_status AS
 SELECT c.connector_name,
        cs.shard_id,
        CASE WHEN c.stopped THEN 'STOPPED'
+            WHEN c.error IS NOT NULL THEN 'ERROR'
             WHEN cs.suspended THEN 'SUSPENDED'
             ELSE 'RUNNING' END AS state,
        cs.delivered_sequence,
        h.next_sequence,
        greatest(h.next_sequence - cs.delivered_sequence - 1, 0) AS pending,
        cs.failures,
-       cs.last_error,
+       coalesce(c.error, cs.last_error) AS last_error,
        cs.last_error_at,
        cs.last_http_status,
        cs.last_event_id,
@@ -63,6 +64,7 @@ SELECT c.connector_name,
        s.stream_name,
        event_bridge._endpoint_without_secrets(c.endpoint) AS endpoint,
        CASE WHEN c.stopped THEN 'STOPPED'
+            WHEN c.error IS NOT NULL THEN 'ERROR'
             WHEN bool_or(ss.state = 'SUSPENDED') THEN 'SUSPENDED'
             ELSE 'RUNNING' END AS state,
        sum(ss.delivered)::bigint AS delivered,

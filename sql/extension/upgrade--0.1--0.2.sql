@@ -17,6 +17,9 @@ ALTER TABLE event_bridge.connectors
     ADD COLUMN max_request_bytes int NOT NULL DEFAULT 6291456
                CHECK (max_request_bytes BETWEEN 1024 AND 268435456);
 
+/* Why the delivery worker cannot use a connector (state ERROR). */
+ALTER TABLE event_bridge.connectors ADD COLUMN error text;
+
 /* 0.1 granted admins DML on the tables; 60_grants.sql revokes it. */
 /*
  * 0.1 kept dropped tables in streams.tables as bare OIDs; 0.2 removes a

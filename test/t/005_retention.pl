@@ -7,7 +7,9 @@ use lib $FindBin::RealBin;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes qw(usleep);
 use EventBridgeTest;
+use ConnectorTest;
 
 my $node = eb_node('retention', "event_bridge.cleanup_interval = '200ms'\n");
 $node->safe_psql('postgres', q{
@@ -48,6 +50,31 @@ ok(wait_capture($node, 'postgres'), 'captured with a stopped connector');
 sleep(3);    # longer than the retention, many cleanup passes
 is($node->safe_psql('postgres', "SELECT records FROM event_bridge.stream_status WHERE stream_name = 'short'"),
 	'101', 'undelivered records are kept past retention');
+
+# A failing maintenance step (retention runs in the delivery worker) is
+# logged, and stops neither capture nor delivery.
+my $r = start_receiver();
+$node->safe_psql('postgres', qq{
+	SELECT event_bridge.create_connector('live', 'long', 'http://127.0.0.1:$r->{port}/');});
+$node->append_conf('postgresql.conf', "event_bridge.fault_point = 'maintenance-error'\n");
+$node->reload;
+my $failed = 0;
+for (1 .. 1800)
+{
+	$failed = 1, last
+	  if slurp_file($node->logfile) =~ /fault point "maintenance-error" raised an error/;
+	usleep(100_000);
+}
+ok($failed, 'the maintenance step fails');
+$node->safe_psql('postgres', 'INSERT INTO t SELECT generate_series(300000, 300099)');
+ok(wait_capture($node, 'postgres'), 'capture goes on while maintenance fails');
+ok(wait_delivered($node, 'postgres', 'live'), 'and so does delivery');
+my $pid = worker_pid($node, 'postgres', 'delivery');
+$node->safe_psql('postgres', 'INSERT INTO t VALUES (400000)');
+ok(wait_capture($node, 'postgres') && wait_delivered($node, 'postgres', 'live'),
+	'again, after more failed passes');
+is(worker_pid($node, 'postgres', 'delivery'), $pid, 'the delivery worker did not restart');
+stop_receiver($r);
 
 $node->stop;
 done_testing();

@@ -255,6 +255,25 @@ cmp_ok($largest, '<=', 6291456, "no body is over 6 MB (largest $largest bytes)")
 my $grew = int(($peak - $rss_before) / 1024);
 cmp_ok($grew, '<', 40, "the delivery worker's private memory grew by $grew MB, not by the 60 MB inserted");
 
+# --- 7. Isolation: a connector row the worker cannot use (only a superuser
+# can write one now) puts that connector in state ERROR; the others go on.
+$node->safe_psql('victim', q{
+	UPDATE event_bridge.connectors SET headers = '{"X-Token": null}', version = version + 1
+	 WHERE connector_name = 'c'});
+ok($node->poll_query_until('victim', q{
+	SELECT state = 'ERROR' AND last_error = 'a header value is not a string'
+	  FROM event_bridge.connector_status WHERE connector_name = 'c'}),
+	'a connector that cannot be loaded is in state ERROR with the reason, no value quoted');
+$node->safe_psql('victim', 'INSERT INTO big SELECT g, g FROM generate_series(5000, 5020) g');
+ok(wait_capture($node, 'victim') && wait_delivered($node, 'victim', 'mb'),
+	'the other connectors of the database keep delivering');
+$node->safe_psql('victim', q{
+	UPDATE event_bridge.connectors SET headers = '{}', version = version + 1 WHERE connector_name = 'c';
+	INSERT INTO shared VALUES (1000, 1);});
+ok($node->poll_query_until('victim', q{
+	SELECT state = 'RUNNING' AND pending = 0 FROM event_bridge.connector_status WHERE connector_name = 'c'}),
+	'fixed, it delivers again');
+
 stop_receiver($r);
 $node->stop;
 done_testing();
