@@ -16,6 +16,8 @@ OBJS = \
 	src/format.o \
 	src/http.o \
 	src/delivery.o \
+	src/delivery_catalog.o \
+	src/delivery_read.o \
 	src/connector_api.o \
 	src/caller.o \
 	src/catalog.o

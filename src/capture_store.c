@@ -473,6 +473,27 @@ next_pending(CaptureStore *store, StringInfo buf, size_t *mem_offset)
 }
 
 /*
+ * Do two descriptors have the same columns (names, types, dropped ones)?
+ * Unlike equalTupleDescs, blind to constraints, which a copy does not keep.
+ */
+static bool
+same_columns(TupleDesc a, TupleDesc b)
+{
+	if (a->natts != b->natts)
+		return false;
+	for (int i = 0; i < a->natts; i++)
+	{
+		Form_pg_attribute x = TupleDescAttr(a, i);
+		Form_pg_attribute y = TupleDescAttr(b, i);
+
+		if (x->atttypid != y->atttypid || x->attisdropped != y->attisdropped ||
+			strcmp(NameStr(x->attname), NameStr(y->attname)) != 0)
+			return false;
+	}
+	return true;
+}
+
+/*
  * Makes the insert slots fit the records table as it is now, its columns
  * found by name: an upgrade may have added some.  (A column that an upgrade
  * adds must be nullable or be filled here: a multi-insert applies no
@@ -483,7 +504,7 @@ prepare_insert_slots(CaptureStore *store, Relation rel)
 {
 	MemoryContext old;
 
-	if (store->insert_desc != NULL && equalTupleDescs(store->insert_desc, RelationGetDescr(rel)))
+	if (store->insert_desc != NULL && same_columns(store->insert_desc, RelationGetDescr(rel)))
 		return;
 	for (int i = 0; i < store->insert_slots_made; i++)
 		ExecDropSingleTupleTableSlot(store->insert_slots[i]);

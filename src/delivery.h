@@ -1,0 +1,142 @@
+/*-------------------------------------------------------------------------
+ *
+ * delivery.h
+ *	  The delivery worker's model of connectors and shards, shared by its
+ *	  loop (delivery.c), its catalog statements (delivery_catalog.c) and its
+ *	  batch reading (delivery_read.c).
+ *
+ * IDENTIFICATION
+ *	  src/delivery.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef EVENT_BRIDGE_DELIVERY_H
+#define EVENT_BRIDGE_DELIVERY_H
+
+#include "postgres.h"
+
+#include "lib/stringinfo.h"
+#include "utils/timestamp.h"
+
+#include "event_bridge.h"
+#include "format.h"
+#include "http.h"
+
+/* Milliseconds from 1970-01-01 to PostgreSQL's epoch, 2000-01-01. */
+#define EB_EPOCH_OFFSET_MS \
+	((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000)
+
+/* The least retry interval, as create_connector allows it. */
+#define EB_MIN_RETRY_MS		10
+
+typedef struct Connector Connector;
+
+/* A shard of a connector, as the worker drives it. */
+typedef struct Shard
+{
+	Connector  *connector;
+	int32		shard_id;
+	bool		loaded;			/* the fields below come from the catalog */
+	int64		delivered_sequence; /* the committed offset */
+	int32		generation;		/* connector_shards.position_generation */
+	int64		skip_before;	/* epoch ms; earlier records are skipped */
+	int64		retry_last;		/* last sequence of the failed batch, or -1 */
+	bool		suspended;
+	HttpRequest *request;
+
+	/* The batch in hand: read, in flight, or waiting for its retry. */
+	bool		has_batch;
+	bool		in_flight;
+	int64		first_sequence;
+	int64		last_sequence;
+	int			nrecords;
+	StringInfoData body;		/* in batch_context */
+	MemoryContext batch_context;
+
+	/* Not before this: the retry time, or the end of the batch window. */
+	TimestampTz not_before;
+
+	/*
+	 * The last read took every record there was when the capture worker's
+	 * flushes numbered drained_epoch: no read is needed until they number
+	 * more, or until a failure or a reload clears it.
+	 */
+	bool		drained;
+	uint32		drained_epoch;
+} Shard;
+
+/* A connector's configuration and shards. */
+struct Connector
+{
+	int32		connector_id;
+	int64		version;		/* -1: reload at the next turn */
+	bool		seen;
+	char	   *name;
+	int32		stream_id;
+	char	   *stream_name;
+	HttpEndpoint endpoint;
+	char	  **headers;		/* "Name: value" lines */
+	int			nheaders;
+	EbFormat	format;
+	int			batch_size;
+	int64		batch_window_ms;
+	int64		retry_interval_ms;
+	int			max_retries;
+	int64		timeout_ms;
+	int			max_request_bytes;	/* no body is larger */
+	bool		stopped;
+	bool		unusable;		/* could not be loaded: state ERROR */
+	int			nshards;
+	Shard	   *shards;
+	MemoryContext context;		/* the configuration; reset at reload */
+	struct DeliveryWorker *worker;
+};
+
+/* The worker: its database, its connectors, and what a turn found. */
+typedef struct DeliveryWorker
+{
+	EbDatabase *db;
+	Oid			extension_oid;
+	char	   *database_name;
+	MemoryContext context;		/* connectors, shards and batches */
+	List	   *connectors;		/* Connector */
+
+	/* The capture worker's flush count, read as a turn starts (see Shard.drained). */
+	uint32		turn_epoch;
+
+	/* Set when a shard has more to read at once: the next wait does not sleep. */
+	bool		turn_again;
+
+	/* The count of connector changes when the worker last looked at them. */
+	uint32		synced_connectors_epoch;
+} DeliveryWorker;
+
+static inline int64
+epoch_ms(TimestampTz t)
+{
+	return t / 1000 + EB_EPOCH_OFFSET_MS;
+}
+
+static inline TimestampTz
+from_epoch_ms(int64 ms)
+{
+	return (ms - EB_EPOCH_OFFSET_MS) * 1000;
+}
+
+/* delivery.c: the model */
+extern void delivery_drop_batch(Shard *sh);
+extern void delivery_create_shards(Connector *c, int nshards);
+extern void delivery_remove_connector(Connector *c);
+extern int64 delivery_retry_delay_ms(Connector *c, int failures);
+
+/* delivery_catalog.c */
+extern void delivery_sync_connectors(DeliveryWorker *w);
+extern void delivery_skip_records(Shard *sh, int64 last_skipped);
+extern void delivery_record_outcome(Shard *sh, const HttpOutcome *o);
+extern void delivery_record_failure(Shard *sh, const HttpOutcome *o, bool suspend_now);
+
+/* delivery_read.c */
+extern void delivery_find_records_table(void);
+extern void delivery_read_batch(Shard *sh, TimestampTz now);
+
+#endif							/* EVENT_BRIDGE_DELIVERY_H */
