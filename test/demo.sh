@@ -79,3 +79,14 @@ run "SELECT connector_name, stream_name, endpoint, state, delivered, pending, la
   FROM event_bridge.connector_status"
 run "SELECT connector_name, shard_id, state, delivered_sequence, next_sequence, pending, failures, last_error
   FROM event_bridge.shard_status ORDER BY shard_id"
+
+echo
+echo "== an event_bridge admin who may not SELECT orders: sees the status, not the rows"
+run "CREATE ROLE ops LOGIN IN ROLE event_bridge_admin"
+as_ops() { echo; echo "ops=> $1"; psql -X -h "$DIR" -p "$PORT" -U ops -d postgres -c "$1" 2>&1 || true; }
+as_ops "SELECT connector_name, state, delivered FROM event_bridge.connector_status"
+as_ops "SELECT * FROM event_bridge.get_records('orders', 0, 0)"
+as_ops "SELECT headers FROM event_bridge.connectors"
+echo
+echo "== a captured table must stay logged"
+run "ALTER TABLE orders SET UNLOGGED" || true

@@ -9,6 +9,7 @@
 #   bash test/run_tests.sh            # everything
 #   bash test/run_tests.sh regress    # pg_regress only
 #   bash test/run_tests.sh tap [t/file.pl ...]   # TAP only
+#   EB_KEEP=1 bash test/run_tests.sh ...         # keep the outputs of a passing run
 
 source "$(dirname "$0")/setup.sh"
 eb_need_root
@@ -22,6 +23,25 @@ shift || true
 work=$(mktemp -d /tmp/event_bridge-tests.XXXXXX)
 cp -a "$EB_ROOT/." "$work/"
 rm -rf "$work/.git" "$work/results" "$work/tmp_check" "$work/log"
+
+# Release 0.1 as it shipped, built from its commit into a private copy of
+# PostgreSQL, for the upgrade test from a running 0.1
+# (test/t/042_upgrade_from_0.1.pl); the files of this build wait beside it.
+# Without the git history (a shallow clone) that test is skipped.
+EB_RELEASE_0_1=43a7957
+if [ "$what" != regress ] && git -C "$EB_ROOT" cat-file -e "$EB_RELEASE_0_1^{commit}" 2>/dev/null; then
+    echo "== building release 0.1 ($EB_RELEASE_0_1) for the upgrade test"
+    release="$work/release-0.1"
+    mkdir -p "$release/src" "$release/usr/lib/postgresql" "$release/usr/share/postgresql" "$release/current"
+    git -C "$EB_ROOT" archive "$EB_RELEASE_0_1" | tar -x -C "$release/src"
+    cp -a /usr/lib/postgresql/15 "$release/usr/lib/postgresql/"
+    cp -a /usr/share/postgresql/15 "$release/usr/share/postgresql/"
+    mv "$release/usr/lib/postgresql/15/lib/event_bridge.so" "$release/current/"
+    mv "$release/usr/share/postgresql/15/extension/"event_bridge* "$release/current/"
+    make -C "$release/src" -s PG_CONFIG="$PG_BIN/pg_config" >/dev/null
+    make -C "$release/src" -s PG_CONFIG="$PG_BIN/pg_config" DESTDIR="$release" install >/dev/null
+    export EB_RELEASE_0_1_INSTALL="$release"
+fi
 chown -R "$EB_USER" "$work"
 cd "$work"
 
@@ -46,7 +66,7 @@ fi
 
 if [ $status -eq 0 ]; then
     echo "== all tests passed"
-    rm -rf "$work"
+    [ -n "${EB_KEEP:-}" ] && echo "== outputs kept in $work (EB_KEEP)" || rm -rf "$work"
 else
     echo "== tests FAILED; outputs kept in $work" >&2
 fi

@@ -12,13 +12,16 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 our @EXPORT = qw(eb_node wait_capture worker_pid shard_gaps rss_anon_kb
-	load_setup load_script load_start check_exactly_once wait_restarted);
+	load_setup load_script load_start check_exactly_once wait_restarted
+	catalog_description);
 
-# A started node configured like test/regress.conf, plus extra lines.
+# A started node configured like test/regress.conf, plus extra lines; of
+# another PostgreSQL installation with install_path.
 sub eb_node
 {
-	my ($name, $extra) = @_;
-	my $node = PostgreSQL::Test::Cluster->new($name);
+	my ($name, $extra, $install_path) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name,
+		$install_path ? (install_path => $install_path) : ());
 	$node->init(allows_streaming => 'logical');
 	open my $fh, '<', "$FindBin::RealBin/../regress.conf" or die $!;
 	local $/;
@@ -173,6 +176,57 @@ sub check_exactly_once
 		 WHERE coalesce(p.n, 0) <> h.v OR NOT coalesce(p.in_order, true) OR p.shards > 1}),
 		'0', "$what: per key, every update once, in order, in one shard");
 	is(shard_gaps($node, 'postgres', 's'), '', "$what: sequences gapless in every shard");
+}
+
+# The event_bridge catalog of a database as text, one line per object:
+# tables and columns, indexes, constraints, triggers, views, functions with
+# their settings and rights, event triggers, what pg_dump keeps.  Two
+# installs are the same when their descriptions are.
+sub catalog_description
+{
+	my ($node, $db) = @_;
+	return $node->safe_psql($db, q{
+	WITH ext AS (SELECT oid FROM pg_extension WHERE extname = 'event_bridge'),
+	members AS (
+		SELECT d.classid, d.objid FROM pg_depend d, ext
+		 WHERE d.refclassid = 'pg_extension'::regclass AND d.refobjid = ext.oid AND d.deptype = 'e'),
+	rels AS (
+		SELECT c.* FROM pg_class c JOIN members m ON m.classid = 'pg_class'::regclass AND m.objid = c.oid)
+	SELECT 'relation ' || relname || ' ' || relkind::text || ' ' || coalesce(relacl::text, '') || ' '
+	       || coalesce(obj_description(oid, 'pg_class'), '') || ' replident ' || relreplident::text
+	  FROM rels
+	UNION ALL
+	SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+	       || ' ' || a.attnotnull || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '') || ' #' || a.attnum
+	  FROM rels c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+	  LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
+	UNION ALL
+	SELECT 'index ' || pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN rels c ON c.oid = i.indrelid
+	UNION ALL
+	SELECT 'constraint ' || c.relname || ' ' || k.conname || ' ' || pg_get_constraintdef(k.oid)
+	  FROM pg_constraint k JOIN rels c ON c.oid = k.conrelid
+	UNION ALL
+	SELECT 'trigger ' || pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN rels c ON c.oid = t.tgrelid
+	 WHERE NOT t.tgisinternal
+	UNION ALL
+	SELECT 'view ' || c.relname || ' ' || pg_get_viewdef(c.oid) FROM rels c WHERE c.relkind = 'v'
+	UNION ALL
+	SELECT 'function ' || p.oid::regprocedure || ' returns ' || pg_get_function_result(p.oid)
+	       || ' args ' || pg_get_function_arguments(p.oid) || ' ' || l.lanname || ' ' || p.provolatile::text
+	       || ' strict ' || p.proisstrict || ' definer ' || p.prosecdef
+	       || ' config ' || coalesce(p.proconfig::text, '') || ' acl ' || coalesce(p.proacl::text, '')
+	       || ' comment ' || coalesce(obj_description(p.oid, 'pg_proc'), '')
+	       || ' body ' || md5(p.prosrc)
+	  FROM pg_proc p JOIN members m ON m.classid = 'pg_proc'::regclass AND m.objid = p.oid
+	  JOIN pg_language l ON l.oid = p.prolang
+	UNION ALL
+	SELECT 'event trigger ' || e.evtname || ' ' || e.evtevent || ' ' || e.evtfoid::regproc
+	       || ' ' || coalesce(e.evttags::text, '')
+	  FROM pg_event_trigger e JOIN members m ON m.classid = 'pg_event_trigger'::regclass AND m.objid = e.oid
+	UNION ALL
+	SELECT 'dumped ' || array_to_string(ARRAY(SELECT x::regclass::text FROM unnest(extconfig) x ORDER BY 1), ',')
+	  FROM pg_extension WHERE extname = 'event_bridge'
+	ORDER BY 1});
 }
 
 1;
