@@ -17,7 +17,9 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "executor/spi.h"
+#include "utils/resowner.h"
 
 #include "catalog.h"
 
@@ -54,6 +56,39 @@ Datum
 eb_result(uint64 row, int attno, bool *isnull)
 {
 	return SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, attno, isnull);
+}
+
+/*
+ * Runs fn(arg) in a subtransaction.  Returns NULL if it succeeded; else rolls
+ * the subtransaction back and returns the error, copied into the caller's
+ * memory context.  For work whose failure must stay with one connector.
+ * Must be called inside a transaction.
+ */
+ErrorData *
+eb_run_isolated(void (*fn) (void *arg), void *arg)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	ErrorData  *volatile edata = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(caller);
+	PG_TRY();
+	{
+		fn(arg);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(caller);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(caller);
+	CurrentResourceOwner = owner;
+	return edata;
 }
 
 /* The number of the column of a table with this name; an error if none. */

@@ -37,5 +37,6 @@ typedef struct EbStatement
 extern uint64 eb_run(EbStatement *stmt, Datum *values, const char *nulls);
 extern Datum eb_result(uint64 row, int attno, bool *isnull);
 extern AttrNumber eb_column(TupleDesc desc, const char *name);
+extern ErrorData *eb_run_isolated(void (*fn) (void *arg), void *arg);
 
 #endif							/* EVENT_BRIDGE_CATALOG_H */

@@ -64,6 +64,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "catalog.h"
 #include "delivery.h"
 
 /* Milliseconds between two looks at the catalog when nothing happens. */
@@ -189,6 +190,38 @@ wants_read(Shard *sh, TimestampTz now)
 	return !(sh->drained && sh->drained_epoch == worker.turn_epoch);
 }
 
+/* delivery_read_batch's call, for eb_run_isolated. */
+typedef struct ReadCall
+{
+	Shard	   *shard;
+	TimestampTz now;
+} ReadCall;
+
+static void
+read_call(void *arg)
+{
+	ReadCall   *call = (ReadCall *) arg;
+
+	delivery_read_batch(call->shard, call->now);
+}
+
+/*
+ * Reads a shard's next batch in a subtransaction: a connector whose request
+ * cannot be built goes to state ERROR, and the others keep delivering.
+ * Must be called inside a transaction.
+ */
+static void
+read_batch_isolated(Shard *sh, TimestampTz now)
+{
+	ReadCall	call = {sh, now};
+	ErrorData  *edata = eb_run_isolated(read_call, &call);
+
+	if (edata == NULL)
+		return;
+	delivery_drop_batch(sh);
+	delivery_connector_failed(sh->connector, sh->connector->version, edata->message);
+}
+
 /*
  * One turn: record finished requests, read new batches, send what is due.
  * A turn opens a transaction only when it has something to record or read,
@@ -258,7 +291,7 @@ delivery_turn(TimestampTz *last_sync)
 				Shard	   *sh = &c->shards[i];
 
 				if (wants_read(sh, now))
-					delivery_read_batch(sh, now);
+					read_batch_isolated(sh, now);
 			}
 		}
 

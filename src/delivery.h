@@ -134,6 +134,7 @@ extern void delivery_sync_connectors(DeliveryWorker *w);
 extern void delivery_skip_records(Shard *sh, int64 last_skipped);
 extern void delivery_record_outcome(Shard *sh, const HttpOutcome *o);
 extern void delivery_record_failure(Shard *sh, const HttpOutcome *o, bool suspend_now);
+extern void delivery_connector_failed(Connector *c, int64 version, const char *error);
 
 /* delivery_read.c */
 extern void delivery_find_records_table(void);

@@ -313,50 +313,56 @@ set_connector_error(Connector *c, const char *error)
 	run(STMT_SET_ERROR, values, nulls);
 }
 
+/* load_connector's call, for eb_run_isolated. */
+typedef struct LoadCall
+{
+	Connector  *connector;
+	bool		exists;
+} LoadCall;
+
+static void
+load_call(void *arg)
+{
+	LoadCall   *call = (LoadCall *) arg;
+
+	call->exists = load_connector(call->connector);
+}
+
+/*
+ * Puts a connector that the worker cannot use in state ERROR: the error goes
+ * to the catalog, where the views show it, and the connector sends nothing
+ * until its version moves (a connector function changed it).  Must be called
+ * inside a transaction.
+ */
+void
+delivery_connector_failed(Connector *c, int64 version, const char *error)
+{
+	c->unusable = true;
+	c->version = version;
+	if (c->name == NULL)
+		c->name = MemoryContextStrdup(c->context, psprintf("%d", c->connector_id));
+	ereport(WARNING,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("event_bridge connector \"%s\" cannot be used: %s", c->name, error),
+			 errdetail("Its state is ERROR until it is changed; the other connectors go on.")));
+	set_connector_error(c, error);
+}
+
 /*
  * Loads a connector (see load_connector) in a subtransaction, so that one
- * the worker cannot use (a forged row, a request that cannot be built) goes
- * to state ERROR, with the error in the catalog, and the others of the
- * database keep delivering.  It is tried again when its version moves.
- * Returns false if the connector no longer exists.  Must be called inside a
- * transaction.
+ * the worker cannot use (a forged row) goes to state ERROR and the others of
+ * the database keep delivering.  Returns false if the connector no longer
+ * exists.  Must be called inside a transaction.
  */
 static bool
 load_connector_isolated(Connector *c, int64 version)
 {
-	MemoryContext caller = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	ErrorData  *volatile edata = NULL;
-	volatile bool exists = true;
+	LoadCall	call = {c, true};
+	ErrorData  *edata = eb_run_isolated(load_call, &call);
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(caller);
-	PG_TRY();
-	{
-		exists = load_connector(c);
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		MemoryContextSwitchTo(caller);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(caller);
-	CurrentResourceOwner = owner;
 	if (edata == NULL)
-		return exists;
-
-	c->unusable = true;
-	c->version = version;
-	c->name = MemoryContextStrdup(c->context, psprintf("%d", c->connector_id));
-	ereport(WARNING,
-			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-			 errmsg("event_bridge connector %d cannot be used: %s", c->connector_id, edata->message),
-			 errdetail("Its state is ERROR until it is changed; the other connectors go on.")));
-	set_connector_error(c, edata->message);
+		return call.exists;
+	delivery_connector_failed(c, version, edata->message);
 	return true;
 }
 

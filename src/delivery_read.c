@@ -70,10 +70,13 @@ delivery_find_records_table(void)
  * (*full says so), and a record whose data alone is larger is not read at
  * all: its data is NULL and its size in *big_bytes.
  *
- * A plain scan of the primary key under the turn's snapshot: a batch is a
- * range of one index, and delivery reads one after every batch, so the
- * executor's per-statement work would cost more than the reading.  Must be
- * called inside a transaction, with the turn's snapshot active.
+ * A plain scan of the primary key under the turn's snapshot, not a
+ * statement: a batch is a range of one index, and delivery reads one after
+ * every batch, so the executor's per-statement work cost more than the
+ * reading.  Measured when it came in (backlog of 200,000, batch_size 100):
+ * 4 shards 158k -> 225-243k events/s, delivery CPU 5 -> 3.1-3.8 us per
+ * event.  Must be called inside a transaction, with the turn's snapshot
+ * active.
  */
 static int
 read_records(int32 stream_id, int32 shard_id, int64 after, int64 upto, int limit,
@@ -236,6 +239,8 @@ delivery_read_batch(Shard *sh, TimestampTz now)
 				 errmsg("event_bridge connector \"%s\" shard %d misses records " INT64_FORMAT " to " INT64_FORMAT,
 						c->name, sh->shard_id, sh->delivered_sequence + 1, records[0].sequence - 1),
 				 errdetail("They were removed before the connector delivered them.")));
+
+	EB_FAULT_ERROR_FOR("read-batch-error", c->name);
 
 	/* Records appended before the start time are skipped, not sent. */
 	while (first < n && records[first].system_time < sh->skip_before)

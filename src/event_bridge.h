@@ -111,12 +111,14 @@ extern void eb_worker_xact_commit(void);
 #ifdef EB_FAULT_INJECTION
 extern void eb_define_fault_guc(void);
 extern void eb_fault(const char *name);
-extern void eb_fault_error(const char *name);
+extern void eb_fault_error(const char *name, const char *subject);
 #define EB_FAULT_POINT(name)	eb_fault(name)
-#define EB_FAULT_ERROR(name)	eb_fault_error(name)
+#define EB_FAULT_ERROR(name)	eb_fault_error(name, NULL)
+#define EB_FAULT_ERROR_FOR(name, subject)	eb_fault_error(name, subject)
 #else
 #define EB_FAULT_POINT(name)	((void) 0)
 #define EB_FAULT_ERROR(name)	((void) 0)
+#define EB_FAULT_ERROR_FOR(name, subject)	((void) 0)
 #endif
 
 /* retention.c: maintenance, run by the delivery worker */

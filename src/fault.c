@@ -13,7 +13,9 @@
  * removes the file to arm it again.
  *
  * An error point (EB_FAULT_ERROR) raises an ERROR instead, every time it is
- * reached while armed: for the code that must survive one.
+ * reached while armed: for the code that must survive one.  One for a
+ * subject (EB_FAULT_ERROR_FOR, e.g. a connector's name) is armed by
+ * "<point>:<subject>".
  *
  * IDENTIFICATION
  *	  src/fault.c
@@ -81,14 +83,21 @@ eb_fault(const char *name)
 	kill(MyProcPid, SIGKILL);
 }
 
-/* Raises an ERROR if the named error point is armed. */
+/* Raises an ERROR if the named error point is armed (for this subject). */
 void
-eb_fault_error(const char *name)
+eb_fault_error(const char *name, const char *subject)
 {
-	if (eb_fault_point != NULL && strcmp(eb_fault_point, name) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("event_bridge fault point \"%s\" raised an error", name)));
+	const char *armed = eb_fault_point;
+	size_t		len = strlen(name);
+
+	if (armed == NULL || strncmp(armed, name, len) != 0)
+		return;
+	if (subject == NULL ? armed[len] != '\0' :
+		(armed[len] != ':' || strcmp(armed + len + 1, subject) != 0))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INTERNAL_ERROR),
+			 errmsg("event_bridge fault point \"%s\" raised an error", armed)));
 }
 
 #endif							/* EB_FAULT_INJECTION */

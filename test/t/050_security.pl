@@ -286,6 +286,25 @@ ok($node->poll_query_until('victim', q{
 	SELECT state = 'RUNNING' AND pending = 0 FROM event_bridge.connector_status WHERE connector_name = 'c'}),
 	'fixed, it delivers again');
 
+# One whose request cannot be built (an error fault point while its batch
+# is read) goes to state ERROR too, and starts again when it is changed.
+$node->append_conf('postgresql.conf', "event_bridge.fault_point = 'read-batch-error:c'\n");
+$node->reload;
+$node->safe_psql('victim', 'INSERT INTO shared VALUES (1001, 1)');
+ok($node->poll_query_until('victim', q{
+	SELECT state = 'ERROR' AND last_error LIKE '%fault point "read-batch-error:c" raised an error%'
+	  FROM event_bridge.connector_status WHERE connector_name = 'c'}),
+	'a connector whose request cannot be built is in state ERROR');
+$node->safe_psql('victim', 'INSERT INTO big SELECT g, g FROM generate_series(6000, 6020) g');
+ok(wait_capture($node, 'victim') && wait_delivered($node, 'victim', 'mb'),
+	'the other connectors keep delivering meanwhile');
+$node->append_conf('postgresql.conf', "event_bridge.fault_point = ''\n");
+$node->reload;
+$node->safe_psql('victim', q{SELECT event_bridge.stop_connector('c'); SELECT event_bridge.start_connector('c');});
+ok($node->poll_query_until('victim', q{
+	SELECT state = 'RUNNING' AND pending = 0 FROM event_bridge.connector_status WHERE connector_name = 'c'}),
+	'changed, it delivers what it missed');
+
 stop_receiver($r);
 $node->stop;
 done_testing();
