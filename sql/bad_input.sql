@@ -31,6 +31,7 @@ INSERT INTO good VALUES
   ('create_connector', 7, $$'0'::interval$$), ('create_connector', 8, $$'1 second'::interval$$),
   ('create_connector', 9, '3'), ('create_connector', 10, $$'5 seconds'::interval$$),
   ('create_connector', 11, $$'{}'$$), ('create_connector', 12, '6291456'),
+  ('create_connector', 13, $$'fixed'$$), ('create_connector', 14, $$'5 minutes'::interval$$),
   ('stop_connector', 1, $$'sweep_c'$$), ('start_connector', 1, $$'sweep_c'$$),
   ('resume_connector', 1, $$'sweep_c'$$), ('drop_connector', 1, $$'sweep_c'$$),
   ('reset_connector', 1, $$'sweep_c'$$), ('reset_connector', 2, 'now()');

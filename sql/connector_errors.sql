@@ -45,6 +45,11 @@ SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', batch_wind
 SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', retry_interval => '0'); \echo :SQLSTATE
 -- a retry_interval under the 10 ms floor, which would hammer the endpoint
 SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', retry_interval => '1 ms'); \echo :SQLSTATE
+-- an unknown retry_strategy
+SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', retry_strategy => 'linear'); \echo :SQLSTATE
+-- a max_retry_interval shorter than retry_interval
+SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', retry_interval => '2 seconds',
+    max_retry_interval => '1 second'); \echo :SQLSTATE
 -- a negative timeout
 SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', timeout => '-5 seconds'); \echo :SQLSTATE
 -- a zero timeout

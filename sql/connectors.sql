@@ -18,7 +18,8 @@ SELECT event_bridge.create_connector('quiet_fc', 'quiet', 'https://fc.example.co
     headers => '{"X-Auth-Token": "s3cret", "X-Tenant": "t1"}');
 SELECT connector_name, stream_name, endpoint, state, delivered, pending, lag_ms,
        last_event_id, failures, last_error, last_http_status, header_names, format,
-       batch_size, batch_window, retry_interval, max_retries, timeout, shard_count
+       batch_size, batch_window, retry_interval, max_retries, timeout, shard_count,
+       max_request_bytes, retry_strategy, max_retry_interval
   FROM event_bridge.connector_status;
 SELECT connector_name, shard_id, state, delivered_sequence, next_sequence, pending,
        failures, last_error
@@ -27,9 +28,10 @@ SELECT connector_name, shard_id, state, delivered_sequence, next_sequence, pendi
 -- Every parameter given; the views never show the password of the endpoint.
 SELECT event_bridge.create_connector('quiet_dis', 'quiet', 'http://user:s3cret@127.0.0.1:1/fg',
     start_time => NULL, format => 'dis', batch_size => 500, batch_window => '2 seconds',
-    retry_interval => '250 milliseconds', max_retries => 3, timeout => '5 seconds');
+    retry_interval => '250 milliseconds', max_retries => 3, timeout => '5 seconds',
+    max_request_bytes => 65536, retry_strategy => 'exponential', max_retry_interval => '1 minute');
 SELECT connector_name, endpoint, format, batch_size, batch_window, retry_interval,
-       max_retries, timeout, header_names
+       max_retries, timeout, header_names, max_request_bytes, retry_strategy, max_retry_interval
   FROM event_bridge.connector_status ORDER BY 1;
 
 -- Stop and start.

@@ -64,6 +64,8 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "common/pg_prng.h"
+
 #include "catalog.h"
 #include "delivery.h"
 
@@ -131,12 +133,29 @@ delivery_create_shards(Connector *c, int nshards)
 
 /*
  * Milliseconds to wait before trying a batch again after its failures-th
- * consecutive failure.  Constant for now; backoff would go here.
+ * consecutive failure: retry_interval ('fixed', DataHub's behaviour), or
+ * with 'exponential' a random wait up to retry_interval * 2^(failures-1)
+ * (full jitter), at most max_retry_interval.  A Retry-After the endpoint
+ * sent (retry_after_ms, or -1) lengthens the wait, up to max_retry_interval.
  */
 int64
-delivery_retry_delay_ms(Connector *c, int failures)
+delivery_retry_delay_ms(Connector *c, int failures, int64 retry_after_ms)
 {
-	return c->retry_interval_ms;
+	int64		delay = c->retry_interval_ms;
+
+	if (c->exponential)
+	{
+		int64		ceiling = c->retry_interval_ms;
+
+		for (int i = 1; i < failures && ceiling < c->max_retry_interval_ms; i++)
+			ceiling *= 2;
+		ceiling = Min(ceiling, c->max_retry_interval_ms);
+		delay = (int64) pg_prng_uint64_range(&pg_global_prng_state,
+											 EB_MIN_RETRY_MS, Max(ceiling, EB_MIN_RETRY_MS));
+	}
+	if (retry_after_ms > delay)
+		delay = Min(retry_after_ms, c->max_retry_interval_ms);
+	return delay;
 }
 
 /* ---------------------------------------------------------------------

@@ -81,6 +81,8 @@ struct Connector
 	int			batch_size;
 	int64		batch_window_ms;
 	int64		retry_interval_ms;
+	bool		exponential;	/* retry_strategy 'exponential' */
+	int64		max_retry_interval_ms;	/* cap of waits and of Retry-After */
 	int			max_retries;
 	int64		timeout_ms;
 	int			max_request_bytes;	/* no body is larger */
@@ -127,7 +129,7 @@ from_epoch_ms(int64 ms)
 extern void delivery_drop_batch(Shard *sh);
 extern void delivery_create_shards(Connector *c, int nshards);
 extern void delivery_remove_connector(Connector *c);
-extern int64 delivery_retry_delay_ms(Connector *c, int failures);
+extern int64 delivery_retry_delay_ms(Connector *c, int failures, int64 retry_after_ms);
 
 /* delivery_catalog.c */
 extern void delivery_sync_connectors(DeliveryWorker *w);

@@ -44,6 +44,7 @@ typedef enum CatalogStatementId
 	STMT_FAILURE,
 	STMT_STALE,
 	STMT_LOG_ATTEMPT,
+	STMT_SUSPEND_CONNECTOR,
 	STMT_SET_ERROR,
 	NUM_STATEMENTS
 } CatalogStatementId;
@@ -60,7 +61,8 @@ static EbStatement statements[NUM_STATEMENTS] = {
 		" c.max_retries,"
 		" ceil(extract(epoch FROM c.timeout) * 1000)::bigint,"
 		" ARRAY(SELECT e.key || ': ' || e.value FROM jsonb_each_text(c.headers) e ORDER BY e.key),"
-		" c.stopped, c.version, c.max_request_bytes, c.error"
+		" c.stopped, c.version, c.max_request_bytes, c.error, c.retry_strategy,"
+		" ceil(extract(epoch FROM c.max_retry_interval) * 1000)::bigint"
 		" FROM event_bridge.connectors c JOIN event_bridge.streams s ON s.stream_id = c.stream_id"
 		" WHERE c.connector_id = $1",
 		1, {INT4OID}
@@ -99,7 +101,7 @@ static EbStatement statements[NUM_STATEMENTS] = {
 	},
 	[STMT_FAILURE] = {
 		"UPDATE event_bridge.connector_shards SET failures = failures + 1,"
-		" suspended = (failures + 1 >= $4), retry_last_sequence = $5,"
+		" suspended = suspended OR failures + 1 >= $4, retry_last_sequence = $5,"
 		" attempts = attempts + 1, failed_attempts = failed_attempts + 1,"
 		" last_attempt_at = $6, last_http_status = $7, last_error = $8, last_error_at = $6"
 		" WHERE connector_id = $1 AND shard_id = $2 AND position_generation = $3"
@@ -123,6 +125,16 @@ static EbStatement statements[NUM_STATEMENTS] = {
 		" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
 		10, {INT4OID, INT4OID, INT8OID, TIMESTAMPTZOID, FLOAT8OID, INT8OID, INT8OID, INT4OID,
 		TEXTOID, TEXTOID}
+	},
+	/*
+	 * The endpoint refused (401, 403, 404, 410, 3xx): every shard of the
+	 * connector is suspended, with the reason.
+	 */
+	[STMT_SUSPEND_CONNECTOR] = {
+		"UPDATE event_bridge.connector_shards SET suspended = true,"
+		" last_error = $2, last_error_at = now()"
+		" WHERE connector_id = $1 AND NOT suspended",
+		2, {INT4OID, TEXTOID}
 	},
 	/* Why the worker cannot use a connector (NULL: it can), where the views show it. */
 	[STMT_SET_ERROR] = {
@@ -274,6 +286,8 @@ load_connector(Connector *c)
 	c->version = column_int64(0, 14);
 	c->max_request_bytes = column_int32(0, 15);
 	had_error = !column_isnull(0, 16);
+	c->exponential = (strcmp(column_text(0, 17), "exponential") == 0);
+	c->max_retry_interval_ms = Max(column_int64(0, 18), c->retry_interval_ms);
 	if (!format_by_name(format, &c->format))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
@@ -564,7 +578,8 @@ delivery_record_failure(Shard *sh, const HttpOutcome *o, bool suspend_now)
 	sh->suspended = column_bool(0, 2);
 	sh->retry_last = sh->last_sequence;
 	sh->drained = false;		/* the retry reads the batch again */
-	sh->not_before = TimestampTzPlusMilliseconds(now, delivery_retry_delay_ms(c, column_int32(0, 3)));
+	sh->not_before = TimestampTzPlusMilliseconds(now, delivery_retry_delay_ms(c, column_int32(0, 3),
+																			  o->retry_after_ms));
 	if (sh->suspended)
 		ereport(LOG,
 				(suspend_now ?
@@ -578,15 +593,88 @@ delivery_record_failure(Shard *sh, const HttpOutcome *o, bool suspend_now)
 }
 
 /*
- * Records how a shard's attempt went.  Must be called inside a transaction.
+ * What a failed attempt says (DESIGN 9.3).  Transient: no whole answer, 408, 425,
+ * 429 or 5xx, retried.  Endpoint: 3xx, 401, 403, 404, 410, the endpoint or
+ * its credentials are wrong and no retry helps.  Record: any other 4xx, the
+ * function refused what it was sent.
+ */
+typedef enum FailureClass
+{
+	FAILURE_TRANSIENT,
+	FAILURE_ENDPOINT,
+	FAILURE_RECORD
+} FailureClass;
+
+static FailureClass
+failure_class(const HttpOutcome *o)
+{
+	long		status = o->status;
+
+	/* No whole answer (a reset, a cut-off body, a timeout): transient. */
+	if (!o->answered)
+		return FAILURE_TRANSIENT;
+	if (status == 0 || status == 408 || status == 425 || status == 429 || status >= 500)
+		return FAILURE_TRANSIENT;
+	if ((status >= 300 && status < 400) || status == 401 || status == 403 ||
+		status == 404 || status == 410)
+		return FAILURE_ENDPOINT;
+	return FAILURE_RECORD;
+}
+
+/*
+ * The endpoint refused: suspends every shard of the connector at once (the
+ * failing shard through its attempt), with the reason in last_error.  Must
+ * be called inside a transaction.
+ */
+static void
+suspend_connector(Shard *sh, const HttpOutcome *o)
+{
+	Connector  *c = sh->connector;
+	HttpOutcome failed = *o;
+	Datum		values[2];
+
+	snprintf(failed.error, sizeof(failed.error),
+			 "%s: the endpoint refuses, so every shard is suspended", o->error);
+	delivery_record_failure(sh, &failed, true);
+	values[0] = Int32GetDatum(c->connector_id);
+	values[1] = CStringGetTextDatum(failed.error);
+	run(STMT_SUSPEND_CONNECTOR, values, NULL);
+	for (int i = 0; i < c->nshards; i++)
+		c->shards[i].suspended = true;
+}
+
+/*
+ * Records how a shard's attempt went: a success, or a failure by its class.
+ * Must be called inside a transaction.
  */
 void
 delivery_record_outcome(Shard *sh, const HttpOutcome *o)
 {
+	HttpOutcome failed;
+
 	sh->in_flight = false;
 	if (o->ok)
+	{
 		record_success(sh, o);
-	else
-		delivery_record_failure(sh, o, false);
+		return;
+	}
+	switch (failure_class(o))
+	{
+		case FAILURE_TRANSIENT:
+			failed = *o;
+			if (o->status != 429 && o->status != 503)
+				failed.retry_after_ms = -1;		/* honoured on these only */
+			delivery_record_failure(sh, &failed, false);
+			break;
+		case FAILURE_ENDPOINT:
+			suspend_connector(sh, o);
+			break;
+		case FAILURE_RECORD:
+			failed = *o;
+			snprintf(failed.error, sizeof(failed.error),
+					 "%s: the function refused the batch, so the shard is suspended", o->error);
+			delivery_record_failure(sh, &failed, true);
+			break;
+	}
 }
 

@@ -190,6 +190,7 @@ fail_big_record(Shard *sh, const FormatRecord *r, int64 big_bytes, TimestampTz n
 	HttpOutcome o;
 
 	memset(&o, 0, sizeof(o));
+	o.retry_after_ms = -1;
 	snprintf(o.error, sizeof(o.error),
 			 "record %d:" INT64_FORMAT " is too big for a request of at most %d bytes (max_request_bytes)%s",
 			 sh->shard_id, r->sequence, c->max_request_bytes,

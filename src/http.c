@@ -25,6 +25,8 @@
  */
 #include "postgres.h"
 
+#include <time.h>
+
 #include <curl/curl.h>
 
 #include "miscadmin.h"
@@ -46,6 +48,7 @@ struct HttpRequest
 	TimestampTz started_at;
 	size_t		response_len;
 	char		response[EB_HTTP_RESPONSE_KEEP + 1];
+	char		retry_after[64];	/* the Retry-After header's value, or "" */
 	char		error[CURL_ERROR_SIZE];
 };
 
@@ -189,6 +192,55 @@ write_callback(char *data, size_t size, size_t nmemb, void *userdata)
 	return n;
 }
 
+/* Keeps the value of a Retry-After header; ignores the others. */
+static size_t
+header_callback(char *data, size_t size, size_t nitems, void *userdata)
+{
+	HttpRequest *request = (HttpRequest *) userdata;
+	size_t		n = size * nitems;
+	const char *name = "retry-after:";
+	size_t		name_len = strlen(name);
+
+	if (n > name_len && pg_strncasecmp(data, name, name_len) == 0)
+	{
+		size_t		start = name_len;
+		size_t		end = n;
+
+		while (start < end && (data[start] == ' ' || data[start] == '\t'))
+			start++;
+		while (end > start && (data[end - 1] == '\r' || data[end - 1] == '\n' ||
+							   data[end - 1] == ' '))
+			end--;
+		end = Min(end, start + sizeof(request->retry_after) - 1);
+		memcpy(request->retry_after, data + start, end - start);
+		request->retry_after[end - start] = '\0';
+	}
+	return n;
+}
+
+/*
+ * Milliseconds a Retry-After value asks to wait, in seconds or as an HTTP
+ * date; -1 for none or one that cannot be read.
+ */
+static int64
+retry_after_ms(const char *value)
+{
+	char	   *end;
+	long		seconds;
+	time_t		date;
+
+	if (value[0] == '\0')
+		return -1;
+	errno = 0;
+	seconds = strtol(value, &end, 10);
+	if (end != value && *end == '\0' && errno == 0 && seconds >= 0)
+		return Min(seconds, (long) (INT64CONST(86400) * 365)) * 1000;
+	date = curl_getdate(value, NULL);
+	if (date == -1)
+		return -1;
+	return Max((int64) (date - time(NULL)) * 1000, 0);
+}
+
 /* Sets up libcurl and the multi handle; called once by the worker. */
 void
 http_init(void)
@@ -228,10 +280,12 @@ http_request_create(void *owner)
 	curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, request->error);
 	curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, write_callback);
 	curl_easy_setopt(easy, CURLOPT_WRITEDATA, request);
+	curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, header_callback);
+	curl_easy_setopt(easy, CURLOPT_HEADERDATA, request);
 	curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
 	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(easy, CURLOPT_USERAGENT, "event_bridge/0.1");
+	curl_easy_setopt(easy, CURLOPT_USERAGENT, "event_bridge/" EB_EXTVERSION);
 	curl_easy_setopt(easy, CURLOPT_POST, 1L);
 	return request;
 }
@@ -299,6 +353,7 @@ http_request_start(HttpRequest *request, const HttpEndpoint *endpoint,
 	request->started_at = GetCurrentTimestamp();
 	request->response_len = 0;
 	request->response[0] = '\0';
+	request->retry_after[0] = '\0';
 	request->error[0] = '\0';
 
 	for (int i = 0; i < nheaders; i++)
@@ -356,6 +411,7 @@ http_next_finished(HttpOutcome *outcome)
 	int			left;
 
 	memset(outcome, 0, sizeof(HttpOutcome));
+	outcome->retry_after_ms = -1;
 	if (not_started != NULL)
 	{
 		request = not_started;
@@ -387,6 +443,7 @@ http_next_finished(HttpOutcome *outcome)
 	request->active = false;
 
 	outcome->started_at = request->started_at;
+	outcome->answered = (code == CURLE_OK);
 	outcome->ok = (code == CURLE_OK && outcome->status >= 200 && outcome->status < 300);
 	if (code != CURLE_OK)
 		strlcpy(outcome->error, request->error[0] ? request->error : curl_easy_strerror(code),
@@ -394,6 +451,7 @@ http_next_finished(HttpOutcome *outcome)
 	else if (!outcome->ok)
 		snprintf(outcome->error, sizeof(outcome->error), "HTTP status %ld", outcome->status);
 	memcpy(outcome->response, request->response, request->response_len + 1);
+	outcome->retry_after_ms = retry_after_ms(request->retry_after);
 	make_printable(outcome->response);
 	make_printable(outcome->error);
 	return request->owner;

@@ -41,9 +41,11 @@ typedef struct HttpRequest HttpRequest;
 typedef struct HttpOutcome
 {
 	bool		ok;				/* answered with a 2xx status */
+	bool		answered;		/* a whole answer came, whatever its status */
 	long		status;			/* HTTP status, 0 if there was no answer */
 	char		error[EB_HTTP_ERROR_SIZE];	/* "" when ok */
 	char		response[EB_HTTP_RESPONSE_KEEP + 1];	/* start of the body */
+	int64		retry_after_ms; /* what a Retry-After header asked for; -1: none */
 	TimestampTz started_at;
 	int64		elapsed_us;
 } HttpOutcome;

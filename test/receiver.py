@@ -38,6 +38,8 @@ Faults (the request number / random draw is taken under the lock in arrival
 order; cut-off requests do not count):
   --delay-ms N      sleep N ms before answering every POST.
   --fail-first N    the first N POSTs get --fail-status (fault "fail-first").
+  --retry-after V   the Retry-After header of 429 and 503 replies (default:
+                    "1" on 429, none on 503).
   --schedule SPEC   later POSTs draw an outcome from random.Random(--seed),
                     weighted, e.g. 200:70,500:10,503:5,429:5,slow:4,reset:3
                     NNN = that status (429 adds "Retry-After: 1");
@@ -228,7 +230,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.reply(200, OK, "application/json")
         else:
             status = entry["status"]
-            extra = [("Retry-After", "1")] if status == 429 else []
+            if ARGS.retry_after is not None and status in (429, 503):
+                extra = [("Retry-After", ARGS.retry_after)]
+            else:
+                extra = [("Retry-After", "1")] if status == 429 else []
             self.reply(status, f"injected {status}\n".encode(), extra=extra)
 
 
@@ -259,6 +264,7 @@ def main():
     p.add_argument("--delay-ms", type=int, default=0)
     p.add_argument("--fail-first", type=int, default=0)
     p.add_argument("--fail-status", type=int, default=500)
+    p.add_argument("--retry-after", help="Retry-After value of 429 and 503 replies")
     p.add_argument("--schedule", default="", help="e.g. 200:90,503:5,reset:5")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--slow-ms", type=int, default=5000)

@@ -115,7 +115,9 @@ CREATE TABLE event_bridge.connectors (
     created_at     timestamptz NOT NULL DEFAULT now(),
     max_request_bytes int NOT NULL DEFAULT 6291456
                    CHECK (max_request_bytes BETWEEN 1024 AND 268435456),
-    error          text
+    error          text,
+    retry_strategy text NOT NULL DEFAULT 'fixed' CHECK (retry_strategy IN ('fixed', 'exponential')),
+    max_retry_interval interval NOT NULL DEFAULT '5 minutes'
 );
 CREATE SEQUENCE event_bridge.connector_id_seq AS int OWNED BY event_bridge.connectors.connector_id;
 COMMENT ON TABLE event_bridge.connectors IS

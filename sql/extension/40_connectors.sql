@@ -19,7 +19,9 @@ CREATE OR REPLACE FUNCTION event_bridge.create_connector(
     max_retries    int      DEFAULT 512,
     timeout        interval DEFAULT '30 seconds',
     headers        text     DEFAULT '{}',
-    max_request_bytes int   DEFAULT 6291456)
+    max_request_bytes int   DEFAULT 6291456,
+    retry_strategy text     DEFAULT 'fixed',
+    max_retry_interval interval DEFAULT '5 minutes')
 RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -39,7 +41,7 @@ BEGIN
     IF connector_name IS NULL OR stream_name IS NULL OR endpoint IS NULL OR format IS NULL
        OR batch_size IS NULL OR batch_window IS NULL OR retry_interval IS NULL
        OR max_retries IS NULL OR timeout IS NULL OR headers IS NULL
-       OR max_request_bytes IS NULL THEN
+       OR max_request_bytes IS NULL OR retry_strategy IS NULL OR max_retry_interval IS NULL THEN
         RAISE EXCEPTION 'arguments of create_connector must not be null'
             USING ERRCODE = 'null_value_not_allowed',
                   DETAIL = 'Only start_time may be null: it then means the earliest retained record.';
@@ -85,6 +87,16 @@ BEGIN
         RAISE EXCEPTION 'timeout "%" is out of range', timeout
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = 'timeout must be positive and at most 1 day.';
+    END IF;
+    IF retry_strategy NOT IN ('fixed', 'exponential') THEN
+        RAISE EXCEPTION 'unknown retry_strategy "%"', retry_strategy
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The strategies are fixed (every retry_interval) and exponential (retry_interval doubled at each failure, with jitter, up to max_retry_interval).';
+    END IF;
+    IF max_retry_interval < retry_interval OR max_retry_interval > interval '1 day' THEN
+        RAISE EXCEPTION 'max_retry_interval "%" is out of range', max_retry_interval
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'max_retry_interval must be at least retry_interval and at most 1 day.';
     END IF;
     IF max_request_bytes < 1024 OR max_request_bytes > 268435456 THEN
         RAISE EXCEPTION 'max_request_bytes % is out of range', max_request_bytes
@@ -134,9 +146,11 @@ BEGIN
 
     cid := nextval('event_bridge.connector_id_seq');
     INSERT INTO event_bridge.connectors (connector_id, connector_name, stream_id, endpoint, format,
-        batch_size, batch_window, retry_interval, max_retries, timeout, headers, max_request_bytes)
+        batch_size, batch_window, retry_interval, max_retries, timeout, headers, max_request_bytes,
+        retry_strategy, max_retry_interval)
     VALUES (cid, connector_name, s.stream_id, endpoint, format,
-        batch_size, batch_window, retry_interval, max_retries, timeout, hj, max_request_bytes);
+        batch_size, batch_window, retry_interval, max_retries, timeout, hj, max_request_bytes,
+        retry_strategy, max_retry_interval);
     INSERT INTO event_bridge.connector_shards (connector_id, shard_id, delivered_sequence, skip_before)
     SELECT cid, g, event_bridge._start_sequence(s.stream_id, g, start_ms) - 1, coalesce(start_ms, 0)
       FROM generate_series(0, s.shard_count - 1) g;
@@ -147,8 +161,8 @@ EXCEPTION
             USING ERRCODE = 'duplicate_object';
 END
 $$;
-COMMENT ON FUNCTION event_bridge.create_connector(text, text, text, timestamptz, text, int, interval, interval, int, interval, text, int) IS
-    'Creates a connector that POSTs the records of a stream appended from start_time on to an http(s) endpoint, in order per shard, in the datahub or dis event format';
+COMMENT ON FUNCTION event_bridge.create_connector(text, text, text, timestamptz, text, int, interval, interval, int, interval, text, int, text, interval) IS
+    'Creates a connector that POSTs the records of a stream appended from start_time on to an http(s) endpoint, in order per shard, in the datahub or dis event format, retrying failed batches by retry_strategy';
 
 CREATE OR REPLACE FUNCTION event_bridge.stop_connector(name text)
 RETURNS void

@@ -88,7 +88,9 @@ SELECT c.connector_name,
        sum(ss.attempts)::bigint AS attempts,
        sum(ss.failed_attempts)::bigint AS failed_attempts,
        c.created_at,
-       c.max_request_bytes
+       c.max_request_bytes,
+       c.retry_strategy,
+       c.max_retry_interval
   FROM event_bridge.connectors c
   JOIN event_bridge.streams s ON s.stream_id = c.stream_id
   JOIN event_bridge.shard_status ss ON ss.connector_name = c.connector_name

@@ -20,6 +20,12 @@ ALTER TABLE event_bridge.connectors
 /* Why the delivery worker cannot use a connector (state ERROR). */
 ALTER TABLE event_bridge.connectors ADD COLUMN error text;
 
+/* How failed batches are retried (DESIGN 9.3). */
+ALTER TABLE event_bridge.connectors
+    ADD COLUMN retry_strategy text NOT NULL DEFAULT 'fixed'
+               CHECK (retry_strategy IN ('fixed', 'exponential')),
+    ADD COLUMN max_retry_interval interval NOT NULL DEFAULT '5 minutes';
+
 /* 0.1 granted admins DML on the tables; 60_grants.sql revokes it. */
 /*
  * 0.1 kept dropped tables in streams.tables as bare OIDs; 0.2 removes a
