@@ -32,6 +32,12 @@ INSERT INTO good VALUES
   ('create_connector', 9, '3'), ('create_connector', 10, $$'5 seconds'::interval$$),
   ('create_connector', 11, $$'{}'$$), ('create_connector', 12, '6291456'),
   ('create_connector', 13, $$'fixed'$$), ('create_connector', 14, $$'5 minutes'::interval$$),
+  ('alter_connector', 1, $$'sweep_c'$$), ('alter_connector', 2, $$'http://127.0.0.1:9/'$$),
+  ('alter_connector', 3, $$'datahub'$$), ('alter_connector', 4, '10'),
+  ('alter_connector', 5, $$'0'::interval$$), ('alter_connector', 6, $$'1 second'::interval$$),
+  ('alter_connector', 7, '3'), ('alter_connector', 8, $$'5 seconds'::interval$$),
+  ('alter_connector', 9, $$'{}'$$), ('alter_connector', 10, '6291456'),
+  ('alter_connector', 11, $$'fixed'$$), ('alter_connector', 12, $$'5 minutes'::interval$$),
   ('stop_connector', 1, $$'sweep_c'$$), ('start_connector', 1, $$'sweep_c'$$),
   ('resume_connector', 1, $$'sweep_c'$$), ('drop_connector', 1, $$'sweep_c'$$),
   ('reset_connector', 1, $$'sweep_c'$$), ('reset_connector', 2, 'now()');
@@ -63,7 +69,10 @@ INSERT INTO allowed VALUES
   ('create_connector', 1, 'unknown'),
   ('wait_for_capture', 1, 'huge'),        -- a long timeout, returns at once
   ('create_stream', 4, 'huge'),           -- a long retention
-  ('create_connector', 9, 'huge');        -- many retries
+  ('create_connector', 9, 'huge'),        -- many retries
+  ('alter_connector', 7, 'huge');
+-- alter_connector: NULL leaves a setting as it is.
+INSERT INTO allowed SELECT 'alter_connector', g, 'null' FROM generate_series(2, 12) g;
 
 CREATE TEMP TABLE outcome (fn text, pos int, kind text, sqlstate text, message text);
 
@@ -88,6 +97,7 @@ BEGIN
                          OR (typ = 'text' AND f.types[i] = 'text')
                          OR typ = f.types[i]
                          OR (typ = 'headers' AND f.fn = 'create_connector' AND i = 11)
+                         OR (typ = 'headers' AND f.fn = 'alter_connector' AND i = 9)
                          OR (typ = 'int' AND f.types[i] = 'integer')
                          OR (typ = 'timestamptz' AND f.types[i] = 'timestamp with time zone')
                       ORDER BY kind LOOP

@@ -47,6 +47,16 @@ SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', retry_inte
 SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', retry_interval => '1 ms'); \echo :SQLSTATE
 -- an unknown retry_strategy
 SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', retry_strategy => 'linear'); \echo :SQLSTATE
+-- alter_connector of a connector that does not exist
+SELECT event_bridge.alter_connector('nope', batch_size => 10); \echo :SQLSTATE
+-- alter_connector with a batch_size out of range
+SELECT event_bridge.alter_connector('taken', batch_size => 0); \echo :SQLSTATE
+-- alter_connector with a retry_interval above the connector's max_retry_interval
+SELECT event_bridge.alter_connector('taken', retry_interval => '10 minutes'); \echo :SQLSTATE
+-- alter_connector with headers that are not JSON
+SELECT event_bridge.alter_connector('taken', headers => '{"X-Token": "hunter2'); \echo :SQLSTATE
+-- alter_connector with a NULL name
+SELECT event_bridge.alter_connector(NULL, batch_size => 10); \echo :SQLSTATE
 -- a max_retry_interval shorter than retry_interval
 SELECT event_bridge.create_connector('c', 's', 'http://127.0.0.1:1/', retry_interval => '2 seconds',
     max_retry_interval => '1 second'); \echo :SQLSTATE
@@ -117,6 +127,15 @@ SET ROLE eb_connector_admin;
 SELECT event_bridge.create_connector('by_member', 's', 'https://fc.example.com/invoke',
     headers => '{"X-Auth-Token": "s3cret", "X-Tenant": "t1"}');
 SELECT connector_name, header_names FROM event_bridge.connector_status ORDER BY 1;
+-- an admin alters a connector over a table it may not SELECT
+RESET ROLE;
+REVOKE SELECT ON t FROM eb_connector_admin;
+SET ROLE eb_connector_admin;
+SELECT event_bridge.alter_connector('by_member', batch_size => 5); \echo :SQLSTATE
+RESET ROLE;
+GRANT SELECT ON t TO eb_connector_admin;
+SET ROLE eb_connector_admin;
+SELECT event_bridge.alter_connector('by_member', batch_size => 5);
 -- an admin reads the headers from the catalog
 SELECT headers->>'X-Auth-Token' AS token FROM event_bridge.connectors WHERE connector_name = 'by_member'; \echo :SQLSTATE
 SELECT event_bridge.drop_connector('by_member');

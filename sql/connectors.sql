@@ -34,6 +34,21 @@ SELECT connector_name, endpoint, format, batch_size, batch_window, retry_interva
        max_retries, timeout, header_names, max_request_bytes, retry_strategy, max_retry_interval
   FROM event_bridge.connector_status ORDER BY 1;
 
+-- alter_connector changes what it is given and keeps the rest, and the
+-- offsets; the new headers replace the old ones.
+SELECT delivered_sequence AS offsets_before
+  FROM event_bridge.shard_status WHERE connector_name = 'quiet_fc' AND shard_id = 0 \gset
+SELECT event_bridge.alter_connector('quiet_fc', batch_size => 7, retry_strategy => 'exponential',
+    max_retry_interval => '10 seconds', headers => '{"X-Auth-Token": "n3w"}');
+SELECT connector_name, endpoint, format, batch_size, batch_window, retry_interval, max_retries,
+       timeout, header_names, max_request_bytes, retry_strategy, max_retry_interval
+  FROM event_bridge.connector_status WHERE connector_name = 'quiet_fc';
+SELECT headers->>'X-Auth-Token' AS token FROM event_bridge.connectors WHERE connector_name = 'quiet_fc';
+SELECT delivered_sequence = :offsets_before AS offsets_kept
+  FROM event_bridge.shard_status WHERE connector_name = 'quiet_fc' AND shard_id = 0;
+SELECT event_bridge.alter_connector('quiet_fc', batch_size => 100, retry_strategy => 'fixed',
+    max_retry_interval => '5 minutes', headers => '{"X-Auth-Token": "s3cret", "X-Tenant": "t1"}');
+
 -- Stop and start.
 SELECT event_bridge.stop_connector('quiet_fc');
 SELECT connector_name, state FROM event_bridge.connector_status ORDER BY 1;

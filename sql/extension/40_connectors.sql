@@ -7,61 +7,32 @@
  * in flight per shard, and moves the offset only after a 2xx answer.
  * ------------------------------------------------------------------- */
 
-CREATE OR REPLACE FUNCTION event_bridge.create_connector(
-    connector_name text,
-    stream_name    text,
-    endpoint       text,
-    start_time     timestamptz DEFAULT now(),
-    format         text     DEFAULT 'datahub',
-    batch_size     int      DEFAULT 100,
-    batch_window   interval DEFAULT '0',
-    retry_interval interval DEFAULT '1 second',
-    max_retries    int      DEFAULT 512,
-    timeout        interval DEFAULT '30 seconds',
-    headers        text     DEFAULT '{}',
-    max_request_bytes int   DEFAULT 6291456,
-    retry_strategy text     DEFAULT 'fixed',
-    max_retry_interval interval DEFAULT '5 minutes')
-RETURNS void
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+/*
+ * Checks a connector's settings as create_connector and alter_connector take
+ * them, and returns the headers parsed.  headers is parsed here, not by the
+ * call: a parse error would quote the text.  Errors name a header, never its
+ * value, which is a secret.
+ */
+CREATE OR REPLACE FUNCTION event_bridge._check_connector_settings(
+    endpoint           text,
+    format             text,
+    batch_size         int,
+    batch_window       interval,
+    retry_interval     interval,
+    max_retries        int,
+    timeout            interval,
+    headers            text,
+    max_request_bytes  int,
+    retry_strategy     text,
+    max_retry_interval interval)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
--- headers holds secrets: a refused call must not log its statement.
-SET log_min_error_statement = panic
 AS $$
 DECLARE
-    s        record;
-    h        record;
-    cid      int;
-    start_ms bigint := event_bridge._start_ms(start_time);
-    hj       jsonb;
+    h  record;
+    hj jsonb;
 BEGIN
-    PERFORM event_bridge._hide_statement();
-    PERFORM event_bridge._check_admin();
-
-    IF connector_name IS NULL OR stream_name IS NULL OR endpoint IS NULL OR format IS NULL
-       OR batch_size IS NULL OR batch_window IS NULL OR retry_interval IS NULL
-       OR max_retries IS NULL OR timeout IS NULL OR headers IS NULL
-       OR max_request_bytes IS NULL OR retry_strategy IS NULL OR max_retry_interval IS NULL THEN
-        RAISE EXCEPTION 'arguments of create_connector must not be null'
-            USING ERRCODE = 'null_value_not_allowed',
-                  DETAIL = 'Only start_time may be null: it then means the earliest retained record.';
-    END IF;
-    IF connector_name !~ '^[A-Za-z_][A-Za-z0-9_.-]{0,127}$' THEN
-        RAISE EXCEPTION 'invalid connector name "%"', connector_name
-            USING ERRCODE = 'invalid_name',
-                  DETAIL = 'A connector name starts with a letter or underscore and holds at most 128 letters, digits, "_", "." or "-".';
-    END IF;
-    SELECT st.stream_id, st.shard_count, st.tables INTO s FROM event_bridge.streams st
-     WHERE st.stream_name = create_connector.stream_name;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'stream "%" does not exist', stream_name
-            USING ERRCODE = 'undefined_object';
-    END IF;
-    PERFORM event_bridge._check_readable(s.tables);
-    IF EXISTS (SELECT FROM event_bridge.connectors c WHERE c.connector_name = create_connector.connector_name) THEN
-        RAISE EXCEPTION 'connector "%" already exists', connector_name
-            USING ERRCODE = 'duplicate_object';
-    END IF;
     PERFORM event_bridge._check_endpoint(endpoint);
     IF format NOT IN ('datahub', 'dis') THEN
         RAISE EXCEPTION 'unknown event format "%"', format
@@ -107,7 +78,6 @@ BEGIN
         RAISE EXCEPTION 'max_retries % must not be negative', max_retries
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    /* Parsed here, not by the call: a parse error would quote the text. */
     BEGIN
         hj := headers::jsonb;
     EXCEPTION WHEN invalid_text_representation THEN
@@ -121,7 +91,6 @@ BEGIN
                   DETAIL = format('headers is a JSON %s.', jsonb_typeof(hj)),
                   HINT = 'Pass headers like ''{"X-Auth-Token": "..."}''.';
     END IF;
-    /* Header values are secrets: errors name the header, never its value. */
     FOR h IN SELECT e.key, e.value FROM jsonb_each(hj) e ORDER BY e.key LOOP
         IF h.key !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$' THEN
             RAISE EXCEPTION 'invalid header name "%"', h.key
@@ -144,6 +113,70 @@ BEGIN
         END IF;
     END LOOP;
 
+    RETURN hj;
+END
+$$;
+COMMENT ON FUNCTION event_bridge._check_connector_settings(text, text, int, interval, interval, int, interval, text, int, text, interval) IS
+    'Internal: refuses connector settings out of range, and returns the headers parsed';
+
+CREATE OR REPLACE FUNCTION event_bridge.create_connector(
+    connector_name text,
+    stream_name    text,
+    endpoint       text,
+    start_time     timestamptz DEFAULT now(),
+    format         text     DEFAULT 'datahub',
+    batch_size     int      DEFAULT 100,
+    batch_window   interval DEFAULT '0',
+    retry_interval interval DEFAULT '1 second',
+    max_retries    int      DEFAULT 512,
+    timeout        interval DEFAULT '30 seconds',
+    headers        text     DEFAULT '{}',
+    max_request_bytes int   DEFAULT 6291456,
+    retry_strategy text     DEFAULT 'fixed',
+    max_retry_interval interval DEFAULT '5 minutes')
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+-- headers holds secrets: a refused call must not log its statement.
+SET log_min_error_statement = panic
+AS $$
+DECLARE
+    s        record;
+    cid      int;
+    start_ms bigint := event_bridge._start_ms(start_time);
+    hj       jsonb;
+BEGIN
+    PERFORM event_bridge._hide_statement();
+    PERFORM event_bridge._check_admin();
+
+    IF connector_name IS NULL OR stream_name IS NULL OR endpoint IS NULL OR format IS NULL
+       OR batch_size IS NULL OR batch_window IS NULL OR retry_interval IS NULL
+       OR max_retries IS NULL OR timeout IS NULL OR headers IS NULL
+       OR max_request_bytes IS NULL OR retry_strategy IS NULL OR max_retry_interval IS NULL THEN
+        RAISE EXCEPTION 'arguments of create_connector must not be null'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'Only start_time may be null: it then means the earliest retained record.';
+    END IF;
+    IF connector_name !~ '^[A-Za-z_][A-Za-z0-9_.-]{0,127}$' THEN
+        RAISE EXCEPTION 'invalid connector name "%"', connector_name
+            USING ERRCODE = 'invalid_name',
+                  DETAIL = 'A connector name starts with a letter or underscore and holds at most 128 letters, digits, "_", "." or "-".';
+    END IF;
+    SELECT st.stream_id, st.shard_count, st.tables INTO s FROM event_bridge.streams st
+     WHERE st.stream_name = create_connector.stream_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'stream "%" does not exist', stream_name
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    PERFORM event_bridge._check_readable(s.tables);
+    IF EXISTS (SELECT FROM event_bridge.connectors c WHERE c.connector_name = create_connector.connector_name) THEN
+        RAISE EXCEPTION 'connector "%" already exists', connector_name
+            USING ERRCODE = 'duplicate_object';
+    END IF;
+    hj := event_bridge._check_connector_settings(endpoint, format, batch_size, batch_window,
+        retry_interval, max_retries, timeout, headers, max_request_bytes, retry_strategy,
+        max_retry_interval);
+
     cid := nextval('event_bridge.connector_id_seq');
     INSERT INTO event_bridge.connectors (connector_id, connector_name, stream_id, endpoint, format,
         batch_size, batch_window, retry_interval, max_retries, timeout, headers, max_request_bytes,
@@ -163,6 +196,67 @@ END
 $$;
 COMMENT ON FUNCTION event_bridge.create_connector(text, text, text, timestamptz, text, int, interval, interval, int, interval, text, int, text, interval) IS
     'Creates a connector that POSTs the records of a stream appended from start_time on to an http(s) endpoint, in order per shard, in the datahub or dis event format, retrying failed batches by retry_strategy';
+
+CREATE OR REPLACE FUNCTION event_bridge.alter_connector(
+    connector_name     text,
+    endpoint           text     DEFAULT NULL,
+    format             text     DEFAULT NULL,
+    batch_size         int      DEFAULT NULL,
+    batch_window       interval DEFAULT NULL,
+    retry_interval     interval DEFAULT NULL,
+    max_retries        int      DEFAULT NULL,
+    timeout            interval DEFAULT NULL,
+    headers            text     DEFAULT NULL,
+    max_request_bytes  int      DEFAULT NULL,
+    retry_strategy     text     DEFAULT NULL,
+    max_retry_interval interval DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+-- headers holds secrets: a refused call must not log its statement.
+SET log_min_error_statement = panic
+AS $$
+DECLARE
+    cid int;
+    c   record;
+    hj  jsonb;
+BEGIN
+    PERFORM event_bridge._hide_statement();
+    cid := event_bridge._lock_connector(alter_connector.connector_name);
+    SELECT co.*, st.tables INTO c
+      FROM event_bridge.connectors co JOIN event_bridge.streams st ON st.stream_id = co.stream_id
+     WHERE co.connector_id = cid;
+    PERFORM event_bridge._check_readable(c.tables);
+    hj := event_bridge._check_connector_settings(
+        coalesce(alter_connector.endpoint, c.endpoint),
+        coalesce(alter_connector.format, c.format),
+        coalesce(alter_connector.batch_size, c.batch_size),
+        coalesce(alter_connector.batch_window, c.batch_window),
+        coalesce(alter_connector.retry_interval, c.retry_interval),
+        coalesce(alter_connector.max_retries, c.max_retries),
+        coalesce(alter_connector.timeout, c.timeout),
+        coalesce(alter_connector.headers, c.headers::text),
+        coalesce(alter_connector.max_request_bytes, c.max_request_bytes),
+        coalesce(alter_connector.retry_strategy, c.retry_strategy),
+        coalesce(alter_connector.max_retry_interval, c.max_retry_interval));
+    UPDATE event_bridge.connectors co
+       SET endpoint = coalesce(alter_connector.endpoint, co.endpoint),
+           format = coalesce(alter_connector.format, co.format),
+           batch_size = coalesce(alter_connector.batch_size, co.batch_size),
+           batch_window = coalesce(alter_connector.batch_window, co.batch_window),
+           retry_interval = coalesce(alter_connector.retry_interval, co.retry_interval),
+           max_retries = coalesce(alter_connector.max_retries, co.max_retries),
+           timeout = coalesce(alter_connector.timeout, co.timeout),
+           headers = hj,
+           max_request_bytes = coalesce(alter_connector.max_request_bytes, co.max_request_bytes),
+           retry_strategy = coalesce(alter_connector.retry_strategy, co.retry_strategy),
+           max_retry_interval = coalesce(alter_connector.max_retry_interval, co.max_retry_interval)
+     WHERE co.connector_id = cid;
+    PERFORM event_bridge._wake_delivery();
+END
+$$;
+COMMENT ON FUNCTION event_bridge.alter_connector(text, text, text, int, interval, interval, int, interval, text, int, text, interval) IS
+    'Changes a connector''s settings (NULL: unchanged); its offsets are kept, and a batch in flight finishes under the old settings';
 
 CREATE OR REPLACE FUNCTION event_bridge.stop_connector(name text)
 RETURNS void

@@ -22,6 +22,7 @@ GRANT EXECUTE ON FUNCTION
     event_bridge.wait_for_capture(interval),
     event_bridge.recover_capture(),
     event_bridge.create_connector(text, text, text, timestamptz, text, int, interval, interval, int, interval, text, int, text, interval),
+    event_bridge.alter_connector(text, text, text, int, interval, interval, int, interval, text, int, text, interval),
     event_bridge.stop_connector(text),
     event_bridge.start_connector(text),
     event_bridge.resume_connector(text),

@@ -111,6 +111,26 @@ $early += $gaps[$_] for 0 .. 3;
 $late += $gaps[$_] for 4 .. 7;
 cmp_ok($late, '>', $early, sprintf('later waits are longer: first four %.0f ms, next four %.0f ms', $early, $late));
 
+# alter_connector while the 400'd shard waits: a smaller batch_size applies
+# from the next batch; the offsets stay, so every record still arrives once
+# and in order.
+$node->safe_psql('postgres', q{SELECT event_bridge.alter_connector('bad', batch_size => 3)});
+my $seen = scalar(@{ receiver_log($r{bad}) });
+$node->safe_psql('postgres', q{SELECT event_bridge.resume_connector('bad');
+	INSERT INTO t SELECT generate_series(101, 130);});
+ok(wait_capture($node, 'postgres') && wait_delivered($node, 'postgres', 'bad'),
+	'altered and resumed, it delivers everything');
+my ($refused) = grep { ($_->{status} // 0) == 400 } @{ receiver_log($r{bad}) };
+my @after = @{ receiver_log($r{bad}) }[ $seen .. $#{ receiver_log($r{bad}) } ];
+my @retried = grep { "@{ $_->{event_ids} }" eq "@{ $refused->{event_ids} }" } @after;
+is(scalar(@retried), 1, 'the refused batch is retried once, with the same eventIds');
+ok(@after > 1 && !grep({ scalar(@{ $_->{event_ids} }) > 3 } grep { $_ != $retried[0] } @after),
+	'then batches of at most 3');
+my %next_s = map { split /\|/ } split /\n/, $node->safe_psql('postgres', q{
+	SELECT h.shard_id, h.next_sequence FROM event_bridge.shards h
+	  JOIN event_bridge.streams s USING (stream_id) WHERE s.stream_name = 's' ORDER BY 1});
+check_shard_order(acked_ids(receiver_log($r{bad})), \%next_s, 'connector bad, before and after the change');
+
 # resume_connector starts the refused connector again.
 $node->safe_psql('postgres', "SELECT event_bridge.resume_connector('unauthorized')");
 ok($node->poll_query_until('postgres', q{
