@@ -97,6 +97,13 @@ check_settings(void)
 						 line_with_event_bridge("output_plugin_libraries", opl))));
 }
 
+/* Does the database's capture worker run and hold its slot? */
+static bool
+capture_ready(EbDatabase *db)
+{
+	return db->slot_ready && db->workers[EB_WORKER_CAPTURE].pid != 0;
+}
+
 /*
  * Checks the settings, has the launcher start this database's capture worker
  * and waits until that worker holds its replication slot.  A stream created
@@ -112,13 +119,18 @@ event_bridge_prepare_capture(PG_FUNCTION_ARGS)
 
 	check_settings();
 
+	/* Ready: no need to wake the launcher (it frees no entry with a worker). */
+	db = eb_database_entry(MyDatabaseId, false);
+	if (db != NULL && capture_ready(db))
+		PG_RETURN_VOID();
+
 	db = eb_database_want_workers(MyDatabaseId);
 	if (db == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("event_bridge serves at most %d databases", EB_MAX_DATABASES)));
 
-	if (db->slot_ready && db->workers[EB_WORKER_CAPTURE].pid != 0)
+	if (capture_ready(db))
 		PG_RETURN_VOID();
 
 	if (GetTopTransactionIdIfAny() != InvalidTransactionId)
@@ -130,7 +142,7 @@ event_bridge_prepare_capture(PG_FUNCTION_ARGS)
 
 	for (int i = 0; i < EB_SLOT_WAIT_SECONDS * 100; i++)
 	{
-		if (db->slot_ready && db->workers[EB_WORKER_CAPTURE].pid != 0)
+		if (capture_ready(db))
 			PG_RETURN_VOID();
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 10L, PG_WAIT_EXTENSION);

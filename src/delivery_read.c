@@ -63,7 +63,8 @@ delivery_find_records_table(void)
 /*
  * Reads up to limit records of a shard whose sequence is in (after, upto],
  * in order, into records; the strings are allocated in the current memory
- * context.  Returns how many it read.
+ * context.  Returns how many it read, and in *bytes the bytes of their data
+ * and keys.
  *
  * What it reads is bounded by max_bytes, not by what users insert: it stops
  * after the record whose data and key take the total to max_bytes or more
@@ -80,7 +81,8 @@ delivery_find_records_table(void)
  */
 static int
 read_records(int32 stream_id, int32 shard_id, int64 after, int64 upto, int limit,
-			 int64 max_bytes, FormatRecord *records, bool *full, int64 *big_bytes)
+			 int64 max_bytes, FormatRecord *records, bool *full, int64 *bytes,
+			 int64 *big_bytes)
 {
 	Relation	rel;
 	Relation	index;
@@ -88,9 +90,9 @@ read_records(int32 stream_id, int32 shard_id, int64 after, int64 upto, int limit
 	TupleTableSlot *slot;
 	ScanKeyData keys[4];
 	int			n = 0;
-	int64		bytes = 0;
 
 	*full = false;
+	*bytes = 0;
 
 	/* Dropped with the extension: the worker exits at its next check. */
 	rel = try_table_open(records_relid, AccessShareLock);
@@ -111,23 +113,25 @@ read_records(int32 stream_id, int32 shard_id, int64 after, int64 upto, int limit
 		FormatRecord *r = &records[n++];
 		bool		isnull;
 		Datum		d;
+		int64		data_bytes;
 
 		r->sequence = DatumGetInt64(slot_getattr(slot, records_attnums[0], &isnull));
 		r->system_time = DatumGetInt64(slot_getattr(slot, records_attnums[1], &isnull));
 		d = slot_getattr(slot, records_attnums[2], &isnull);
 		r->partition_key = isnull ? NULL : TextDatumGetCString(d);
-		bytes += r->partition_key ? strlen(r->partition_key) : 0;
+		*bytes += r->partition_key ? strlen(r->partition_key) : 0;
 		d = slot_getattr(slot, records_attnums[3], &isnull);
-		if ((int64) toast_raw_datum_size(d) > max_bytes)
+		data_bytes = toast_raw_datum_size(d) - VARHDRSZ;
+		if (data_bytes > max_bytes)
 		{
 			r->data = NULL;
-			*big_bytes = toast_raw_datum_size(d);
+			*big_bytes = data_bytes;
 			*full = true;
 			break;
 		}
 		r->data = TextDatumGetCString(d);
-		bytes += strlen(r->data);
-		if (bytes >= max_bytes)
+		*bytes += data_bytes;
+		if (*bytes >= max_bytes)
 		{
 			*full = true;
 			break;
@@ -143,26 +147,20 @@ read_records(int32 stream_id, int32 shard_id, int64 after, int64 upto, int limit
 
 /*
  * How many of a batch's first records fit in a body of at most the
- * connector's max_request_bytes; 0 if the first alone does not.  Counts
- * bytes exactly only for a batch that could be too big.
+ * connector's max_request_bytes; 0 if the first alone does not.  read_bytes,
+ * the data and keys that read_records read (the batch's and any skipped
+ * before it), bounds the body, so bytes are counted exactly only for a
+ * batch that could be too big.
  */
 static int
-records_that_fit(Connector *c, const FormatBatch *batch)
+records_that_fit(Connector *c, const FormatBatch *batch, int64 read_bytes)
 {
 	size_t		room = c->max_request_bytes - Min(format_envelope_max(batch),
 												  (size_t) c->max_request_bytes);
-	size_t		bound = 0;
+	size_t		bound = FORMAT_RECORD_MAX(read_bytes, 0) +
+		(size_t) (batch->nrecords - 1) * FORMAT_RECORD_MAX(0, 0);
 	size_t		used = 0;
 
-	for (int i = 0; i < batch->nrecords; i++)
-	{
-		const FormatRecord *r = &batch->records[i];
-
-		if (r->data == NULL)
-			break;
-		bound += FORMAT_RECORD_MAX(strlen(r->data),
-								   r->partition_key ? strlen(r->partition_key) : 0);
-	}
 	if (bound <= room && batch->records[batch->nrecords - 1].data != NULL)
 		return batch->nrecords;
 
@@ -216,13 +214,15 @@ delivery_read_batch(Shard *sh, TimestampTz now)
 	int			n;
 	int			first = 0;
 	bool		full;
+	int64		read_bytes;
 	int64		big_bytes = 0;
 	MemoryContext old;
 
 	records = palloc(sizeof(FormatRecord) * c->batch_size);
 	n = read_records(c->stream_id, sh->shard_id, sh->delivered_sequence,
 					 sh->retry_last >= 0 ? sh->retry_last : PG_INT64_MAX,
-					 c->batch_size, c->max_request_bytes, records, &full, &big_bytes);
+					 c->batch_size, c->max_request_bytes, records, &full, &read_bytes,
+					 &big_bytes);
 
 	/*
 	 * Fewer than asked for, and not for their size: every record there was
@@ -276,7 +276,7 @@ delivery_read_batch(Shard *sh, TimestampTz now)
 	batch.now_ms = epoch_ms(now);
 	batch.nrecords = n - first;
 	batch.records = records + first;
-	batch.nrecords = records_that_fit(c, &batch);
+	batch.nrecords = records_that_fit(c, &batch, read_bytes);
 	if (batch.nrecords == 0)
 	{
 		fail_big_record(sh, &records[first], big_bytes, now);

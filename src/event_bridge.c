@@ -233,8 +233,8 @@ eb_worker_attach(EbWorkerSlot *slot)
 /*
  * Starts a worker of a database: signal handlers, the connection to the
  * database whose OID is the worker's argument, an empty search_path, and its
- * shared slot.  Returns
- * the database's entry; exits quietly if every entry is taken.
+ * shared slot.  Returns the database's entry; exits quietly if every entry
+ * is taken.
  */
 EbDatabase *
 eb_worker_start(Datum main_arg, EbWorkerKind kind)

@@ -9,7 +9,7 @@ use lib $FindBin::RealBin;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(usleep time);
+use Time::HiRes qw(usleep);
 use EventBridgeTest;
 use ConnectorTest;
 
@@ -26,13 +26,8 @@ $node->safe_psql('postgres', q{
 	ALTER TABLE hot REPLICA IDENTITY FULL;
 	INSERT INTO hot SELECT g, 0 FROM generate_series(1, 200) g;});
 my $hint = 'Run ALTER EXTENSION event_bridge UPDATE; in database "postgres"';
-my $waited = 0;
-for (1 .. 1800)
-{
-	$waited = 1, last if slurp_file($node->logfile) =~ /waits for its SQL to be updated to version 0\.2/;
-	usleep(100_000);
-}
-ok($waited, 'the log says the SQL waits for an update');
+ok(eval { $node->wait_for_log(qr/waits for its SQL to be updated to version 0\.2/); 1 },
+	'the log says the SQL waits for an update');
 
 # Streams and connectors made with 0.1's API (headers as jsonb then).
 $node->safe_psql('postgres', qq{

@@ -48,13 +48,8 @@ for my $f (glob("$release/current/event_bridge*"))
 	copy($f, "$release/usr/share/postgresql/15/extension/") or die $!;
 }
 $node->start;
-my $waited = 0;
-for (1 .. 1800)
-{
-	$waited = 1, last if slurp_file($node->logfile) =~ /waits for its SQL to be updated to version 0\.2/;
-	usleep(100_000);
-}
-ok($waited, 'the new library waits for the update and says so');
+ok(eval { $node->wait_for_log(qr/waits for its SQL to be updated to version 0\.2/); 1 },
+	'the new library waits for the update and says so');
 
 # Rows keep coming; the update runs under load.
 $load = load_start($node, 6, 2, 300);
