@@ -18,6 +18,7 @@ OBJS = \
 	src/delivery.o \
 	src/delivery_catalog.o \
 	src/delivery_read.o \
+	src/delivery_answer.o \
 	src/connector_api.o \
 	src/caller.o \
 	src/catalog.o

@@ -32,12 +32,19 @@ INSERT INTO good VALUES
   ('create_connector', 9, '3'), ('create_connector', 10, $$'5 seconds'::interval$$),
   ('create_connector', 11, $$'{}'$$), ('create_connector', 12, '6291456'),
   ('create_connector', 13, $$'fixed'$$), ('create_connector', 14, $$'5 minutes'::interval$$),
+  ('create_connector', 15, $$'dead_letter'$$), ('create_connector', 16, $$'1 hour'::interval$$),
+  ('create_connector', 17, 'true'),
   ('alter_connector', 1, $$'sweep_c'$$), ('alter_connector', 2, $$'http://127.0.0.1:9/'$$),
   ('alter_connector', 3, $$'datahub'$$), ('alter_connector', 4, '10'),
   ('alter_connector', 5, $$'0'::interval$$), ('alter_connector', 6, $$'1 second'::interval$$),
   ('alter_connector', 7, '3'), ('alter_connector', 8, $$'5 seconds'::interval$$),
   ('alter_connector', 9, $$'{}'$$), ('alter_connector', 10, '6291456'),
   ('alter_connector', 11, $$'fixed'$$), ('alter_connector', 12, $$'5 minutes'::interval$$),
+  ('alter_connector', 13, $$'dead_letter'$$), ('alter_connector', 14, $$'1 hour'::interval$$),
+  ('alter_connector', 15, 'true'),
+  ('skip_batch', 1, $$'sweep_c'$$), ('skip_batch', 2, '0'),
+  ('redeliver_dead_letters', 1, $$'sweep_c'$$), ('redeliver_dead_letters', 2, $$ARRAY['0:1']$$),
+  ('purge_dead_letters', 1, $$'sweep_c'$$), ('purge_dead_letters', 2, $$'1 day'::interval$$),
   ('stop_connector', 1, $$'sweep_c'$$), ('start_connector', 1, $$'sweep_c'$$),
   ('resume_connector', 1, $$'sweep_c'$$), ('drop_connector', 1, $$'sweep_c'$$),
   ('reset_connector', 1, $$'sweep_c'$$), ('reset_connector', 2, 'now()');
@@ -55,6 +62,9 @@ INSERT INTO bad VALUES
   ('negative', 'interval', $$'-1 second'::interval$$),
   ('huge', 'interval', $$'1000 years'::interval$$),
   ('empty', 'regclass[]', $$ARRAY[]::regclass[]$$),
+  ('empty', 'text[]', $$ARRAY['']$$),
+  ('malformed', 'text[]', $$ARRAY['0:1', 'x:y']$$),
+  ('null element', 'text[]', $$ARRAY[NULL]::text[]$$),
   ('not an object', 'headers', $$'[1]'$$),
   ('not strings', 'headers', $$'{"a": 1}'$$),
   ('malformed', 'headers', $$'{"X-Token": "hunter2'$$),
@@ -70,9 +80,14 @@ INSERT INTO allowed VALUES
   ('wait_for_capture', 1, 'huge'),        -- a long timeout, returns at once
   ('create_stream', 4, 'huge'),           -- a long retention
   ('create_connector', 9, 'huge'),        -- many retries
-  ('alter_connector', 7, 'huge');
+  ('alter_connector', 7, 'huge'),
+  ('create_connector', 16, 'null'),       -- max_record_age NULL: no limit
+  ('create_connector', 16, 'huge'),       -- a long max_record_age
+  ('alter_connector', 14, 'huge'),
+  ('redeliver_dead_letters', 2, 'null'),  -- NULL: all of them
+  ('purge_dead_letters', 2, 'huge');      -- only the older ones
 -- alter_connector: NULL leaves a setting as it is.
-INSERT INTO allowed SELECT 'alter_connector', g, 'null' FROM generate_series(2, 12) g;
+INSERT INTO allowed SELECT 'alter_connector', g, 'null' FROM generate_series(2, 15) g;
 
 CREATE TEMP TABLE outcome (fn text, pos int, kind text, sqlstate text, message text);
 
@@ -99,6 +114,7 @@ BEGIN
                          OR (typ = 'headers' AND f.fn = 'create_connector' AND i = 11)
                          OR (typ = 'headers' AND f.fn = 'alter_connector' AND i = 9)
                          OR (typ = 'int' AND f.types[i] = 'integer')
+                         OR (typ = 'text[]' AND f.types[i] = 'text[]')
                          OR (typ = 'timestamptz' AND f.types[i] = 'timestamp with time zone')
                       ORDER BY kind LOOP
                 SELECT array_agg(CASE WHEN g.pos = i THEN b.val ELSE g.val END ORDER BY g.pos)

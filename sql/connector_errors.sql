@@ -142,6 +142,67 @@ SELECT event_bridge.drop_connector('by_member');
 RESET ROLE;
 REVOKE SELECT ON t FROM eb_connector_admin;
 
+-- Failure policy settings (DESIGN 9.3)
+SELECT event_bridge.create_connector('dl', 's', 'http://127.0.0.1:9/', on_failure => 'dead_letter',
+    max_record_age => '1 hour', partial_batch_response => true);
+SELECT on_failure, max_record_age, partial_batch_response, dead_letters
+  FROM event_bridge.connector_status WHERE connector_name = 'dl';
+-- an unknown policy
+SELECT event_bridge.alter_connector('dl', on_failure => 'retry_forever'); \echo :SQLSTATE
+-- a max_record_age of no time
+SELECT event_bridge.create_connector('dl2', 's', 'http://127.0.0.1:9/', max_record_age => '0'); \echo :SQLSTATE
+-- '0' removes the limit in alter_connector, NULL leaves it
+SELECT event_bridge.alter_connector('dl', max_record_age => NULL, partial_batch_response => false);
+SELECT max_record_age, partial_batch_response FROM event_bridge.connector_status WHERE connector_name = 'dl';
+SELECT event_bridge.alter_connector('dl', max_record_age => '0');
+SELECT max_record_age IS NULL AS no_limit FROM event_bridge.connector_status WHERE connector_name = 'dl';
+-- skip_batch of a shard that is not suspended
+SELECT event_bridge.skip_batch('dl', 0); \echo :SQLSTATE
+-- skip_batch of a shard the stream does not have
+SELECT event_bridge.skip_batch('dl', 7); \echo :SQLSTATE
+-- a suspended shard without a failed batch (the endpoint refused another shard's)
+UPDATE event_bridge.connector_shards SET suspended = true
+ WHERE connector_id = (SELECT connector_id FROM event_bridge.connectors WHERE connector_name = 'dl');
+SELECT event_bridge.skip_batch('dl', 0); \echo :SQLSTATE
+SELECT event_bridge.resume_connector('dl');
+-- nothing to redeliver or purge yet
+SELECT event_bridge.redeliver_dead_letters('dl') AS queued, event_bridge.purge_dead_letters('dl') AS purged;
+-- an eventId that is not "<shard>:<sequence>"
+SELECT event_bridge.redeliver_dead_letters('dl', ARRAY['0:1', '0-2']); \echo :SQLSTATE
+SELECT event_bridge.purge_dead_letters('dl', '-1 day'); \echo :SQLSTATE
+
+-- Dead letters show record data: a row shows only to a role that may SELECT
+-- every table of its stream, and a function of the reader's cannot see the
+-- rows the view hides (security_barrier).  Stopped, so that the worker
+-- leaves the dead letter alone.
+SELECT event_bridge.stop_connector('dl');
+INSERT INTO event_bridge.dead_letter_records (connector_id, shard_id, sequence, system_time,
+    record_id, operation, table_name, data, failed_at, attempts, http_status, error)
+SELECT connector_id, 0, 41, 0, 1, 'I', 'public.t', '["secret row"]', now(), 3, 400, 'HTTP status 400'
+  FROM event_bridge.connectors WHERE connector_name = 'dl';
+SELECT connector_name, event_id, data, attempts, http_status, error FROM event_bridge.dead_letters;
+SELECT dead_letters FROM event_bridge.shard_status WHERE connector_name = 'dl' AND shard_id = 0;
+CREATE FUNCTION leak(jsonb) RETURNS boolean LANGUAGE plpgsql COST 0.0000001 AS
+$$ BEGIN RAISE NOTICE 'leaked %', $1; RETURN true; END $$;
+GRANT EXECUTE ON FUNCTION leak(jsonb) TO eb_connector_admin;
+SET ROLE eb_connector_admin;
+SELECT count(*) AS visible_without_select FROM event_bridge.dead_letters WHERE leak(data);
+RESET ROLE;
+GRANT SELECT ON t TO eb_connector_admin;
+SET ROLE eb_connector_admin;
+SELECT count(*) AS visible_with_select FROM event_bridge.dead_letters;
+-- redeliver needs SELECT too, and asks the worker to send it again
+SELECT event_bridge.redeliver_dead_letters('dl', ARRAY['0:41']) AS queued;
+SELECT redelivery_pending FROM event_bridge.dead_letters;
+RESET ROLE;
+REVOKE SELECT ON t FROM eb_connector_admin;
+SET ROLE eb_connector_admin;
+SELECT event_bridge.redeliver_dead_letters('dl'); \echo :SQLSTATE
+SELECT event_bridge.purge_dead_letters('dl') AS purged;
+RESET ROLE;
+DROP FUNCTION leak(jsonb);
+SELECT event_bridge.drop_connector('dl');
+
 -- Clean up: DROP EXTENSION stops the workers and drops the slot.
 DROP EXTENSION event_bridge;
 DROP ROLE eb_connector_nobody, eb_connector_admin;

@@ -45,6 +45,7 @@
 
 PG_FUNCTION_INFO_V1(event_bridge_check_admin);
 PG_FUNCTION_INFO_V1(event_bridge_check_readable);
+PG_FUNCTION_INFO_V1(event_bridge_may_read);
 PG_FUNCTION_INFO_V1(event_bridge_hide_statement);
 
 /* What the hook knows of a function, kept with its call cache. */
@@ -183,45 +184,68 @@ event_bridge_check_admin(PG_FUNCTION_ARGS)
 }
 
 /*
- * Refuses a caller that may not read every row of every table given: it
- * needs SELECT on the whole table, and no row-level security may apply to
- * it.  Tables that no longer exist are passed over.  Superusers pass.
+ * May caller read every row of every table given?  It needs SELECT on the
+ * whole table, and no row-level security may apply to it.  Tables that no
+ * longer exist are passed over.  Superusers may.  With raise, the answer no
+ * is an error that says why.
  */
-Datum
-event_bridge_check_readable(PG_FUNCTION_ARGS)
+static bool
+may_read(Oid caller, ArrayType *arr, bool raise)
 {
-	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(0);
-	Oid			caller = eb_api_caller();
 	Datum	   *elems;
 	bool	   *nulls;
 	int			n;
 
 	if (superuser_arg(caller))
-		PG_RETURN_VOID();
+		return true;
 	deconstruct_array(arr, REGCLASSOID, sizeof(Oid), true, TYPALIGN_INT, &elems, &nulls, &n);
 	for (int i = 0; i < n; i++)
 	{
 		Oid			relid = DatumGetObjectId(elems[i]);
-		char	   *name;
 
 		if (nulls[i] || !SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
 			continue;
-		name = get_rel_name(relid);
 		if (pg_class_aclcheck(relid, caller, ACL_SELECT) != ACLCHECK_OK)
+		{
+			if (!raise)
+				return false;
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-					 errmsg("permission denied for table %s", name),
+					 errmsg("permission denied for table %s", get_rel_name(relid)),
 					 errdetail("Role \"%s\" needs the SELECT privilege on every table of the stream: its records show whole rows.",
 							   GetUserNameFromId(caller, false))));
+		}
 		if (check_enable_rls(relid, caller, true) == RLS_ENABLED)
+		{
+			if (!raise)
+				return false;
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-					 errmsg("table %s has row-level security enabled", name),
+					 errmsg("table %s has row-level security enabled", get_rel_name(relid)),
 					 errdetail("A stream carries every row, so role \"%s\" would see rows its policies hide.",
 							   GetUserNameFromId(caller, false)),
 					 errhint("Use a role that bypasses row-level security (BYPASSRLS, or the table's owner).")));
+		}
 	}
+	return true;
+}
+
+/* Refuses a caller that may not read every row of every table given (see may_read). */
+Datum
+event_bridge_check_readable(PG_FUNCTION_ARGS)
+{
+	(void) may_read(eb_api_caller(), PG_GETARG_ARRAYTYPE_P(0), true);
 	PG_RETURN_VOID();
+}
+
+/*
+ * The same rule as a test, for the views that show record data row by row:
+ * a view runs its functions as the role that reads it.
+ */
+Datum
+event_bridge_may_read(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(may_read(eb_api_caller(), PG_GETARG_ARRAYTYPE_P(0), false));
 }
 
 /*

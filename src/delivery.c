@@ -93,6 +93,8 @@ delivery_drop_batch(Shard *sh)
 		http_request_cancel(sh->request);
 	sh->in_flight = false;
 	sh->has_batch = false;
+	sh->redelivery = false;
+	sh->sequences = NULL;
 	sh->not_before = 0;
 	MemoryContextReset(sh->batch_context);
 	memset(&sh->body, 0, sizeof(sh->body));
@@ -125,6 +127,7 @@ delivery_create_shards(Connector *c, int nshards)
 		sh->connector = c;
 		sh->shard_id = i;
 		sh->retry_last = -1;
+		sh->bisect_last = -1;
 		sh->request = http_request_create(sh);
 		sh->batch_context = AllocSetContextCreate(c->worker->context, "event_bridge batch",
 												  ALLOCSET_DEFAULT_SIZES);
@@ -168,6 +171,8 @@ send_batch(Shard *sh)
 {
 	Connector  *c = sh->connector;
 
+	/* The answer is read with the settings the batch was sent with. */
+	http_request_keep_body(sh->request, c->partial_batch_response ? EB_PARTIAL_RESPONSE_MAX : 0);
 	http_request_start(sh->request, &c->endpoint, c->headers, c->nheaders,
 					   sh->body.data, sh->body.len, c->timeout_ms);
 	sh->in_flight = true;
@@ -204,6 +209,8 @@ wants_read(Shard *sh, TimestampTz now)
 {
 	if (sh->has_batch || !shard_active(sh))
 		return false;
+	if (sh->redeliver_pending && sh->retry_last < 0 && sh->bisect_last < 0)
+		return true;
 	if (sh->not_before != 0 && sh->not_before <= now)
 		return true;
 	return !(sh->drained && sh->drained_epoch == worker.turn_epoch);
@@ -216,12 +223,20 @@ typedef struct ReadCall
 	TimestampTz now;
 } ReadCall;
 
+/*
+ * Dead letters asked for again go first, between two batches of the shard
+ * (not while a failed batch waits for its retry or is bisected).
+ */
 static void
 read_call(void *arg)
 {
 	ReadCall   *call = (ReadCall *) arg;
+	Shard	   *sh = call->shard;
 
-	delivery_read_batch(call->shard, call->now);
+	if (sh->redeliver_pending && sh->retry_last < 0 && sh->bisect_last < 0 &&
+		delivery_read_redelivery(sh, call->now))
+		return;
+	delivery_read_batch(sh, call->now);
 }
 
 /*

@@ -16,6 +16,7 @@
 #include "postgres.h"
 
 #include "lib/stringinfo.h"
+#include "nodes/pg_list.h"
 #include "utils/timestamp.h"
 
 #include "event_bridge.h"
@@ -29,6 +30,12 @@
 /* The least retry interval, as create_connector allows it. */
 #define EB_MIN_RETRY_MS		10
 
+/*
+ * The longest answer read for batchItemFailures: 10,000 records' eventIds
+ * take about 450 kB.  A longer answer fails the batch.
+ */
+#define EB_PARTIAL_RESPONSE_MAX	(1024 * 1024)
+
 typedef struct Connector Connector;
 
 /* A shard of a connector, as the worker drives it. */
@@ -41,8 +48,24 @@ typedef struct Shard
 	int32		generation;		/* connector_shards.position_generation */
 	int64		skip_before;	/* epoch ms; earlier records are skipped */
 	int64		retry_last;		/* last sequence of the failed batch, or -1 */
+	int			failures;		/* consecutive failed attempts of that batch */
 	bool		suspended;
 	HttpRequest *request;
+
+	/*
+	 * Bisection (on_failure 'dead_letter'): while the offset is below
+	 * bisect_last, batches hold at most bisect_size records, halved at each
+	 * failure, until a failing record is alone and becomes a dead letter.
+	 * bisect_failures counts the failed attempts since the failing began.
+	 * Kept in memory only: after a restart the failed batch is retried
+	 * whole and bisected again.
+	 */
+	int64		bisect_last;	/* -1: not bisecting */
+	int			bisect_size;
+	int			bisect_failures;
+
+	/* Dead letters wait to be sent again (redeliver_dead_letters). */
+	bool		redeliver_pending;
 
 	/* The batch in hand: read, in flight, or waiting for its retry. */
 	bool		has_batch;
@@ -50,6 +73,8 @@ typedef struct Shard
 	int64		first_sequence;
 	int64		last_sequence;
 	int			nrecords;
+	bool		redelivery;		/* dead letters sent again (redeliver_dead_letters) */
+	int64	   *sequences;		/* of a redelivery, which may have gaps */
 	StringInfoData body;		/* in batch_context */
 	MemoryContext batch_context;
 
@@ -86,6 +111,9 @@ struct Connector
 	int			max_retries;
 	int64		timeout_ms;
 	int			max_request_bytes;	/* no body is larger */
+	bool		dead_letter;	/* on_failure 'dead_letter' (else 'suspend') */
+	int64		max_record_age_ms;	/* older records fail at once; -1: no limit */
+	bool		partial_batch_response; /* honour batchItemFailures */
 	bool		stopped;
 	bool		unusable;		/* could not be loaded: state ERROR */
 	int			nshards;
@@ -125,6 +153,14 @@ from_epoch_ms(int64 ms)
 	return (ms - EB_EPOCH_OFFSET_MS) * 1000;
 }
 
+/* What a failed attempt leads to (delivery_record_failure). */
+typedef enum FailureAction
+{
+	FAILURE_RETRY,				/* retried; after max_retries, on_failure */
+	FAILURE_GIVE_UP,			/* on_failure at once */
+	FAILURE_SUSPEND				/* the shard is suspended, whatever on_failure says */
+} FailureAction;
+
 /* delivery.c: the model */
 extern void delivery_drop_batch(Shard *sh);
 extern void delivery_create_shards(Connector *c, int nshards);
@@ -135,11 +171,18 @@ extern int64 delivery_retry_delay_ms(Connector *c, int failures, int64 retry_aft
 extern void delivery_sync_connectors(DeliveryWorker *w);
 extern void delivery_skip_records(Shard *sh, int64 last_skipped);
 extern void delivery_record_outcome(Shard *sh, const HttpOutcome *o);
-extern void delivery_record_failure(Shard *sh, const HttpOutcome *o, bool suspend_now);
+extern void delivery_record_failure(Shard *sh, const HttpOutcome *o, FailureAction action,
+									bool named);
+extern void delivery_record_dead_letters(Shard *sh, const HttpOutcome *o, int attempts);
+extern void delivery_record_redelivery(Shard *sh, const HttpOutcome *o, int acked,
+									   const char *error);
 extern void delivery_connector_failed(Connector *c, int64 version, const char *error);
 
 /* delivery_read.c */
 extern void delivery_find_records_table(void);
 extern void delivery_read_batch(Shard *sh, TimestampTz now);
+extern bool delivery_read_redelivery(Shard *sh, TimestampTz now);
+extern int	delivery_acknowledged(Shard *sh, const HttpOutcome *o, bool *named,
+								  char *why, size_t whylen);
 
 #endif							/* EVENT_BRIDGE_DELIVERY_H */

@@ -46,6 +46,11 @@ typedef enum CatalogStatementId
 	STMT_LOG_ATTEMPT,
 	STMT_SUSPEND_CONNECTOR,
 	STMT_SET_ERROR,
+	STMT_PARTIAL,
+	STMT_SPLIT,
+	STMT_DEAD_LETTER,
+	STMT_REDELIVERED,
+	STMT_REDELIVERY_FAILED,
 	NUM_STATEMENTS
 } CatalogStatementId;
 
@@ -62,15 +67,19 @@ static EbStatement statements[NUM_STATEMENTS] = {
 		" ceil(extract(epoch FROM c.timeout) * 1000)::bigint,"
 		" ARRAY(SELECT e.key || ': ' || e.value FROM jsonb_each_text(c.headers) e ORDER BY e.key),"
 		" c.stopped, c.version, c.max_request_bytes, c.error, c.retry_strategy,"
-		" ceil(extract(epoch FROM c.max_retry_interval) * 1000)::bigint"
+		" ceil(extract(epoch FROM c.max_retry_interval) * 1000)::bigint,"
+		" c.on_failure, floor(extract(epoch FROM c.max_record_age) * 1000)::bigint,"
+		" c.partial_batch_response"
 		" FROM event_bridge.connectors c JOIN event_bridge.streams s ON s.stream_id = c.stream_id"
 		" WHERE c.connector_id = $1",
 		1, {INT4OID}
 	},
 	[STMT_SHARDS] = {
-		"SELECT shard_id, delivered_sequence, position_generation, skip_before, suspended,"
-		" retry_last_sequence"
-		" FROM event_bridge.connector_shards WHERE connector_id = $1",
+		"SELECT cs.shard_id, cs.delivered_sequence, cs.position_generation, cs.skip_before,"
+		" cs.suspended, cs.retry_last_sequence, cs.failures,"
+		" EXISTS (SELECT FROM event_bridge.dead_letter_records d"
+		" WHERE d.connector_id = cs.connector_id AND d.shard_id = cs.shard_id AND d.redeliver)"
+		" FROM event_bridge.connector_shards cs WHERE cs.connector_id = $1",
 		1, {INT4OID}
 	},
 	[STMT_SKIP] = {
@@ -85,7 +94,7 @@ static EbStatement statements[NUM_STATEMENTS] = {
 	[STMT_SUCCESS] = {
 		"WITH s AS (UPDATE event_bridge.connector_shards SET delivered_sequence = $4,"
 		" delivered = delivered + $5, failures = 0, retry_last_sequence = NULL,"
-		" attempts = attempts + 1, last_attempt_at = $6, last_http_status = $7,"
+		" next_attempt_at = NULL, attempts = attempts + 1, last_attempt_at = $6, last_http_status = $7,"
 		" last_success_at = $6, last_event_id = $8"
 		" WHERE connector_id = $1 AND shard_id = $2 AND position_generation = $3"
 		" RETURNING attempts),"
@@ -103,10 +112,12 @@ static EbStatement statements[NUM_STATEMENTS] = {
 		"UPDATE event_bridge.connector_shards SET failures = failures + 1,"
 		" suspended = suspended OR failures + 1 >= $4, retry_last_sequence = $5,"
 		" attempts = attempts + 1, failed_attempts = failed_attempts + 1,"
-		" last_attempt_at = $6, last_http_status = $7, last_error = $8, last_error_at = $6"
+		" last_attempt_at = $6, last_http_status = $7, last_error = $8, last_error_at = $6,"
+		" next_attempt_at = CASE WHEN suspended OR failures + 1 >= $4 THEN NULL ELSE $9 END"
 		" WHERE connector_id = $1 AND shard_id = $2 AND position_generation = $3"
 		" RETURNING attempts, suspended, failures",
-		8, {INT4OID, INT4OID, INT4OID, INT4OID, INT8OID, TIMESTAMPTZOID, INT4OID, TEXTOID}
+		9, {INT4OID, INT4OID, INT4OID, INT4OID, INT8OID, TIMESTAMPTZOID, INT4OID, TEXTOID,
+		TIMESTAMPTZOID}
 	},
 	[STMT_STALE] = {
 		"UPDATE event_bridge.connector_shards SET attempts = attempts + 1,"
@@ -141,6 +152,62 @@ static EbStatement statements[NUM_STATEMENTS] = {
 		"UPDATE event_bridge.connectors SET error = $2"
 		" WHERE connector_id = $1 AND error IS DISTINCT FROM $2",
 		2, {INT4OID, TEXTOID}
+	},
+	/*
+	 * A partial batch response acknowledged the batch's first records: the
+	 * offset moves past them; the attempt is recorded with the rest.
+	 */
+	[STMT_PARTIAL] = {
+		"UPDATE event_bridge.connector_shards SET delivered_sequence = $4,"
+		" delivered = delivered + $5, last_success_at = $6, last_event_id = $7"
+		" WHERE connector_id = $1 AND shard_id = $2 AND position_generation = $3",
+		7, {INT4OID, INT4OID, INT4OID, INT8OID, INT4OID, TIMESTAMPTZOID, TEXTOID}
+	},
+	/* A failed batch is split: its halves start with no failures. */
+	[STMT_SPLIT] = {
+		"UPDATE event_bridge.connector_shards SET failures = 0, retry_last_sequence = NULL,"
+		" next_attempt_at = NULL"
+		" WHERE connector_id = $1 AND shard_id = $2 AND position_generation = $3",
+		3, {INT4OID, INT4OID, INT4OID}
+	},
+	/*
+	 * Records $4..$5 become dead letters, copied from event_bridge.records,
+	 * and the offset moves past them, in one statement.  A record that is a
+	 * dead letter already (a replay after reset_connector) is updated.
+	 */
+	[STMT_DEAD_LETTER] = {
+		"WITH d AS (INSERT INTO event_bridge.dead_letter_records AS d (connector_id, shard_id,"
+		" sequence, system_time, record_id, operation, table_name, partition_key, data,"
+		" failed_at, attempts, http_status, error)"
+		" SELECT $1, r.shard_id, r.sequence, r.system_time, r.record_id, r.operation,"
+		" r.table_name, r.partition_key, r.data, $6, $7, $8, $9"
+		" FROM event_bridge.records r"
+		" WHERE r.stream_id = $10 AND r.shard_id = $2 AND r.sequence BETWEEN $4 AND $5"
+		" AND EXISTS (SELECT FROM event_bridge.connector_shards s WHERE s.connector_id = $1"
+		" AND s.shard_id = $2 AND s.position_generation = $3)"
+		" ON CONFLICT (connector_id, shard_id, sequence) DO UPDATE"
+		" SET failed_at = excluded.failed_at, attempts = d.attempts + excluded.attempts,"
+		" http_status = excluded.http_status, error = excluded.error, redeliver = false"
+		" RETURNING 1)"
+		" UPDATE event_bridge.connector_shards SET delivered_sequence = $5, failures = 0,"
+		" retry_last_sequence = NULL, next_attempt_at = NULL"
+		" WHERE connector_id = $1 AND shard_id = $2 AND position_generation = $3"
+		" RETURNING (SELECT count(*) FROM d)",
+		10, {INT4OID, INT4OID, INT4OID, INT8OID, INT8OID, TIMESTAMPTZOID, INT4OID, INT4OID,
+		TEXTOID, INT4OID}
+	},
+	/* Dead letters sent again and acknowledged leave. */
+	[STMT_REDELIVERED] = {
+		"DELETE FROM event_bridge.dead_letter_records"
+		" WHERE connector_id = $1 AND shard_id = $2 AND sequence = ANY ($3) AND redeliver",
+		3, {INT4OID, INT4OID, INT8ARRAYOID}
+	},
+	/* Dead letters sent again and refused stay, with the new outcome. */
+	[STMT_REDELIVERY_FAILED] = {
+		"UPDATE event_bridge.dead_letter_records SET redeliver = false,"
+		" attempts = attempts + 1, failed_at = $4, http_status = $5, error = $6"
+		" WHERE connector_id = $1 AND shard_id = $2 AND sequence = ANY ($3) AND redeliver",
+		6, {INT4OID, INT4OID, INT8ARRAYOID, TIMESTAMPTZOID, INT4OID, TEXTOID}
 	},
 };
 
@@ -224,8 +291,12 @@ load_shard(Connector *c, uint64 i)
 		sh->delivered_sequence = column_int64(i, 2);
 		sh->generation = generation;
 		sh->retry_last = column_int64(i, 6);
+		sh->bisect_last = -1;
+		sh->bisect_failures = 0;
 		sh->loaded = true;
 	}
+	sh->failures = column_int32(i, 7);
+	sh->redeliver_pending = column_bool(i, 8);
 	sh->skip_before = column_int64(i, 4);
 	sh->drained = false;
 	if (sh->suspended && !suspended)
@@ -288,6 +359,9 @@ load_connector(Connector *c)
 	had_error = !column_isnull(0, 16);
 	c->exponential = (strcmp(column_text(0, 17), "exponential") == 0);
 	c->max_retry_interval_ms = Max(column_int64(0, 18), c->retry_interval_ms);
+	c->dead_letter = (strcmp(column_text(0, 19), "dead_letter") == 0);
+	c->max_record_age_ms = column_int64(0, 20);
+	c->partial_batch_response = column_bool(0, 21);
 	if (!format_by_name(format, &c->format))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
@@ -500,6 +574,19 @@ record_stale_outcome(Shard *sh, const HttpOutcome *o)
 }
 
 /*
+ * Ends a bisection once the offset has passed the batch that failed: the
+ * shard goes back to whole batches.
+ */
+static void
+end_bisection_if_done(Shard *sh)
+{
+	if (sh->bisect_last >= 0 && sh->delivered_sequence >= sh->bisect_last)
+		sh->bisect_last = -1;
+	if (sh->bisect_last < 0)
+		sh->bisect_failures = 0;
+}
+
+/*
  * Records a shard's successful attempt: moves the offset and frees the shard
  * for its next batch.  Must be called inside a transaction.
  */
@@ -531,6 +618,8 @@ record_success(Shard *sh, const HttpOutcome *o)
 	{
 		sh->delivered_sequence = sh->last_sequence;
 		sh->retry_last = -1;
+		sh->failures = 0;
+		end_bisection_if_done(sh);
 	}
 	else
 	{
@@ -542,29 +631,154 @@ record_success(Shard *sh, const HttpOutcome *o)
 }
 
 /*
- * Records a shard's failed attempt: schedules the retry of the same batch,
- * or suspends the shard after max_retries consecutive failures, or at once
- * with suspend_now.  Must be called inside a transaction.
+ * A partial batch response acknowledged the first acked records of the
+ * batch: the offset moves past them, and the batch in hand becomes the
+ * rest.  Returns false if the shard was reset meanwhile.  Must be called
+ * inside a transaction.
  */
-void
-delivery_record_failure(Shard *sh, const HttpOutcome *o, bool suspend_now)
+static bool
+record_partial_success(Shard *sh, int acked)
 {
 	Connector  *c = sh->connector;
-	Datum		values[8];
-	char		nulls[8];
-	TimestampTz now = GetCurrentTimestamp();
-	int64		attempt;
+	int64		last = sh->first_sequence + acked - 1;
+	Datum		values[7];
+
+	values[0] = Int32GetDatum(c->connector_id);
+	values[1] = Int32GetDatum(sh->shard_id);
+	values[2] = Int32GetDatum(sh->generation);
+	values[3] = Int64GetDatum(last);
+	values[4] = Int32GetDatum(acked);
+	values[5] = TimestampTzGetDatum(GetCurrentTimestamp());
+	values[6] = CStringGetTextDatum(psprintf("%d:" INT64_FORMAT, sh->shard_id, last));
+	if (run(STMT_PARTIAL, values, NULL) != 1)
+		return false;
+	sh->delivered_sequence = last;
+	sh->first_sequence = last + 1;
+	sh->nrecords -= acked;
+	return true;
+}
+
+/*
+ * Records $first..$last of a shard (the batch in hand) as dead letters with
+ * the outcome that failed them, and moves the offset past them.  attempts:
+ * the failed attempts of the batches that held them.  Must be called inside
+ * a transaction.
+ */
+void
+delivery_record_dead_letters(Shard *sh, const HttpOutcome *o, int attempts)
+{
+	Connector  *c = sh->connector;
+	Datum		values[10];
+	char		nulls[10];
 
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = Int32GetDatum(c->connector_id);
 	values[1] = Int32GetDatum(sh->shard_id);
 	values[2] = Int32GetDatum(sh->generation);
-	values[3] = Int32GetDatum(suspend_now ? 0 : c->max_retries);
+	values[3] = Int64GetDatum(sh->first_sequence);
+	values[4] = Int64GetDatum(sh->last_sequence);
+	values[5] = TimestampTzGetDatum(GetCurrentTimestamp());
+	values[6] = Int32GetDatum(attempts);
+	values[7] = Int32GetDatum((int32) o->status);
+	nulls[7] = (o->status == 0) ? 'n' : ' ';
+	values[8] = CStringGetTextDatum(o->error);
+	values[9] = Int32GetDatum(c->stream_id);
+	if (run(STMT_DEAD_LETTER, values, nulls) != 1)
+	{
+		c->version = -1;		/* reset meanwhile: reload */
+		delivery_drop_batch(sh);
+		return;
+	}
+	ereport(LOG,
+			(errmsg("event_bridge connector \"%s\" moved " INT64_FORMAT " record(s) of shard %d to the dead letters, from eventId %d:" INT64_FORMAT,
+					c->name, column_int64(0, 1), sh->shard_id,
+					sh->shard_id, sh->first_sequence),
+			 errdetail("%s", o->error)));
+	sh->delivered_sequence = sh->last_sequence;
+	sh->retry_last = -1;
+	sh->failures = 0;
+	sh->drained = false;
+	c->worker->turn_again = true;
+	end_bisection_if_done(sh);
+	delivery_drop_batch(sh);
+}
+
+/*
+ * on_failure 'dead_letter' gives up on the batch in hand: a batch of more
+ * than one record is split, and its first half is read and sent at once; a
+ * record alone (or the one the function named, named) becomes a dead letter.
+ * Must be called inside a transaction.
+ */
+static void
+give_up_on_batch(Shard *sh, const HttpOutcome *o, bool named)
+{
+	Connector  *c = sh->connector;
+	Datum		values[3];
+
+	if (sh->nrecords > 1 && !named)
+	{
+		values[0] = Int32GetDatum(c->connector_id);
+		values[1] = Int32GetDatum(sh->shard_id);
+		values[2] = Int32GetDatum(sh->generation);
+		if (run(STMT_SPLIT, values, NULL) != 1)
+		{
+			c->version = -1;
+			delivery_drop_batch(sh);
+			return;
+		}
+		if (sh->bisect_last < sh->last_sequence)
+			sh->bisect_last = sh->last_sequence;
+		sh->bisect_size = (sh->nrecords + 1) / 2;
+		sh->retry_last = -1;
+		sh->failures = 0;
+		sh->drained = false;
+		c->worker->turn_again = true;
+		delivery_drop_batch(sh);
+		return;
+	}
+	sh->last_sequence = sh->first_sequence;
+	sh->nrecords = 1;
+	delivery_record_dead_letters(sh, o, Max(sh->bisect_failures, 1));
+}
+
+/*
+ * Records a shard's failed attempt and what follows (see FailureAction): the
+ * retry of the same batch after the strategy's wait, or on_failure: the
+ * shard SUSPENDED, or the batch given up (give_up_on_batch).  named: the
+ * function named the batch's first record as the one that failed (a partial
+ * batch response).  Must be called inside a transaction.
+ */
+void
+delivery_record_failure(Shard *sh, const HttpOutcome *o, FailureAction action, bool named)
+{
+	Connector  *c = sh->connector;
+	Datum		values[9];
+	char		nulls[9];
+	TimestampTz now = GetCurrentTimestamp();
+	int32		suspend_after;
+	int64		attempt;
+	bool		give_up;
+
+	if (action == FAILURE_SUSPEND || (!c->dead_letter && action == FAILURE_GIVE_UP))
+		suspend_after = 0;
+	else if (!c->dead_letter)
+		suspend_after = c->max_retries;
+	else
+		suspend_after = PG_INT32_MAX;	/* dead letters instead */
+
+	sh->not_before = TimestampTzPlusMilliseconds(now, delivery_retry_delay_ms(c, sh->failures + 1,
+																			  o->retry_after_ms));
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = Int32GetDatum(c->connector_id);
+	values[1] = Int32GetDatum(sh->shard_id);
+	values[2] = Int32GetDatum(sh->generation);
+	values[3] = Int32GetDatum(suspend_after);
 	values[4] = Int64GetDatum(sh->last_sequence);
 	values[5] = TimestampTzGetDatum(now);
 	values[6] = Int32GetDatum((int32) o->status);
 	nulls[6] = (o->status == 0) ? 'n' : ' ';
 	values[7] = CStringGetTextDatum(o->error);
+	values[8] = TimestampTzGetDatum(sh->not_before);
 	if (run(STMT_FAILURE, values, nulls) != 1)
 	{
 		attempt = record_stale_outcome(sh, o);
@@ -576,20 +790,25 @@ delivery_record_failure(Shard *sh, const HttpOutcome *o, bool suspend_now)
 
 	attempt = column_int64(0, 1);
 	sh->suspended = column_bool(0, 2);
+	sh->failures = column_int32(0, 3);
+	sh->bisect_failures++;
 	sh->retry_last = sh->last_sequence;
 	sh->drained = false;		/* the retry reads the batch again */
-	sh->not_before = TimestampTzPlusMilliseconds(now, delivery_retry_delay_ms(c, column_int32(0, 3),
-																			  o->retry_after_ms));
 	if (sh->suspended)
 		ereport(LOG,
-				(suspend_now ?
+				(suspend_after == 0 ?
 				 errmsg("event_bridge connector \"%s\" shard %d is suspended",
 						c->name, sh->shard_id) :
 				 errmsg("event_bridge connector \"%s\" shard %d is suspended after %d consecutive failures",
-						c->name, sh->shard_id, column_int32(0, 3)),
+						c->name, sh->shard_id, sh->failures),
 				 errdetail("The last error was: %s.", o->error),
 				 errhint("Run SELECT event_bridge.resume_connector('%s') to retry.", c->name)));
 	log_attempt(sh, attempt, o);
+
+	give_up = c->dead_letter && action != FAILURE_SUSPEND &&
+		(action == FAILURE_GIVE_UP || sh->failures >= c->max_retries);
+	if (give_up)
+		give_up_on_batch(sh, o, named);
 }
 
 /*
@@ -623,8 +842,9 @@ failure_class(const HttpOutcome *o)
 
 /*
  * The endpoint refused: suspends every shard of the connector at once (the
- * failing shard through its attempt), with the reason in last_error.  Must
- * be called inside a transaction.
+ * failing shard through its attempt), with the reason in last_error.
+ * Nothing becomes a dead letter for it.  Must be called inside a
+ * transaction.
  */
 static void
 suspend_connector(Shard *sh, const HttpOutcome *o)
@@ -635,7 +855,7 @@ suspend_connector(Shard *sh, const HttpOutcome *o)
 
 	snprintf(failed.error, sizeof(failed.error),
 			 "%s: the endpoint refuses, so every shard is suspended", o->error);
-	delivery_record_failure(sh, &failed, true);
+	delivery_record_failure(sh, &failed, FAILURE_SUSPEND, false);
 	values[0] = Int32GetDatum(c->connector_id);
 	values[1] = CStringGetTextDatum(failed.error);
 	run(STMT_SUSPEND_CONNECTOR, values, NULL);
@@ -644,37 +864,105 @@ suspend_connector(Shard *sh, const HttpOutcome *o)
 }
 
 /*
- * Records how a shard's attempt went: a success, or a failure by its class.
- * Must be called inside a transaction.
+ * Records how dead letters sent again went: the acknowledged ones (the
+ * first acked) leave, the others stay with the new outcome.  Must be called
+ * inside a transaction.
+ */
+void
+delivery_record_redelivery(Shard *sh, const HttpOutcome *o, int acked, const char *error)
+{
+	Connector  *c = sh->connector;
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	Datum	   *seqs = palloc(sizeof(Datum) * sh->nrecords);
+
+	for (int i = 0; i < sh->nrecords; i++)
+		seqs[i] = Int64GetDatum(sh->sequences[i]);
+	values[0] = Int32GetDatum(c->connector_id);
+	values[1] = Int32GetDatum(sh->shard_id);
+	if (acked > 0)
+	{
+		values[2] = PointerGetDatum(construct_array(seqs, acked, INT8OID, 8, true, TYPALIGN_DOUBLE));
+		run(STMT_REDELIVERED, values, NULL);
+	}
+	if (acked < sh->nrecords)
+	{
+		values[2] = PointerGetDatum(construct_array(seqs + acked, sh->nrecords - acked, INT8OID,
+													8, true, TYPALIGN_DOUBLE));
+		values[3] = TimestampTzGetDatum(GetCurrentTimestamp());
+		values[4] = Int32GetDatum((int32) o->status);
+		nulls[4] = (o->status == 0) ? 'n' : ' ';
+		values[5] = CStringGetTextDatum(error);
+		run(STMT_REDELIVERY_FAILED, values, nulls);
+	}
+	ereport(LOG,
+			(errmsg("event_bridge connector \"%s\" sent %d dead letter(s) of shard %d again: %d acknowledged",
+					c->name, sh->nrecords, sh->shard_id, acked)));
+	sh->drained = false;
+	delivery_drop_batch(sh);
+}
+
+/*
+ * Records how a shard's attempt went: a success, a partial success (a
+ * batchItemFailures answer), or a failure by its class.  Must be called
+ * inside a transaction.
  */
 void
 delivery_record_outcome(Shard *sh, const HttpOutcome *o)
 {
-	HttpOutcome failed;
+	HttpOutcome failed = *o;
+	int			acked = o->ok ? sh->nrecords : 0;
+	bool		named = false;
 
 	sh->in_flight = false;
-	if (o->ok)
+	/* A body kept: the batch was sent with partial_batch_response. */
+	if (o->ok && o->body != NULL)
+		acked = delivery_acknowledged(sh, o, &named, failed.error, sizeof(failed.error));
+	if (sh->redelivery)
+	{
+		delivery_record_redelivery(sh, o, acked, failed.error);
+		return;
+	}
+	if (o->ok && acked == sh->nrecords)
 	{
 		record_success(sh, o);
+		return;
+	}
+	if (o->ok)
+	{
+		/* The function reported failed records: the rest is a failed batch. */
+		if (acked > 0 && !record_partial_success(sh, acked))
+		{
+			sh->connector->version = -1;	/* reset meanwhile: reload */
+			delivery_drop_batch(sh);
+			return;
+		}
+		failed.retry_after_ms = -1;
+		delivery_record_failure(sh, &failed, FAILURE_RETRY, named);
+		/* Its body held the acknowledged records too: read the rest again. */
+		if (acked > 0 && sh->has_batch)
+		{
+			TimestampTz not_before = sh->not_before;
+
+			delivery_drop_batch(sh);
+			sh->not_before = not_before;
+		}
 		return;
 	}
 	switch (failure_class(o))
 	{
 		case FAILURE_TRANSIENT:
-			failed = *o;
 			if (o->status != 429 && o->status != 503)
 				failed.retry_after_ms = -1;		/* honoured on these only */
-			delivery_record_failure(sh, &failed, false);
+			delivery_record_failure(sh, &failed, FAILURE_RETRY, false);
 			break;
 		case FAILURE_ENDPOINT:
 			suspend_connector(sh, o);
 			break;
 		case FAILURE_RECORD:
-			failed = *o;
 			snprintf(failed.error, sizeof(failed.error),
-					 "%s: the function refused the batch, so the shard is suspended", o->error);
-			delivery_record_failure(sh, &failed, true);
+					 "%s: the function refused the batch", o->error);
+			delivery_record_failure(sh, &failed, FAILURE_GIVE_UP, false);
 			break;
 	}
 }
-

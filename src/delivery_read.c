@@ -19,6 +19,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_type.h"
 #include "executor/tuptable.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -26,6 +27,7 @@
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 
+#include "catalog.h"
 #include "delivery.h"
 
 /*
@@ -178,26 +180,54 @@ records_that_fit(Connector *c, const FormatBatch *batch, int64 read_bytes)
 }
 
 /*
- * A record too big for any body of its connector: the shard is suspended
- * at once, with an error that says so.  Must be called inside a transaction.
+ * The first count records of a batch (records) fail without being sent, a
+ * record failure (for the reason in error): on_failure at once.  With
+ * 'dead_letter' they become dead letters; with 'suspend' the shard is
+ * suspended on the first.  Must be called inside a transaction.
  */
 static void
-fail_big_record(Shard *sh, const FormatRecord *r, int64 big_bytes, TimestampTz now)
+fail_unsent(Shard *sh, const FormatRecord *records, int count, TimestampTz now,
+			const char *error)
 {
-	Connector  *c = sh->connector;
 	HttpOutcome o;
 
 	memset(&o, 0, sizeof(o));
 	o.retry_after_ms = -1;
-	snprintf(o.error, sizeof(o.error),
-			 "record %d:" INT64_FORMAT " is too big for a request of at most %d bytes (max_request_bytes)%s",
-			 sh->shard_id, r->sequence, c->max_request_bytes,
-			 r->data == NULL ? psprintf(": its data alone is " INT64_FORMAT " bytes", big_bytes) : "");
 	o.started_at = now;
-	sh->first_sequence = sh->last_sequence = r->sequence;
-	sh->nrecords = 1;
+	strlcpy(o.error, error, sizeof(o.error));
+	sh->first_sequence = records[0].sequence;
 	sh->in_flight = false;
-	delivery_record_failure(sh, &o, true);
+	if (sh->connector->dead_letter)
+	{
+		sh->last_sequence = records[count - 1].sequence;
+		sh->nrecords = count;
+		delivery_record_dead_letters(sh, &o, 0);
+		return;
+	}
+	sh->last_sequence = records[0].sequence;
+	sh->nrecords = 1;
+	delivery_record_failure(sh, &o, FAILURE_GIVE_UP, false);
+}
+
+/* A record too big for any body of its connector (see fail_unsent). */
+static void
+fail_big_record(Shard *sh, const FormatRecord *r, int64 big_bytes, TimestampTz now)
+{
+	fail_unsent(sh, r, 1, now,
+				psprintf("record %d:" INT64_FORMAT " is too big for a request of at most %d bytes (max_request_bytes)%s",
+						 sh->shard_id, r->sequence, sh->connector->max_request_bytes,
+						 r->data == NULL ?
+						 psprintf(": its data alone is " INT64_FORMAT " bytes", big_bytes) : ""));
+}
+
+/* Records older than the connector's max_record_age (see fail_unsent). */
+static void
+fail_old_records(Shard *sh, const FormatRecord *records, int count, TimestampTz now)
+{
+	fail_unsent(sh, records, count, now,
+				psprintf("record %d:" INT64_FORMAT " is older than max_record_age (" INT64_FORMAT " ms): it was appended " INT64_FORMAT " ms ago",
+						 sh->shard_id, records[0].sequence, sh->connector->max_record_age_ms,
+						 epoch_ms(now) - records[0].system_time));
 }
 
 /*
@@ -213,15 +243,25 @@ delivery_read_batch(Shard *sh, TimestampTz now)
 	FormatBatch batch;
 	int			n;
 	int			first = 0;
+	int			limit = c->batch_size;
+	int64		upto = sh->retry_last >= 0 ? sh->retry_last : PG_INT64_MAX;
+	bool		whole;
 	bool		full;
 	int64		read_bytes;
 	int64		big_bytes = 0;
 	MemoryContext old;
 
-	records = palloc(sizeof(FormatRecord) * c->batch_size);
-	n = read_records(c->stream_id, sh->shard_id, sh->delivered_sequence,
-					 sh->retry_last >= 0 ? sh->retry_last : PG_INT64_MAX,
-					 c->batch_size, c->max_request_bytes, records, &full, &read_bytes,
+	/* A bisection's part: at most bisect_size records of the failed batch. */
+	if (sh->bisect_last >= 0)
+	{
+		limit = Min(limit, sh->bisect_size);
+		upto = Min(upto, sh->bisect_last);
+	}
+	whole = (sh->retry_last < 0 && sh->bisect_last < 0);
+
+	records = palloc(sizeof(FormatRecord) * limit);
+	n = read_records(c->stream_id, sh->shard_id, sh->delivered_sequence, upto,
+					 limit, c->max_request_bytes, records, &full, &read_bytes,
 					 &big_bytes);
 
 	/*
@@ -229,7 +269,7 @@ delivery_read_batch(Shard *sh, TimestampTz now)
 	 * (a batch window that holds them back reads again when it ends: see
 	 * wants_read).
 	 */
-	sh->drained = (sh->retry_last < 0 && n < c->batch_size && !full);
+	sh->drained = (whole && n < limit && !full);
 	sh->drained_epoch = c->worker->turn_epoch;
 	if (n == 0)
 		return;
@@ -251,13 +291,38 @@ delivery_read_batch(Shard *sh, TimestampTz now)
 		delivery_skip_records(sh, records[first - 1].sequence);
 		if (first == n)
 		{
-			c->worker->turn_again = (n == c->batch_size);
+			c->worker->turn_again = (n == limit);
 			return;
 		}
 	}
 
+	/* Records older than max_record_age fail without being sent. */
+	if (c->max_record_age_ms >= 0)
+	{
+		int64		oldest = epoch_ms(now) - c->max_record_age_ms;
+		int			old_end = first;
+
+		while (old_end < n && records[old_end].system_time < oldest)
+			old_end++;
+		if (old_end > first)
+		{
+			fail_old_records(sh, &records[first], old_end - first, now);
+			return;
+		}
+		/* One behind a younger one (clocks): the batch ends before it. */
+		for (int i = first + 1; i < n; i++)
+		{
+			if (records[i].system_time < oldest)
+			{
+				n = i;
+				sh->drained = false;
+				break;
+			}
+		}
+	}
+
 	/* A batch window waits for a full batch, up to the window's end. */
-	if (sh->retry_last < 0 && n - first < c->batch_size && !full && c->batch_window_ms > 0)
+	if (whole && n - first < c->batch_size && !full && c->batch_window_ms > 0)
 	{
 		TimestampTz window_end = from_epoch_ms(records[first].system_time + c->batch_window_ms);
 
@@ -295,6 +360,108 @@ delivery_read_batch(Shard *sh, TimestampTz now)
 	sh->first_sequence = records[first].sequence;
 	sh->last_sequence = records[n - 1].sequence;
 	sh->nrecords = n - first;
-	sh->not_before = 0;
+	if (sh->retry_last < 0 || sh->not_before <= now)
+		sh->not_before = 0;		/* else a retry's wait is not over */
 }
 
+
+/*
+ * The next dead letters of a shard that redeliver_dead_letters asked to
+ * send again, in sequence order: at most batch_size, and only what starts
+ * within max_request_bytes, so that a huge dead letter is not read whole.
+ */
+static EbStatement redelivery_statement = {
+	"SELECT x.sequence, x.system_time, x.partition_key, x.data, x.size"
+	" FROM (SELECT d.sequence, d.system_time, d.partition_key,"
+	" CASE WHEN octet_length(d.data) <= $4 THEN d.data END AS data,"
+	" octet_length(d.data) AS size,"
+	" sum(octet_length(d.data)) OVER (ORDER BY d.sequence) - octet_length(d.data) AS before"
+	" FROM event_bridge.dead_letter_records d"
+	" WHERE d.connector_id = $1 AND d.shard_id = $2 AND d.redeliver"
+	" ORDER BY d.sequence LIMIT $3) x"
+	" WHERE x.before < $4 ORDER BY x.sequence",
+	4, {INT4OID, INT4OID, INT4OID, INT4OID}
+};
+
+/*
+ * Reads dead letters of a shard to send again as a batch of their own.
+ * Returns false if there are none (any more).  Must be called inside a
+ * transaction.
+ */
+bool
+delivery_read_redelivery(Shard *sh, TimestampTz now)
+{
+	Connector  *c = sh->connector;
+	Datum		values[4];
+	FormatRecord *records;
+	FormatBatch batch;
+	int64		read_bytes = 0;
+	uint64		n;
+	MemoryContext old;
+
+	values[0] = Int32GetDatum(c->connector_id);
+	values[1] = Int32GetDatum(sh->shard_id);
+	values[2] = Int32GetDatum(c->batch_size);
+	values[3] = Int32GetDatum(c->max_request_bytes);
+	n = eb_run(&redelivery_statement, values, NULL);
+	if (n == 0)
+	{
+		sh->redeliver_pending = false;
+		return false;
+	}
+
+	records = palloc(sizeof(FormatRecord) * n);
+	for (uint64 i = 0; i < n; i++)
+	{
+		FormatRecord *r = &records[i];
+		bool		isnull;
+		Datum		d;
+
+		r->sequence = DatumGetInt64(eb_result(i, 1, &isnull));
+		r->system_time = DatumGetInt64(eb_result(i, 2, &isnull));
+		d = eb_result(i, 3, &isnull);
+		r->partition_key = isnull ? NULL : TextDatumGetCString(d);
+		d = eb_result(i, 4, &isnull);
+		r->data = isnull ? NULL : TextDatumGetCString(d);
+		read_bytes += DatumGetInt32(eb_result(i, 5, &isnull)) +
+			(r->partition_key ? strlen(r->partition_key) : 0);
+	}
+
+	batch.format = c->format;
+	batch.database = c->worker->database_name;
+	batch.stream = c->stream_name;
+	batch.region = eb_region;
+	batch.shard_id = sh->shard_id;
+	batch.now_ms = epoch_ms(now);
+	batch.nrecords = (int) n;
+	batch.records = records;
+	batch.nrecords = records_that_fit(c, &batch, read_bytes);
+
+	sh->redelivery = true;
+	sh->sequences = MemoryContextAlloc(sh->batch_context, sizeof(int64) * Max(batch.nrecords, 1));
+	for (int i = 0; i < Max(batch.nrecords, 1); i++)
+		sh->sequences[i] = records[i].sequence;
+	sh->first_sequence = records[0].sequence;
+	sh->last_sequence = records[Max(batch.nrecords, 1) - 1].sequence;
+	sh->nrecords = Max(batch.nrecords, 1);
+	if (batch.nrecords == 0)
+	{
+		HttpOutcome o;
+
+		/* Too big for any body of the connector: it stays a dead letter. */
+		memset(&o, 0, sizeof(o));
+		snprintf(o.error, sizeof(o.error),
+				 "record %d:" INT64_FORMAT " is too big for a request of at most %d bytes (max_request_bytes)",
+				 sh->shard_id, records[0].sequence, c->max_request_bytes);
+		delivery_record_redelivery(sh, &o, 0, o.error);
+		return true;
+	}
+
+	old = MemoryContextSwitchTo(sh->batch_context);
+	initStringInfo(&sh->body);
+	MemoryContextSwitchTo(old);
+	format_body(&sh->body, &batch);
+	sh->has_batch = true;
+	sh->not_before = 0;
+	return true;
+}

@@ -29,6 +29,7 @@
 
 #include <curl/curl.h>
 
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "storage/latch.h"
 #include "utils/memutils.h"
@@ -48,6 +49,9 @@ struct HttpRequest
 	TimestampTz started_at;
 	size_t		response_len;
 	char		response[EB_HTTP_RESPONSE_KEEP + 1];
+	size_t		body_keep;		/* keep this much of the whole body; 0: none */
+	StringInfoData body;		/* what is kept, in http_context; data NULL: nothing */
+	bool		body_cut;		/* the body was longer than body_keep */
 	char		retry_after[64];	/* the Retry-After header's value, or "" */
 	char		error[CURL_ERROR_SIZE];
 };
@@ -189,6 +193,20 @@ write_callback(char *data, size_t size, size_t nmemb, void *userdata)
 	memcpy(request->response + request->response_len, data, copy);
 	request->response_len += copy;
 	request->response[request->response_len] = '\0';
+	if (request->body_keep > 0 && !request->body_cut)
+	{
+		if (request->body.len + n > request->body_keep)
+			request->body_cut = true;
+		else
+		{
+			MemoryContext old = MemoryContextSwitchTo(http_context);
+
+			if (request->body.data == NULL)
+				initStringInfo(&request->body);
+			appendBinaryStringInfo(&request->body, data, n);
+			MemoryContextSwitchTo(old);
+		}
+	}
 	return n;
 }
 
@@ -304,6 +322,16 @@ forget_not_started(HttpRequest *request)
 	request->failed_to_start = false;
 }
 
+/*
+ * Has a request keep its whole response body, up to max_bytes (0: only the
+ * start kept for the log), for the requests it starts from now on.
+ */
+void
+http_request_keep_body(HttpRequest *request, size_t max_bytes)
+{
+	request->body_keep = max_bytes;
+}
+
 /* Stops a running request; it will not be reported as finished. */
 void
 http_request_cancel(HttpRequest *request)
@@ -322,6 +350,8 @@ http_request_free(HttpRequest *request)
 	http_request_cancel(request);
 	curl_easy_cleanup(request->easy);
 	curl_slist_free_all(request->headers);
+	if (request->body.data != NULL)
+		pfree(request->body.data);
 	pfree(request);
 }
 
@@ -353,6 +383,11 @@ http_request_start(HttpRequest *request, const HttpEndpoint *endpoint,
 	request->started_at = GetCurrentTimestamp();
 	request->response_len = 0;
 	request->response[0] = '\0';
+	if (request->body.data != NULL)
+		pfree(request->body.data);
+	request->body.data = NULL;
+	request->body.len = 0;
+	request->body_cut = false;
 	request->retry_after[0] = '\0';
 	request->error[0] = '\0';
 
@@ -451,6 +486,14 @@ http_next_finished(HttpOutcome *outcome)
 	else if (!outcome->ok)
 		snprintf(outcome->error, sizeof(outcome->error), "HTTP status %ld", outcome->status);
 	memcpy(outcome->response, request->response, request->response_len + 1);
+	outcome->body = NULL;
+	outcome->body_len = 0;
+	outcome->body_complete = !request->body_cut;
+	if (request->body_keep > 0)
+	{
+		outcome->body = request->body.data != NULL ? request->body.data : "";
+		outcome->body_len = request->body.len;
+	}
 	outcome->retry_after_ms = retry_after_ms(request->retry_after);
 	make_printable(outcome->response);
 	make_printable(outcome->error);

@@ -46,6 +46,10 @@ typedef struct HttpOutcome
 	char		error[EB_HTTP_ERROR_SIZE];	/* "" when ok */
 	char		response[EB_HTTP_RESPONSE_KEEP + 1];	/* start of the body */
 	int64		retry_after_ms; /* what a Retry-After header asked for; -1: none */
+	/* The whole body, if the request was asked to keep it (http_request_keep_body). */
+	const char *body;			/* NULL: not kept; valid until the request starts again */
+	size_t		body_len;
+	bool		body_complete;	/* false: longer than the bytes kept */
 	TimestampTz started_at;
 	int64		elapsed_us;
 } HttpOutcome;
@@ -57,6 +61,7 @@ extern void http_request_free(HttpRequest *request);
 extern void http_request_start(HttpRequest *request, const HttpEndpoint *endpoint,
 							   char *const *headers, int nheaders,
 							   const char *body, size_t body_len, int64 timeout_ms);
+extern void http_request_keep_body(HttpRequest *request, size_t max_bytes);
 extern void http_request_cancel(HttpRequest *request);
 extern void *http_next_finished(HttpOutcome *outcome);
 extern bool http_wait(long timeout_ms, uint32 wait_event_info);

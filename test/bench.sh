@@ -72,6 +72,7 @@ PORT=${PORT:-56432}            # cluster A: capture, delivery, latency, memory, 
 PORT_B=${PORT_B:-56433}        # cluster B: write path
 RECV_PORT=${RECV_PORT:-56480}  # fast endpoint
 SLOW_PORT=${SLOW_PORT:-56481}  # the same answering after 20 ms
+POISON_PORT=${POISON_PORT:-56482}  # the same refusing (400) batches with a poison record
 
 eb_install_packages postgresql-15-wal2json wrk libpq-dev
 eb_ensure_user
@@ -178,15 +179,20 @@ recvlogical_time() {
     calc "%.3f" "$t1 - $t0"
 }
 
-# SQL that inserts rows 1..$2 into table $1 in 1,000-row transactions.
+# SQL that inserts rows 1..$2 into table $1 in 1,000-row transactions; with
+# $3 = N, every Nth row's customer is "poison ..." (test/bench/receiver.c
+# --poison refuses them).
 bulk_sql() {
+    local customer="'customer '"
+    [ -n "${3:-}" ] && customer="CASE WHEN g % $3 = 0 THEN 'poison ' ELSE 'customer ' END"
     cat <<SQL
 SET synchronous_commit = off;
 DO \$\$
 BEGIN
   FOR i IN 0 .. ($2 / 1000) - 1 LOOP
     INSERT INTO $1 (id, customer, amount)
-      SELECT g, 'customer ' || (g % 1000), (g % 10000) / 100.0
+      SELECT g, $customer || (g % 1000),
+             (g % 10000) / 100.0
         FROM generate_series(i * 1000 + 1, (i + 1) * 1000) g;
     COMMIT;
   END LOOP;
@@ -227,9 +233,11 @@ ENDPOINT_PID=$!
 BG_PIDS+=($!)
 "$DIR/receiver" --port "$SLOW_PORT" --delay-ms 20 >/dev/null 2>"$DIR/slow.err" &
 BG_PIDS+=($!)
+"$DIR/receiver" --port "$POISON_PORT" --poison '"poison ' >/dev/null 2>"$DIR/poison.err" &
+BG_PIDS+=($!)
 sleep 0.3
-rget "$RECV_PORT" stats >/dev/null && rget "$SLOW_PORT" stats >/dev/null || {
-    echo "the endpoints did not start (ports $RECV_PORT, $SLOW_PORT in use?)" >&2; cat "$DIR"/*.err >&2; exit 1; }
+rget "$RECV_PORT" stats >/dev/null && rget "$SLOW_PORT" stats >/dev/null && rget "$POISON_PORT" stats >/dev/null || {
+    echo "the endpoints did not start (ports $RECV_PORT, $SLOW_PORT, $POISON_PORT in use?)" >&2; cat "$DIR"/*.err >&2; exit 1; }
 URL="http://127.0.0.1:$RECV_PORT/fc"
 SLOW_URL="http://127.0.0.1:$SLOW_PORT/fc"
 
@@ -400,14 +408,15 @@ Q -c "CHECKPOINT" >/dev/null
 SYNC_US_DLV=$(sync_write_us)
 echo "   a synchronous 8 kB write takes $SYNC_US_DLV µs now"
 
-# deliver_run PORT URL SHARDS BATCH: a connector from the earliest record of
-# the stream's backlog; delivered/s between the first and the last receipt,
-# until everything arrived or DLV_SECONDS passed.
+# deliver_run PORT URL SHARDS BATCH [STREAM [OPTIONS]]: a connector from the
+# earliest record of the stream's backlog (d1 or d4 by SHARDS); delivered/s
+# between the first and the last receipt, until everything arrived or
+# DLV_SECONDS passed.
 deliver_run() {
-    local port=$1 url=$2 shards=$3 batch=$4
+    local port=$1 url=$2 shards=$3 batch=$4 stream=${5:-d$3} opts=${6:-}
     local t0 stats unique first last recs
     rget "$port" reset >/dev/null
-    Q -c "SELECT event_bridge.create_connector('bench_c', 'd$shards', '$url', start_time => NULL, batch_size => $batch)" >/dev/null
+    Q -c "SELECT event_bridge.create_connector('bench_c', '$stream', '$url', start_time => NULL, batch_size => $batch $opts)" >/dev/null
     t0=$(now)
     while :; do
         sleep 0.2
@@ -431,6 +440,19 @@ for shards in 1 4; do
         eval "echo \"   $shards shards, batch_size $batch: \$DLV_${shards}_${batch} events/s (20 ms endpoint: \$SLOW_${shards}_${batch})\""
     done
 done
+
+# 1 % poison records: the endpoint refuses (400) every batch that holds one;
+# with on_failure => 'dead_letter' they are bisected out.  Beside the same
+# records delivered to the endpoint that takes everything.
+Q <<SQL >/dev/null
+$(table_sql dlv_p)
+SELECT event_bridge.create_stream('dp', ARRAY['dlv_p']::regclass[], shard_count => 4);
+$(bulk_sql dlv_p "$DLV_ROWS" 100)
+SELECT event_bridge.wait_for_capture('300 seconds');
+SQL
+POISON_CLEAN=$(deliver_run "$RECV_PORT" "$URL" 4 100 dp)
+POISON_DLV=$(deliver_run "$POISON_PORT" "http://127.0.0.1:$POISON_PORT/fc" 4 100 dp ", on_failure => 'dead_letter'")
+echo "   4 shards, batch_size 100, 1 % poison records: $POISON_DLV events/s acknowledged (all accepted: $POISON_CLEAN)"
 
 # The whole pipeline: WAL written while capture is held back, then capture
 # and delivery (batch_size 100, 4 shards) run together until the last receipt.
@@ -708,6 +730,7 @@ for shards in 1 4; do
         row "3. delivered, batch_size $batch, $shards shard(s), backlog of $(fmt $DLV_ROWS)" "$(fmt $d) events/s" "capture (2, bulk) $(fmt $CAP_bulk_EB)" "$(ratio $d $CAP_bulk_EB)" "$t"
     done
 done
+row "3. delivered with 1 % poison records (400, on_failure dead_letter), batch_size 100, 4 shards" "$(fmt $POISON_DLV) events/s" "the same records, all accepted $(fmt $POISON_CLEAN)" "$(ratio $POISON_DLV $POISON_CLEAN)" ""
 row "3. pipeline: WAL -> capture -> delivery, batch_size 100, 4 shards, $(fmt $PIPE_ROWS) rows" "$(fmt $PIPE) events/s" "capture (2, bulk) $(fmt $CAP_bulk_EB)" "$(ratio $PIPE $CAP_bulk_EB)" ""
 for shards in 1 4; do
     for batch in 1 100 1000; do

@@ -11,6 +11,7 @@ Usage:
   python3 test/check_invariants.py --log RECEIVER.jsonl
       [-h HOST] [-p PORT] [-d DBNAME] [-U USER] [--psql PATH]
       [--connector NAME ...] [--forbid-substring S ...]
+      [--poison S ...] [--redelivered-ok]
       [--slow-ms 5000] [--delay-ms 0] [--log-not-fresh]
       [--require-quiescent] [--disruptions FILE] [--max-examples 5] [--json]
 
@@ -37,13 +38,26 @@ Outcome of a request, as the client (the delivery worker) saw it:
           client could not have seen it (partial, or slow past the timeout):
           the client must send the same batch again;
   failed  anything else (non-2xx, reset, body cut off).
-"answered" below means ack or lost.
+"answered" below means ack or lost.  A 2xx whose log line lists
+"item_failures" (receiver --partial-response: the reply's batchItemFailures)
+answers, for a connector with partial_batch_response, only the records
+before the first eventId listed (in batch order); the rest of the request
+failed (all of it if that is the first record, or if an eventId listed is
+not in the request).  Without partial_batch_response it answers them all.
+
+Dead letters (release 0.2, on_failure 'dead_letter') are the rows of the
+view event_bridge.dead_letters, read once after the first status read; none
+if the view does not exist (an older install).  The view shows a row only to
+a role that may read every table of its stream: check as a superuser or as
+such a role.  purge_dead_letters during or before the logged history makes
+the purged records [missing].
 
 Invariants (ids in brackets, as in --json):
   [missing]    every record of the connector's stream, per shard, from the
                connector's first position (the first record appended at or
                after its start time, skip_before) to delivered_sequence (so
-               everything once pending = 0), was acked at least once.
+               everything once pending = 0), was acked at least once or is
+               a dead letter of the connector.
   [content]    every decoded request (any outcome) carries the records'
                data as stored in event_bridge.records (DataHub: the data
                string; DIS: the base64-decoded data) and, for DataHub,
@@ -58,10 +72,23 @@ Invariants (ids in brackets, as in --json):
                transactions or savepoints it rolls back) appears in no
                delivered record and in no stored record of the database.
   [shard_order] per shard, no request starts beyond the highest answered
-               sequence + 1 (nothing is sent before the previous batch got
-               its 2xx), the first request starts at the first position,
-               and so the answered sequences, deduplicated, are gapless and
-               first arrive in increasing order.
+               sequence + 1, or beyond the dead letters right after it
+               (nothing is sent before the previous batch got its 2xx or its
+               failing records became dead letters; the sub-batches of a
+               bisection start there too), the first request starts at the
+               first position, and so the answered sequences and dead
+               letters, deduplicated, are gapless and first arrive in
+               increasing order.  Dead letters sent again
+               (redeliver_dead_letters) are out of order by nature: with
+               --redelivered-ok a request of increasing sequences (gaps
+               allowed) from at or below the highest answered one, each a
+               dead letter or passed over unanswered, none acked before, is
+               a redelivery, exempt from [shard_order], [key_order] and
+               [duplicates]; and since the view forgets a dead letter once a
+               redelivery acks it, a request may also pass over records that
+               are no dead letters if each failed before and a later
+               redelivery acks it.  Without the option such requests are
+               violations.
   [key_order]  per partition key (event_bridge.records.partition_key, the
                DIS partition_key): all records in one shard, first answers
                in increasing sequence order.
@@ -70,7 +97,14 @@ Invariants (ids in brackets, as in --json):
                same eventIds (DataHub: the same body hash; DIS: the same
                body but millis_behind_latest, compared when bodies are
                logged), or, after a restart re-read it, that batch extended
-               by later records.  The number of duplicate batches is
+               by later records.  Of a partial reply only the records
+               acknowledged (before the first item failure) count as that
+               batch, and a correct worker sends none of them again: that
+               is a violation unless a --disruptions window lies between the
+               two sendings.  Records that were never acknowledged are no
+               duplicates: after a lost ack and a failed retry the worker
+               may cut them anew (bisection), from its offset + 1.  The
+               number of duplicate batches is
                reported, split into resends after a lost ack and batches
                acked twice (offset commit lost in a crash).  With
                --disruptions FILE (a JSON list of [start_ms, end_ms] epoch
@@ -78,18 +112,31 @@ Invariants (ids in brackets, as in --json):
                test/soak.py writes it) a batch acked twice must have a
                window between its two sendings.
   [batch_shape] a request holds 1..batch_size consecutive records of the
-               shard it names, in the connector's format.
+               shard it names, in the connector's format (a redelivery,
+               --redelivered-ok, increasing ones).
   [status]     shard_status.pending = max(next_sequence - 1 -
                delivered_sequence, 0) and delivered_sequence <= next_sequence
                - 1; when quiescent (see below): delivered_sequence = the
-               highest acked sequence of the shard (first position - 1 if
-               none), nothing acked beyond it, and connector_status.delivered
-               = the number of distinct acked eventIds, unless
+               highest acked or dead-lettered sequence of the shard (first
+               position - 1 if none), and connector_status.delivered = the
+               number of distinct acked eventIds (dead letters and records
+               acked by a redelivery not counted: delivered counts what the
+               offset passed with a 2xx), unless
                --log-not-fresh or a reset_connector happened
                (position_generation > 0).
   [storage]    per shard of the connector's stream, the stored sequences
                are contiguous and end at next_sequence - 1, and record ids
                never decrease along the sequence.
+  [dead_letters] every dead letter of the connector has event_id
+               "<shard>:<sequence>" and, while stored, the data of its
+               record in event_bridge.records; at rest none lies beyond
+               delivered_sequence.  With --poison S (the receiver's --poison,
+               repeatable): every dead letter holds S in its data (nothing
+               healthy was dead-lettered); no record holding S (stored, or
+               as logged if not stored) was ever acked; and every stored
+               record holding S from the first position to
+               delivered_sequence is a dead letter.  The summary counts the
+               dead letters (stats "dead_letters", null without the view).
 
 Quiescence.  The checker reads the status views, then the records and the
 log, then the views again.  Every offset committed before the first read was
@@ -195,18 +242,34 @@ class Shard:
     def __init__(self, shard_id):
         self.shard_id = shard_id
         self.first = None          # first position (sequence)
+        self.dead = set()          # sequences that are dead letters (the view, read once)
+        self.dead_rows = []        # (sequence, event_id, data text) of those
+        self.poison = set()        # stored sequences whose data holds a --poison string
         # log-derived
         self.answered_max = None   # highest answered sequence
-        self.last_batch = None     # (ids tuple, body key, outcome) of the latest answered batch
+        self.acked_max = None      # highest acked sequence (redeliveries aside)
+        # The next request may start from base + 1 (base: the highest
+        # answered sequence; None: not known, retention removed the records
+        # before the first) up to reach + 1 (reach: base moved on over the
+        # dead letters right after it).  ack_base and ack_reach are the same
+        # for the acked sequences: the worker's offset.
+        self.base = self.reach = None
+        self.ack_base = self.ack_reach = None
+        self.skipped = set()       # unanswered sequences a request passed over
+        self.last_batch = None     # (ids, body key, outcome, t_ms): the latest answered batch
         self.acked = set()         # sequences acked (client-visible)
         self.answered = set()      # sequences answered (ack or lost)
-        self.first_order_ok = True
+        self.tried = set()         # sequences sent in a request that did not answer them
+        self.redelivered = set()   # sequences acked by a redelivery (--redelivered-ok)
+        self.jumps = []            # (where, first, sequences) skipped, --redelivered-ok
 
 
 class Connector:
     def __init__(self, row):
         (self.connector_id, self.name, self.stream_id, self.stream_name,
-         endpoint, self.format, batch_size, timeout_ms, self.shard_count) = row
+         endpoint, self.format, batch_size, timeout_ms, self.shard_count,
+         partial, self.on_failure) = row
+        self.partial_response = partial == "t"   # honours batchItemFailures
         self.connector_id = int(self.connector_id)
         self.stream_id = int(self.stream_id)
         self.batch_size = int(batch_size)
@@ -220,12 +283,15 @@ class Connector:
                       "records_received": 0, "distinct_acked": 0,
                       "duplicate_batches": 0, "resent_after_lost_ack": 0,
                       "acked_twice": 0, "extended_resends": 0,
-                      "unverifiable_records": 0, "faults": {}}
+                      "unverifiable_records": 0, "partial_replies": 0,
+                      "bisected_resends": 0, "redeliveries": 0,
+                      "dead_letters": None, "faults": {}}
         self.violations = {}       # invariant -> [messages]
         self.checks = {}           # invariant -> "ok" / "fail" / "skip: ..."
         self.key_last = {}         # partition key -> (shard, sequence)
         self.beyond_head = []      # eventIds past the heads read at the start
         self.acked_twice = []      # (first t_ms, second t_ms, where, shard, first, last)
+        self.has_dead_letters = False  # the view event_bridge.dead_letters exists
 
     def fail(self, inv, msg):
         self.violations.setdefault(inv, []).append(msg)
@@ -285,6 +351,67 @@ def first_positions(conn, recs, snap, lowest):
         sh.first_exact = not (sh.first == lo and lo > 0)
 
 
+def load_dead_letters(db, conns, args):
+    """Reads the connectors' dead letters (none if the view
+    event_bridge.dead_letters does not exist, as before release 0.2), and
+    with --poison the stored records whose data holds a poison string; sets
+    each shard's bases and reaches.  Read after the first status snapshot: a dead
+    letter is added in the transaction that moves the offset past it, so
+    every one below an offset read before is seen here, unless a redelivery
+    acknowledged it, which the log then holds."""
+    exists = db.all("SELECT to_regclass('event_bridge.dead_letters') IS NOT NULL")[0][0] == "t"
+    poison = {}
+    for c in conns:
+        c.has_dead_letters = exists
+        if exists:
+            c.stats["dead_letters"] = 0
+            for shard, seq, eid, text in db.rows(
+                    "SELECT shard_id, sequence, event_id, data::text"
+                    " FROM event_bridge.dead_letters"
+                    f" WHERE connector_name = {sql_literal(c.name)} ORDER BY 1, 2"):
+                c.stats["dead_letters"] += 1
+                sh = c.shards.get(int(shard))
+                if sh is None:
+                    c.fail("dead_letters", f"dead letter {eid}: shard {shard}, but the stream "
+                           f"has {c.shard_count} shards")
+                    continue
+                sh.dead.add(int(seq))
+                sh.dead_rows.append((int(seq), eid, text))
+        if args.poison and c.stream_id not in poison:
+            cond = " OR ".join(f"strpos(data, {sql_literal(s)}) > 0" for s in args.poison)
+            poison[c.stream_id] = db.all("SELECT shard_id, sequence FROM event_bridge.records"
+                                         f" WHERE stream_id = {int(c.stream_id)} AND ({cond})")
+        for shard, seq in poison.get(c.stream_id, []):
+            if int(shard) in c.shards:
+                c.shards[int(shard)].poison.add(int(seq))
+        for sh in c.shards.values():
+            if sh.first_exact:
+                sh.base = sh.ack_base = sh.first - 1
+            advance(sh)
+
+
+def advance(sh):
+    """Moves a shard's bases up to the highest answered (acked) sequence,
+    and their reaches over the dead letters right after them."""
+    if sh.answered_max is not None and (sh.base is None or sh.answered_max > sh.base):
+        sh.base = sh.answered_max
+    if sh.acked_max is not None and (sh.ack_base is None or sh.acked_max > sh.ack_base):
+        sh.ack_base = sh.acked_max
+    for name in ("", "ack_"):
+        top = getattr(sh, name + "base")
+        while top is not None and top + 1 in sh.dead:
+            top += 1
+        setattr(sh, name + "reach", top)
+
+
+def next_range(sh, name=""):
+    """(lo, hi): a request of the shard in order starts at lo..hi; name
+    "ack_" for the worker's view (acked sequences only)."""
+    base, reach = getattr(sh, name + "base"), getattr(sh, name + "reach")
+    return ((sh.first - 1 if base is None else base) + 1,
+            (sh.first - 1 if reach is None else reach) + 1)
+
+
 # ---------------------------------------------------------------------------
 # The log
 # ---------------------------------------------------------------------------
@@ -312,6 +439,41 @@ def outcome(e, conn, args):
     if fault == "slow" and args.slow_ms + args.delay_ms >= conn.timeout_ms:
         return "lost"
     return "ack"
+
+
+def reply_prefix(e, conn):
+    """How many records of a request answered 2xx its reply acknowledges,
+    from the first: all, unless the connector honours partial batch
+    responses and the reply listed batchItemFailures (logged as
+    "item_failures"); then those before the first eventId listed, in batch
+    order, or none if an eventId listed is not in the request."""
+    ids = [str(x) for x in e.get("event_ids") or []]
+    failures = e.get("item_failures")
+    if not conn.partial_response or not failures:
+        return len(ids)
+    if not isinstance(failures, list):
+        return 0
+    pos = {}
+    for i, eid in enumerate(ids):
+        pos.setdefault(eid, i)
+    if any(str(f) not in pos for f in failures):
+        return 0
+    return min(pos[str(f)] for f in failures)
+
+
+def has_poison(data, args):
+    """Does a record's data, as the receiver logged it, hold a --poison string?"""
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return any(s in text for s in args.poison)
+
+
+def is_redelivery(sh, seqs):
+    """Could a request be dead letters sent again (redeliver_dead_letters)?
+    Increasing sequences from at or below the base, each a dead letter or
+    passed over unanswered, none acked before."""
+    return sh.base is not None and seqs[0] <= sh.base \
+        and all(a < b for a, b in zip(seqs, seqs[1:])) \
+        and all((q in sh.dead or q in sh.skipped) and q not in sh.acked for q in seqs)
 
 
 def parse_ids(e):
@@ -402,6 +564,11 @@ def check_entry(n, e, conn, recs, ctx, args):
     if fault:
         st["faults"][fault] = st["faults"].get(fault, 0) + 1
     res = outcome(e, conn, args)
+    acked = reply_prefix(e, conn) if res != "failed" else 0
+    if res != "failed" and acked < len(e.get("event_ids") or []):
+        st["partial_replies"] += 1
+        if acked == 0:
+            res = "failed"
     st[{"ack": "acked_requests", "lost": "lost_acks", "failed": "failed_requests"}[res]] += 1
 
     fmt = e.get("format")
@@ -423,14 +590,35 @@ def check_entry(n, e, conn, recs, ctx, args):
         conn.fail("batch_shape", f"{where}: eventIds of other shards in a batch of shard "
                   f"{e.get('shard')}: {e.get('event_ids')[:5]}")
         return
-    if seqs != list(range(seqs[0], seqs[0] + len(seqs))) or len(seqs) > conn.batch_size:
+    sh = conn.shards[shard]
+    redelivery = args.redelivered_ok and is_redelivery(sh, seqs)
+    gapless = seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    if len(seqs) > conn.batch_size or not (gapless or redelivery):
         conn.fail("batch_shape", f"{where}: shard {shard}: not 1..{conn.batch_size} consecutive "
                   f"sequences: {seqs[:5]}{'...' if len(seqs) > 5 else ''} ({len(seqs)})")
         return
-    sh = conn.shards[shard]
 
-    # [content] and [aborted]: every decoded request, whatever its outcome.
-    for r, key in zip(e.get("records") or [], ids):
+    check_records(where, e, conn, ids, recs, ctx, args, acked if res == "ack" else 0)
+    if "body" in e:
+        check_envelope(e, conn, ids, recs, ctx, where)
+    check_order(where, e, conn, sh, seqs, res, redelivery, args)
+
+    if res == "failed":
+        sh.tried.update(seqs)
+        return
+    sh.tried.update(seqs[acked:])
+    if acked < len(seqs) and res == "ack":
+        res = "partial"
+    record_answer(where, e, conn, sh, seqs[:acked], res, recs, redelivery)
+
+
+def check_records(where, e, conn, ids, recs, ctx, args, acked):
+    """[content] and [aborted] for every decoded request, whatever its
+    outcome; [dead_letters] for the first acked records that are not stored
+    (the stored ones are compared after the log)."""
+    st = conn.stats
+    shard = ids[0][0]
+    for i, (r, key) in enumerate(zip(e.get("records") or [], ids)):
         st["records_received"] += 1
         data = r.get("data")
         for s in args.forbid_substring:
@@ -439,6 +627,9 @@ def check_entry(n, e, conn, recs, ctx, args):
                 conn.fail("aborted", f"{where}: eventId {key[0]}:{key[1]} carries {s!r}")
         rec = recs.get(key)
         if rec is None:
+            if i < acked and args.poison and has_poison(data, args):
+                conn.fail("dead_letters", f"{where}: eventId {key[0]}:{key[1]} carries the "
+                          "poison and was acked")
             lo = ctx["lowest"].get((conn.stream_id, shard))
             nxt = ctx["next"].get((conn.stream_id, shard))
             if lo is not None and key[1] < lo:
@@ -459,50 +650,105 @@ def check_entry(n, e, conn, recs, ctx, args):
         if conn.format == "datahub" and r.get("system_time") != rec[0]:
             conn.fail("content", f"{where}: eventId {key[0]}:{key[1]}: systemTime "
                       f"{r.get('system_time')}, stored {rec[0]}")
-    if "body" in e:
-        check_envelope(e, conn, ids, recs, ctx, where)
 
-    # [shard_order] and [duplicates]: against the answered history.
-    first = seqs[0]
-    expected = sh.first if sh.answered_max is None else sh.answered_max + 1
-    if first > expected:
-        conn.fail("shard_order", f"{where}: shard {shard}: a batch from {first} was sent while "
-                  f"{expected} had no 2xx answer (status {e.get('status')})")
-    elif first < expected:
-        if sh.answered_max is None and not sh.first_exact:
-            pass        # retention removed the records before: start unknown
-        elif sh.answered_max is None:
-            conn.fail("shard_order", f"{where}: shard {shard}: sequence {first} is before the "
-                      f"connector's first position {sh.first}")
-        elif any(q not in sh.answered for q in seqs if q <= sh.answered_max):
-            conn.fail("shard_order", f"{where}: shard {shard}: sequences {first}..{seqs[-1]} "
-                      f"first arrive after {sh.answered_max}")
+
+def check_order(where, e, conn, sh, seqs, res, redelivery, args):
+    """[shard_order] and [duplicates]: a request against the shard's
+    answered history, before its own answer counts."""
+    st = conn.stats
+    shard, first = sh.shard_id, seqs[0]
+    lo, hi = next_range(sh)
+    if redelivery:
+        st["redeliveries"] += 1
+    elif first > hi:
+        skipped = {q for q in range(lo, first) if q not in sh.dead}
+        if args.redelivered_ok and all(q in sh.tried for q in skipped):
+            # Dead letters since redelivered, acknowledged and so gone
+            # from the view?  Only if a redelivery acks them later.
+            sh.jumps.append((where, first, skipped))
+            sh.skipped.update(range(lo, first))
+            sh.base = first - 1
+            if sh.ack_base is None or sh.ack_base < first - 1:
+                sh.ack_base = first - 1
+            advance(sh)
         else:
-            prev_ids, prev_key, prev_res, prev_t = sh.last_batch
-            cur = tuple(seqs)
-            if cur[0] != prev_ids[0] or cur[:len(prev_ids)] != prev_ids[:len(cur)] \
-                    or len(cur) < len(prev_ids):
-                conn.fail("duplicates", f"{where}: shard {shard}: sequences {cur[0]}..{cur[-1]} "
-                          f"sent again, but the latest answered batch is {prev_ids[0]}..{prev_ids[-1]}")
-            elif len(cur) == len(prev_ids) and prev_key is not None \
-                    and body_key(e, conn) not in (None, prev_key):
-                conn.fail("duplicates", f"{where}: shard {shard}: batch {cur[0]}..{cur[-1]} "
-                          "sent again with a different body")
-            elif res != "failed":
-                st["duplicate_batches"] += 1
-                if len(cur) > len(prev_ids):
-                    st["extended_resends"] += 1
-                if prev_res == "lost":
-                    st["resent_after_lost_ack"] += 1
-                else:
-                    st["acked_twice"] += 1
-                    conn.acked_twice.append((prev_t, e.get("t_ms") or 0, where, shard,
-                                             prev_ids[0], prev_ids[-1]))
+            conn.fail("shard_order", f"{where}: shard {shard}: a batch from {first} was sent while "
+                      f"{min(skipped)} had no 2xx answer and is no dead letter (status "
+                      f"{e.get('status')})")
+    elif first >= lo:
+        sh.skipped.update(range(lo, first))     # dead letters passed over
+    elif sh.answered_max is None and not sh.first_exact:
+        pass            # retention removed the records before: start unknown
+    elif sh.first_exact and first < sh.first:
+        conn.fail("shard_order", f"{where}: shard {shard}: sequence {first} is before the "
+                  f"connector's first position {sh.first}")
+    elif any(q not in sh.answered for q in seqs if q <= sh.base):
+        hint = ""
+        if not args.redelivered_ok and is_redelivery(sh, seqs):
+            hint = " (dead letters sent again? see --redelivered-ok)"
+        conn.fail("shard_order", f"{where}: shard {shard}: sequences {first}..{seqs[-1]} "
+                  f"first arrive after {sh.base}{hint}")
+    else:
+        check_resend(where, e, conn, sh, seqs, res, args)
 
-    if res == "failed":
+
+def check_resend(where, e, conn, sh, seqs, res, args):
+    """[duplicates]: a request that repeats answered records, starting
+    below the base."""
+    st = conn.stats
+    shard, cur = sh.shard_id, tuple(seqs)
+    if sh.last_batch is None:
+        conn.fail("duplicates", f"{where}: shard {shard}: sequences {cur[0]}..{cur[-1]} sent "
+                  "again, but only a redelivery answered them")
         return
-    # Answered: record history and first arrivals.
-    key = body_key(e, conn)
+    prev_ids, prev_key, prev_res, prev_t = sh.last_batch
+    ack_lo, ack_hi = next_range(sh, "ack_")
+    if cur[0] != prev_ids[0] or cur[:len(prev_ids)] != prev_ids[:len(cur)] \
+            or len(cur) < len(prev_ids):
+        if ack_lo <= cur[0] <= ack_hi and all(q in sh.tried and q not in sh.acked for q in cur):
+            # The answer was lost, and a retry failed since: the worker may
+            # cut the records anew (bisection), from its offset on.
+            st["bisected_resends"] += 1
+        else:
+            conn.fail("duplicates", f"{where}: shard {shard}: sequences {cur[0]}..{cur[-1]} "
+                      f"sent again, but the latest answered batch is {prev_ids[0]}..{prev_ids[-1]}")
+        return
+    if len(cur) == len(prev_ids) and prev_key is not None \
+            and body_key(e, conn) not in (None, prev_key):
+        conn.fail("duplicates", f"{where}: shard {shard}: batch {cur[0]}..{cur[-1]} "
+                  "sent again with a different body")
+        return
+    if res != "failed":
+        st["duplicate_batches"] += 1
+        if len(cur) > len(prev_ids):
+            st["extended_resends"] += 1
+        if prev_res == "lost":
+            st["resent_after_lost_ack"] += 1
+        else:
+            st["acked_twice"] += 1
+    if prev_res == "partial" and args.disruptions is None:
+        conn.fail("duplicates", f"{where}: shard {shard}: sequences {prev_ids[0]}..{prev_ids[-1]} "
+                  "sent again, though a partial reply (item failures) acknowledged them; only "
+                  "the records from the first item failure on are to be sent again (a crash "
+                  "in between would explain it: --disruptions FILE)")
+    elif prev_res != "lost" and (res != "failed" or prev_res == "partial"):
+        conn.acked_twice.append((prev_t, e.get("t_ms") or 0, where, shard,
+                                 prev_ids[0], prev_ids[-1]))
+
+
+def record_answer(where, e, conn, sh, seqs, res, recs, redelivery):
+    """Adds the answered records of a request (res "ack", "lost", or
+    "partial" = acked, but not the whole request) to the shard's history;
+    [key_order] on their first arrivals."""
+    shard = sh.shard_id
+    acked = res != "lost"
+    if redelivery:              # out of order by nature: no history, no key order
+        sh.answered.update(seqs)
+        if acked:
+            sh.acked.update(seqs)
+            sh.redelivered.update(seqs)
+        return
+    key = body_key(e, conn) if res != "partial" else None
     t_ms = e.get("t_ms") or 0
     if sh.last_batch is None or seqs[0] != sh.last_batch[0][0] or len(seqs) >= len(sh.last_batch[0]):
         sh.last_batch = (tuple(seqs), key, res, t_ms)
@@ -521,8 +767,11 @@ def check_entry(n, e, conn, recs, ctx, args):
                 conn.key_last[pkey] = (shard, q)
     if sh.answered_max is None or seqs[-1] > sh.answered_max:
         sh.answered_max = seqs[-1]
-    if res == "ack":
+    if acked:
         sh.acked.update(seqs)
+        if sh.acked_max is None or seqs[-1] > sh.acked_max:
+            sh.acked_max = seqs[-1]
+    advance(sh)
 
 
 # ---------------------------------------------------------------------------
@@ -545,7 +794,7 @@ def ranges(nums):
     return ", ".join(out)
 
 
-def check_after(conn, snap1, snap2, quiescent, args):
+def check_after(conn, recs, snap1, snap2, quiescent, args):
     st = conn.stats
     distinct = 0
     fresh = not args.log_not_fresh
@@ -554,15 +803,23 @@ def check_after(conn, snap1, snap2, quiescent, args):
          c_delivered, c_pending) = snap1[(conn.name, shard)]
         dseq, nxt, pending, gen = int(dseq), int(nxt), int(pending), int(gen)
         fresh = fresh and gen == 0
-        distinct += len(sh.acked)
-        start = sh.first if sh.first_exact or not sh.acked else min(sh.first, min(sh.acked))
-        missing = [q for q in range(start, dseq + 1) if q not in sh.acked]
+        distinct += len(sh.acked - sh.redelivered)
+        done = sh.acked | sh.dead
+        start = sh.first if sh.first_exact or not done else min(sh.first, min(done))
+        missing = [q for q in range(start, dseq + 1) if q not in done]
         if missing:
             lost_only = [q for q in missing if q in sh.answered]
             conn.fail("missing", f"shard {shard}: {len(missing)} record(s) up to the offset "
-                      f"{dseq} never acked: {ranges(missing)}"
+                      f"{dseq} never acked and no dead letters: {ranges(missing)}"
                       + (f" ({len(lost_only)} only answered by a reply the client could not "
                          "see)" if lost_only else ""))
+        for where, first, skipped in sh.jumps:
+            left = skipped - sh.redelivered
+            if left:
+                conn.fail("shard_order", f"{where}: shard {shard}: a batch from {first} was sent "
+                          f"while {ranges(left)} had no 2xx answer, and they are no dead letters "
+                          "nor acked by a later redelivery")
+        check_dead_letters(conn, sh, recs, start, dseq, quiescent, args)
         if pending != max(nxt - 1 - dseq, 0):
             conn.fail("status", f"shard {shard}: pending {pending}, but next_sequence {nxt} - 1 - "
                       f"delivered_sequence {dseq} = {nxt - 1 - dseq}")
@@ -570,20 +827,54 @@ def check_after(conn, snap1, snap2, quiescent, args):
             conn.fail("status", f"shard {shard}: delivered_sequence {dseq} is beyond the head "
                       f"{nxt - 1}")
         if quiescent:
-            top = max(sh.acked) if sh.acked else sh.first - 1
+            done = sh.acked | {q for q in sh.dead if q <= dseq}
+            top = max(done) if done else sh.first - 1
             if top != dseq:
                 conn.fail("status", f"shard {shard}: delivered_sequence {dseq}, but the highest "
-                          f"acked sequence is {top}")
+                          f"acked or dead-lettered sequence is {top}")
     st["distinct_acked"] = distinct
     any_row = snap1[(conn.name, 0)]
     if quiescent and fresh:
         if int(any_row[9]) != distinct:
             conn.fail("status", f"connector_status.delivered {any_row[9]}, but {distinct} "
-                      "distinct eventIds were acked")
+                      "distinct eventIds were acked (redeliveries aside)")
     elif quiescent:
         conn.checks.setdefault("status", "ok (delivered count not compared: "
                                + ("reset_connector happened)" if not args.log_not_fresh
                                   else "--log-not-fresh)"))
+
+
+def check_dead_letters(conn, sh, recs, start, dseq, quiescent, args):
+    """[dead_letters] of one shard: each dead letter is a stored record's
+    copy, with --poison one that holds the poison; each poison record is
+    never acked and, once the offset passed it, a dead letter; at rest none
+    lies beyond the offset."""
+    shard = sh.shard_id
+    healthy = []
+    for seq, eid, text in sh.dead_rows:
+        if eid != f"{shard}:{seq}":
+            conn.fail("dead_letters", f"dead letter {shard}:{seq}: event_id {eid!r}")
+        rec = recs.get((shard, seq))
+        if rec is not None and data_digest(text) != rec[4]:
+            conn.fail("dead_letters", f"dead letter {shard}:{seq}: data differs from "
+                      "event_bridge.records")
+        if args.poison and seq not in sh.poison and not any(s in text for s in args.poison):
+            healthy.append(seq)
+        if quiescent and seq > dseq:
+            conn.fail("dead_letters", f"dead letter {shard}:{seq} is beyond the offset "
+                      f"{dseq} of a connector at rest")
+    if healthy:
+        conn.fail("dead_letters", f"shard {shard}: {len(healthy)} dead letter(s) without the "
+                  f"poison: {ranges(healthy)[:200]}")
+    acked = sorted(q for q in sh.poison if q in sh.acked)
+    if acked:
+        conn.fail("dead_letters", f"shard {shard}: {len(acked)} poison record(s) acked: "
+                  f"{ranges(acked)[:200]}")
+    passed = sorted(q for q in sh.poison if start <= q <= dseq and q not in sh.dead
+                    and q not in sh.acked)
+    if passed:
+        conn.fail("dead_letters", f"shard {shard}: {len(passed)} poison record(s) up to the "
+                  f"offset {dseq} are no dead letters: {ranges(passed)[:200]}")
 
 
 def check_storage(conn, recs, snap):
@@ -613,7 +904,7 @@ def check_storage(conn, recs, snap):
 # ---------------------------------------------------------------------------
 
 INVARIANTS = ("missing", "content", "aborted", "shard_order", "key_order",
-              "duplicates", "batch_shape", "status", "storage")
+              "duplicates", "batch_shape", "status", "storage", "dead_letters")
 
 
 def run(args):
@@ -624,7 +915,10 @@ def run(args):
     conns = [Connector(r) for r in db.rows("""
         SELECT c.connector_id, c.connector_name, c.stream_id, s.stream_name, c.endpoint,
                c.format, c.batch_size, ceil(extract(epoch FROM c.timeout) * 1000)::bigint,
-               s.shard_count
+               s.shard_count,
+               -- settings of 0.2, absent from an older install
+               coalesce((to_jsonb(c) ->> 'partial_batch_response')::boolean, false),
+               coalesce(to_jsonb(c) ->> 'on_failure', 'suspend')
           FROM event_bridge.connectors c JOIN event_bridge.streams s USING (stream_id)
          ORDER BY c.connector_name""")]
     if args.connector:
@@ -658,6 +952,7 @@ def run(args):
                 if k not in ctx["lowest"] or seq < ctx["lowest"][k]:
                     ctx["lowest"][k] = seq
         first_positions(c, records[c.stream_id], snap1, ctx["lowest"])
+    load_dead_letters(db, conns, args)
 
     other_paths, corrupt = {}, []
     for n, e in read_log(args.log):
@@ -700,7 +995,7 @@ def run(args):
                     c.fail("duplicates", f"{where}: shard {shard}: batch {lo}..{hi}, acked at "
                            f"{t1:.0f}, was sent again at {t2:.0f} ({t2 - t1:.0f} ms later) "
                            "with no crash, restart or outage in between")
-        check_after(c, snap1, snap2, quiescent, args)
+        check_after(c, records[c.stream_id], snap1, snap2, quiescent, args)
         check_storage(c, records[c.stream_id], snap1)
         if not quiescent:
             why = "not at rest (pending > 0 or the views moved during the check)"
@@ -710,6 +1005,14 @@ def run(args):
                 c.checks.setdefault("status", f"skip: exact comparisons, {why}")
         if not args.forbid_substring:
             c.checks.setdefault("aborted", "skip: no --forbid-substring")
+        if not c.has_dead_letters:
+            c.checks.setdefault("dead_letters", "skip: no view event_bridge.dead_letters (an "
+                                "install before 0.2): no dead letters")
+        elif not args.poison:
+            c.checks.setdefault("dead_letters", "ok (no --poison: not compared with the poison)")
+        elif not quiescent:
+            c.checks.setdefault("dead_letters", "ok (not at rest: dead letters beyond the "
+                                "offset not looked for)")
         notes, c.checks = c.checks, {}
         for inv in INVARIANTS:
             if inv in notes:
@@ -727,6 +1030,7 @@ def run(args):
         c.stats["delivered_sequences"] = {s: int(snap1[(c.name, s)][1]) for s in c.shards}
         report["connectors"][c.name] = {
             "format": c.format, "stream": c.stream_name, "path": c.path,
+            "on_failure": c.on_failure, "partial_batch_response": c.partial_response,
             "shards": c.shard_count, "checks": c.checks, "stats": c.stats}
     if corrupt:
         report["ok"] = False
@@ -746,6 +1050,10 @@ def print_text(report, out):
               f"{s['distinct_acked']} distinct records acked, {s['duplicate_batches']} duplicate "
               f"batches ({s['resent_after_lost_ack']} after a lost ack, {s['acked_twice']} acked "
               f"twice, {s['extended_resends']} extended)"
+              + (f", {s['dead_letters']} dead letters" if s["dead_letters"] is not None else "")
+              + (f", {s['partial_replies']} partial replies" if s["partial_replies"] else "")
+              + (f", {s['bisected_resends']} resends cut anew" if s["bisected_resends"] else "")
+              + (f", {s['redeliveries']} redeliveries" if s["redeliveries"] else "")
               + (f", {s['unverifiable_records']} records not verifiable" if s["unverifiable_records"] else "")
               + ("" if s["quiescent"] else ", not at rest"), file=out)
         for inv, res in c["checks"].items():
@@ -785,6 +1093,11 @@ def main(argv=None):
                    help="a connector to check (repeatable); default all")
     p.add_argument("--forbid-substring", action="append", default=[],
                    help="must appear in no delivered and no stored record (repeatable)")
+    p.add_argument("--poison", action="append", default=[], metavar="S",
+                   help="the receiver's --poison: records holding S are to be dead letters, "
+                   "and only they (repeatable)")
+    p.add_argument("--redelivered-ok", action="store_true",
+                   help="dead letters may be sent again (redeliver_dead_letters)")
     p.add_argument("--slow-ms", type=int, default=5000, help="the receiver's --slow-ms")
     p.add_argument("--delay-ms", type=int, default=0, help="the receiver's --delay-ms")
     p.add_argument("--log-not-fresh", action="store_true",
@@ -796,6 +1109,8 @@ def main(argv=None):
     p.add_argument("--max-examples", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print a JSON report")
     args = p.parse_args(argv)
+    if "" in args.poison:
+        p.error("--poison needs a non-empty string")
     try:
         if args.disruptions:
             with open(args.disruptions) as f:

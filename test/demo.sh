@@ -19,6 +19,7 @@ DIR=$(mktemp -d /tmp/event_bridge-demo.XXXXXX)
 chown "$EB_USER" "$DIR"
 cleanup() {
     [ -f "$DIR/receiver.pid" ] && kill "$(cat "$DIR/receiver.pid")" 2>/dev/null
+    [ -f "$DIR/strict.pid" ] && kill "$(cat "$DIR/strict.pid")" 2>/dev/null
     eb_as_user pg_ctl -D "$DIR/data" -m fast stop >/dev/null 2>&1
     rm -rf "$DIR"
 }
@@ -81,11 +82,29 @@ run "SELECT connector_name, shard_id, state, delivered_sequence, next_sequence, 
   FROM event_bridge.shard_status ORDER BY shard_id"
 
 echo
+echo "== a function that refuses one record (400): with on_failure => 'dead_letter' the batch"
+echo "   is bisected, that record is set aside, and every other record is delivered"
+eb_as_user python3 "$EB_ROOT/test/receiver.py" --port 0 --port-file "$DIR/strict.port" \
+    --log "$DIR/strict.jsonl" --poison mallory > "$DIR/strict.txt" 2>&1 &
+echo $! > "$DIR/strict.pid"
+for _ in $(seq 100); do [ -s "$DIR/strict.port" ] && break; sleep 0.1; done
+run "SELECT event_bridge.create_connector('orders_strict', 'orders',
+       'http://127.0.0.1:$(cat "$DIR/strict.port")/strict', on_failure => 'dead_letter')"
+run "INSERT INTO orders SELECT g, CASE WHEN g = 15 THEN 'mallory' ELSE 'dave' END, g FROM generate_series(10, 29) g"
+for _ in $(seq 300); do
+    [ "$($PSQL -At -c "SELECT pending = 0 FROM event_bridge.connector_status WHERE connector_name = 'orders_strict'")" = t ] && break
+    sleep 0.1
+done
+run "SELECT connector_name, state, delivered, pending, dead_letters FROM event_bridge.connector_status"
+run "SELECT event_id, operation, data, attempts, http_status, error FROM event_bridge.dead_letters"
+
+echo
 echo "== an event_bridge admin who may not SELECT orders: sees the status, not the rows"
 run "CREATE ROLE ops LOGIN IN ROLE event_bridge_admin"
 as_ops() { echo; echo "ops=> $1"; psql -X -h "$DIR" -p "$PORT" -U ops -d postgres -c "$1" 2>&1 || true; }
 as_ops "SELECT connector_name, state, delivered FROM event_bridge.connector_status"
 as_ops "SELECT * FROM event_bridge.get_records('orders', 0, 0)"
+as_ops "SELECT count(*) AS dead_letters_ops_may_see FROM event_bridge.dead_letters"
 as_ops "SELECT headers FROM event_bridge.connectors"
 echo
 echo "== a captured table must stay logged"

@@ -5,6 +5,7 @@ Usage:
   python3 test/receiver.py --port 8401 --log /tmp/x.jsonl [--print]
       [--delay-ms N] [--fail-first N] [--fail-status 500]
       [--schedule SPEC --seed S] [--slow-ms 5000] [--port-file PATH]
+      [--poison S ... [--poison-status 400 | --partial-response]]
 
 Listens on 127.0.0.1 only, HTTP/1.1 keep-alive.  --port 0 picks a free port;
 --port-file then gets that port number once the server is listening (written
@@ -20,7 +21,8 @@ POST on any path is accepted.  The body is parsed as one of two formats:
             (event id = "<number from ShardID>:<sequence_number>")
 Anything else is logged as format "unknown".  GET /stats returns
 {"requests": n, "records": m, "unique_event_ids": k}: requests counts every
-POST, records/unique_event_ids only those answered with 2xx.
+POST, records/unique_event_ids only those answered with 2xx (of a reply
+with batchItemFailures, only the records before the first one listed).
 
 Log: one JSON line per POST, appended and flushed BEFORE the reply (and
 before any delay), also for injected errors, so a test can count attempts:
@@ -32,17 +34,35 @@ before any delay), also for injected errors, so a test can count attempts:
    "system_time": int or null, "data": decoded JSON array}, ...]}
 A request whose body was cut off by the client gets no reply and is logged
 with status null plus an extra "error" key.  Fault "reset" logs status null;
-"partial" logs 200 (the status in its truncated reply).
+"partial" logs 200 (the status in its truncated reply).  A reply that lists
+batchItemFailures (--partial-response) adds "item_failures": [eventIds, in
+the order listed].
 
 Faults (the request number / random draw is taken under the lock in arrival
 order; cut-off requests do not count):
+  --poison S        (repeatable) a request holding a record whose decoded data
+                    (DataHub: the data string; DIS: the base64-decoded data;
+                    i.e. the text of the record's JSON array) contains S is a
+                    poison request.  It is decided first: a poison request is
+                    always answered --poison-status (default 400, a short
+                    text body naming the poison eventIds; fault "poison"),
+                    and neither counts for --fail-first nor draws from
+                    --schedule, so the other faults hit only the other
+                    requests, in the same order whatever the bisection does.
+  --partial-response  poison requests are answered 200 instead, with the
+                    JSON body {"batchItemFailures": [{"itemIdentifier":
+                    "<eventId>"}, ...]} listing the poison records in batch
+                    order (fault "item-failures"; Lambda's partial batch
+                    response): the records before the first one listed are
+                    acknowledged, the rest is not.
   --delay-ms N      sleep N ms before answering every POST.
   --fail-first N    the first N POSTs get --fail-status (fault "fail-first").
   --retry-after V   the Retry-After header of 429 and 503 replies (default:
                     "1" on 429, none on 503).
   --schedule SPEC   later POSTs draw an outcome from random.Random(--seed),
                     weighted, e.g. 200:70,500:10,503:5,429:5,slow:4,reset:3
-                    NNN = that status (429 adds "Retry-After: 1");
+                    NNN = that status, 200..599, e.g. 400, 401, 403, 404,
+                    410 for the failure classes (429 adds "Retry-After: 1");
                     slow = sleep --slow-ms then 200; reset = close the socket
                     with SO_LINGER 0 (client sees a TCP reset); partial =
                     headers promise more body than is sent, then close.
@@ -74,31 +94,49 @@ def to_int(s):
     return int(s) if isinstance(s, str) and s.isdigit() else None
 
 
+def as_text(data):
+    """The text of a record's data as sent: a str as is, bytes as UTF-8."""
+    if isinstance(data, bytes):
+        return data.decode("utf-8", "replace")
+    return data if isinstance(data, str) else json.dumps(data)
+
+
 def decode(body):
-    """Return (format, shard, records) for a raw request body."""
+    """Return (format, shard, records, texts) for a raw request body; texts
+    holds each record's data as sent (the text of its JSON array)."""
     doc = parse_json(body)
     if not isinstance(doc, dict):
-        return "unknown", None, []
+        return "unknown", None, [], []
     if "eventSource" in doc or "eventSourceARN" in doc:            # DataHub
+        raw = doc.get("records") or []
         recs = [{"event_id": r.get("eventId"),
                  "system_time": r.get("systemTime"),
                  "data": parse_json(r.get("data"))}
-                for r in doc.get("records") or []]
+                for r in raw]
         first = recs[0]["event_id"] if recs else None
         shard = to_int(first.split(":")[0]) if isinstance(first, str) else None
-        return "datahub", shard, recs
+        return "datahub", shard, recs, [as_text(r.get("data")) for r in raw]
     if "ShardID" in doc and isinstance(doc.get("Message"), dict):   # DIS
         shard = to_int(str(doc["ShardID"]).rsplit("-", 1)[-1])  # "0..03"
-        recs = []
+        recs, texts = [], []
         for r in doc["Message"].get("records") or []:
             try:
-                data = parse_json(base64.b64decode(r.get("data") or ""))
+                raw = base64.b64decode(r.get("data") or "")
+                data = parse_json(raw)
             except ValueError:                      # not valid base64
-                data = r.get("data")
+                raw = data = r.get("data")
             recs.append({"event_id": f"{shard}:{r.get('sequence_number')}",
                          "system_time": None, "data": data})
-        return "dis", shard, recs
-    return "unknown", None, []
+            texts.append(as_text(raw))
+        return "dis", shard, recs, texts
+    return "unknown", None, [], []
+
+
+def poison_ids(recs, texts):
+    """The eventIds of the records whose data text holds a --poison
+    string, in batch order."""
+    return [r["event_id"] for r, text in zip(recs, texts)
+            if any(s in text for s in ARGS.poison)]
 
 
 def choose_fault():
@@ -140,6 +178,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def reply_status(self, status, body):
+        """A text reply with a non-200 status; 429 and 503 carry
+        Retry-After as --retry-after says."""
+        if ARGS.retry_after is not None and status in (429, 503):
+            extra = [("Retry-After", ARGS.retry_after)]
+        else:
+            extra = [("Retry-After", "1")] if status == 429 else []
+        self.reply(status, body, extra=extra)
+
     def do_GET(self):
         if self.path.split("?")[0] != "/stats":
             return self.reply(404, b"not found\n")
@@ -172,9 +219,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         t_ms = time.time() * 1000.0
         body, error = self.read_body()
         try:
-            fmt, shard, recs = decode(body)
+            fmt, shard, recs, texts = decode(body)
         except Exception:              # odd shapes, e.g. records not objects
-            fmt, shard, recs = "unknown", None, []
+            fmt, shard, recs, texts = "unknown", None, [], []
+        poisoned = [] if error else poison_ids(recs, texts)
         entry = {"t_ms": t_ms, "path": self.path, "format": fmt,
                  "status": None, "fault": None, "shard": shard,
                  "event_ids": [r["event_id"] for r in recs],
@@ -183,10 +231,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
                  "records": recs}
         if ARGS.keep_body:
             entry["body"] = body.decode("utf-8", "replace")
+        acked = len(recs)              # records a 2xx acknowledges
         with LOCK:                     # decide, count and log atomically
-            fault = None if error else choose_fault()
+            # Poison first: it neither counts for --fail-first nor draws.
+            fault = None if error else "poison" if poisoned else choose_fault()
             if error:
                 entry["error"] = error
+            elif fault == "poison" and ARGS.partial_response:
+                entry["status"], entry["fault"] = 200, "item-failures"
+                entry["item_failures"] = poisoned
+                acked = entry["event_ids"].index(poisoned[0])
+            elif fault == "poison":
+                entry["status"], entry["fault"] = ARGS.poison_status, fault
             elif fault == "fail-first":
                 entry["status"], entry["fault"] = ARGS.fail_status, fault
             elif fault.isdigit():
@@ -197,8 +253,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 entry["fault"] = fault
             STATE["requests"] += 1
             if 200 <= (entry["status"] or 0) < 300 and fault != "partial":
-                STATE["records"] += len(recs)
-                STATE["ids"].update(entry["event_ids"])
+                STATE["records"] += acked
+                STATE["ids"].update(entry["event_ids"][:acked])
             STATE["log"].write(json.dumps(entry) + "\n")
             STATE["log"].flush()
             if ARGS.print:
@@ -226,15 +282,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(OK[:5])
             self.close_connection = True
+        elif fault == "poison" and ARGS.partial_response:
+            failures = [{"itemIdentifier": i} for i in poisoned]
+            self.reply(200, json.dumps({"batchItemFailures": failures}).encode(),
+                       "application/json")
+        elif fault == "poison":
+            shown = ", ".join(map(str, poisoned[:5])) + (", ..." if len(poisoned) > 5 else "")
+            self.reply_status(entry["status"], f"poison record(s) {shown}\n".encode())
         elif entry["status"] == 200:
             self.reply(200, OK, "application/json")
         else:
             status = entry["status"]
-            if ARGS.retry_after is not None and status in (429, 503):
-                extra = [("Retry-After", ARGS.retry_after)]
-            else:
-                extra = [("Retry-After", "1")] if status == 429 else []
-            self.reply(status, f"injected {status}\n".encode(), extra=extra)
+            self.reply_status(status, f"injected {status}\n".encode())
 
 
 class Server(http.server.ThreadingHTTPServer):
@@ -247,8 +306,10 @@ def parse_schedule(spec):
     out = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, _, weight = item.partition(":")
-        if not (name.isdigit() or name in ("slow", "reset", "partial")):
-            sys.exit(f"receiver: bad schedule outcome {name!r}")
+        if not (name.isdigit() and 200 <= int(name) <= 599
+                or name in ("slow", "reset", "partial")):
+            sys.exit(f"receiver: bad schedule outcome {name!r} (a status 200..599, "
+                     "slow, reset or partial)")
         out.append((name, float(weight or 1)))
     return out
 
@@ -269,7 +330,19 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--slow-ms", type=int, default=5000)
     p.add_argument("--port-file", help="write the listening port here")
+    p.add_argument("--poison", action="append", default=[], metavar="S",
+                   help="fail requests holding a record whose data contains S")
+    p.add_argument("--poison-status", type=int, default=400,
+                   help="the status of poison requests (default 400)")
+    p.add_argument("--partial-response", action="store_true",
+                   help="answer poison requests 200 with batchItemFailures")
     ARGS = p.parse_args()
+    if ARGS.partial_response and not ARGS.poison:
+        p.error("--partial-response needs --poison")
+    if "" in ARGS.poison:
+        p.error("--poison needs a non-empty string")
+    if not 200 <= ARGS.poison_status <= 599:
+        p.error("--poison-status must be a status 200..599")
     STATE["schedule"] = parse_schedule(ARGS.schedule)
     STATE["rng"] = random.Random(ARGS.seed)
     STATE["log"] = open(ARGS.log, "a", encoding="utf-8")

@@ -11,7 +11,9 @@ A throw-away cluster (own data directory, 127.0.0.1 and a port in
 streams with 4, 7 and 1 shards over four tables; four connectors, DataHub and
 DIS, with small timeouts; pgbench at a fixed rate: inserts, updates,
 deletes, hot keys, TOASTed values, bulk inserts, transactions it rolls back
-and savepoints it rolls back, both writing the marker ABORTED-MARKER.
+and savepoints it rolls back, both writing the marker ABORTED-MARKER, and
+poison rows (POISON-MARKER) that the receiver refuses with 400, which the
+three connectors that see them (on_failure 'dead_letter') set aside.
 While the load runs, a seeded random sequence of faults: immediate stop and
 restart, fast restart, kill -9 of the capture, delivery and launcher
 workers, each fault point of the extension (once per arming), an endpoint
@@ -40,6 +42,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MARKER = "ABORTED-MARKER"
+POISON = "POISON-MARKER"         # the receiver refuses records that hold it
 SLOW_MS = 1500
 SCHEDULE = "200:76,500:5,503:4,429:3,slow:3,reset:4,partial:5"
 FAULT_POINTS = ["capture-before-commit", "capture-after-commit",
@@ -153,6 +156,7 @@ class Soak:
         self.receiver = subprocess.Popen(
             [sys.executable, os.path.join(HERE, "receiver.py"), "--port", str(self.rport),
              "--port-file", port_file, "--log", self.log, "--keep-body",
+             "--poison", POISON,
              "--schedule", SCHEDULE, "--seed", str(self.args.seed * 1000 + self.receiver_starts),
              "--slow-ms", str(SLOW_MS)],
             stdout=out, stderr=out, stdin=subprocess.DEVNULL)
@@ -236,14 +240,16 @@ INSERT INTO docs SELECT g, 0, (SELECT string_agg(md5(g::text || i::text), '')
             self.sql(f"SELECT event_bridge.create_stream('{stream}', ARRAY[{arr}]::regclass[], "
                      f"shard_count => {shards})")
         # Timeouts: 1 s (the receiver's slow replies, 1.5 s, time out) and
-        # 3 s for s7_datahub (they arrive in time).
+        # 3 s for s7_datahub (they arrive in time).  Poison rows go to
+        # accounts, which s1 does not capture.
         self.connectors = [
             ("s4_datahub", "s4", "format => 'datahub', batch_size => 20, timeout => '1 s', "
-                                 "retry_interval => '100 ms'"),
+                                 "retry_interval => '100 ms', on_failure => 'dead_letter'"),
             ("s4_dis", "s4", "format => 'dis', batch_size => 50, batch_window => '20 ms', "
-                             "timeout => '1 s', retry_interval => '200 ms'"),
+                             "timeout => '1 s', retry_interval => '200 ms', "
+                             "on_failure => 'dead_letter'"),
             ("s7_datahub", "s7", "format => 'datahub', batch_size => 100, timeout => '3 s', "
-                                 "retry_interval => '150 ms'"),
+                                 "retry_interval => '150 ms', on_failure => 'dead_letter'"),
             ("s1_dis", "s1", "format => 'dis', batch_size => 10, timeout => '1 s', "
                              "retry_interval => '100 ms'"),
         ]
@@ -275,6 +281,9 @@ UPDATE docs SET v = v + 1 WHERE id = :d;
 """),
             "toast_new": (1, r"""\set d random(1, 20)
 UPDATE docs SET v = v + 1, body = (SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 200)) WHERE id = :d;
+"""),
+            "poison": (1, r"""\set k random(1, 500)
+INSERT INTO accounts (k, v, note) VALUES (:k, 1, 'POISON-MARKER');
 """),
             "bulk": (1, r"""\set k random(1, 500)
 INSERT INTO accounts (k, v, note) SELECT :k, 1, 'bulk' FROM generate_series(1, 300);
@@ -536,7 +545,7 @@ COMMIT;
             json.dump(self.disruptions, f)
         cmd = [sys.executable, os.path.join(HERE, "check_invariants.py"), "--json",
                "-h", "127.0.0.1", "-p", str(self.port), "-d", DB, "--log", self.log,
-               "--forbid-substring", MARKER, "--slow-ms", str(SLOW_MS), "--require-quiescent",
+               "--forbid-substring", MARKER, "--poison", POISON, "--slow-ms", str(SLOW_MS), "--require-quiescent",
                "--disruptions", disruptions]
         self.checker_cmd = " ".join(cmd[1:2] + cmd[3:])
         r = self.run(cmd, timeout=900, check=False)

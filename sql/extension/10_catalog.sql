@@ -117,7 +117,10 @@ CREATE TABLE event_bridge.connectors (
                    CHECK (max_request_bytes BETWEEN 1024 AND 268435456),
     error          text,
     retry_strategy text NOT NULL DEFAULT 'fixed' CHECK (retry_strategy IN ('fixed', 'exponential')),
-    max_retry_interval interval NOT NULL DEFAULT '5 minutes'
+    max_retry_interval interval NOT NULL DEFAULT '5 minutes',
+    on_failure     text NOT NULL DEFAULT 'suspend' CHECK (on_failure IN ('suspend', 'dead_letter')),
+    max_record_age interval,
+    partial_batch_response boolean NOT NULL DEFAULT false
 );
 CREATE SEQUENCE event_bridge.connector_id_seq AS int OWNED BY event_bridge.connectors.connector_id;
 COMMENT ON TABLE event_bridge.connectors IS
@@ -133,7 +136,7 @@ COMMENT ON TABLE event_bridge.connectors IS
  * offset only while it is unchanged, so a batch in flight cannot undo a
  * reset.  failures counts consecutive failed attempts; retry_last_sequence
  * ends the batch that failed, so that a retry sends the same records, also
- * after a restart.
+ * after a restart; next_attempt_at is when that retry is due.
  */
 CREATE TABLE event_bridge.connector_shards (
     connector_id        int NOT NULL REFERENCES event_bridge.connectors ON DELETE CASCADE,
@@ -153,6 +156,7 @@ CREATE TABLE event_bridge.connector_shards (
     last_event_id       text,
     last_error          text,
     last_error_at       timestamptz,
+    next_attempt_at     timestamptz,
     PRIMARY KEY (connector_id, shard_id)
 );
 COMMENT ON TABLE event_bridge.connector_shards IS
@@ -179,6 +183,37 @@ CREATE TABLE event_bridge.connector_attempts (
 );
 COMMENT ON TABLE event_bridge.connector_attempts IS
     'The last delivery attempts of every connector shard: HTTP status, error, start of the response body, time';
+
+/*
+ * Dead letters: records a connector with on_failure 'dead_letter' gave up
+ * on, copied from event_bridge.records (which retention empties) with their
+ * last status and error.  The delivery worker adds them and moves the
+ * shard's offset past them in one transaction; redeliver asks the worker to
+ * send them again, and it deletes the ones acknowledged.  attempts counts
+ * the failed attempts of the batches that held the record since the failing
+ * began.  Admins see them through the view dead_letters.
+ */
+CREATE TABLE event_bridge.dead_letter_records (
+    connector_id  int NOT NULL REFERENCES event_bridge.connectors ON DELETE CASCADE,
+    shard_id      int NOT NULL,
+    sequence      bigint NOT NULL,
+    system_time   bigint NOT NULL,
+    record_id     bigint NOT NULL,
+    operation     "char" NOT NULL,
+    table_name    text NOT NULL,
+    partition_key text,
+    data          text NOT NULL,
+    failed_at     timestamptz NOT NULL,
+    attempts      int NOT NULL,
+    http_status   int,
+    error         text,
+    redeliver     boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (connector_id, shard_id, sequence)
+);
+CREATE INDEX dead_letter_records_redeliver ON event_bridge.dead_letter_records
+    (connector_id, shard_id, sequence) WHERE redeliver;
+COMMENT ON TABLE event_bridge.dead_letter_records IS
+    'Records that connectors with on_failure dead_letter gave up on, with their last status and error';
 
 SELECT pg_catalog.pg_extension_config_dump('event_bridge.connectors', '');
 SELECT pg_catalog.pg_extension_config_dump('event_bridge.connector_id_seq', '');

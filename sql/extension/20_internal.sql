@@ -35,6 +35,14 @@ AS 'MODULE_PATHNAME', 'event_bridge_check_readable';
 COMMENT ON FUNCTION event_bridge._check_readable(regclass[]) IS
     'Internal: refuses a caller without SELECT on every table, or subject to row-level security on one; superusers pass';
 
+/* The same rule as a test, row by row, for views that show record data. */
+CREATE OR REPLACE FUNCTION event_bridge._may_read(tables regclass[])
+RETURNS boolean
+LANGUAGE C STABLE STRICT
+AS 'MODULE_PATHNAME', 'event_bridge_may_read';
+COMMENT ON FUNCTION event_bridge._may_read(regclass[]) IS
+    'Internal: may the caller read every row of every table (the rule of _check_readable, as a test)?';
+
 CREATE OR REPLACE FUNCTION event_bridge._hide_statement()
 RETURNS void
 LANGUAGE C VOLATILE

@@ -24,7 +24,9 @@ CREATE OR REPLACE FUNCTION event_bridge._check_connector_settings(
     headers            text,
     max_request_bytes  int,
     retry_strategy     text,
-    max_retry_interval interval)
+    max_retry_interval interval,
+    on_failure         text,
+    max_record_age     interval)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -68,6 +70,16 @@ BEGIN
         RAISE EXCEPTION 'max_retry_interval "%" is out of range', max_retry_interval
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = 'max_retry_interval must be at least retry_interval and at most 1 day.';
+    END IF;
+    IF on_failure NOT IN ('suspend', 'dead_letter') THEN
+        RAISE EXCEPTION 'unknown on_failure "%"', on_failure
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'on_failure is suspend (the shard stops until resume_connector) or dead_letter (the failing records go to event_bridge.dead_letters and delivery goes on).';
+    END IF;
+    IF max_record_age <= interval '0' THEN
+        RAISE EXCEPTION 'max_record_age "%" must be positive', max_record_age
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'NULL means no limit.';
     END IF;
     IF max_request_bytes < 1024 OR max_request_bytes > 268435456 THEN
         RAISE EXCEPTION 'max_request_bytes % is out of range', max_request_bytes
@@ -116,7 +128,7 @@ BEGIN
     RETURN hj;
 END
 $$;
-COMMENT ON FUNCTION event_bridge._check_connector_settings(text, text, int, interval, interval, int, interval, text, int, text, interval) IS
+COMMENT ON FUNCTION event_bridge._check_connector_settings(text, text, int, interval, interval, int, interval, text, int, text, interval, text, interval) IS
     'Internal: refuses connector settings out of range, and returns the headers parsed';
 
 CREATE OR REPLACE FUNCTION event_bridge.create_connector(
@@ -133,7 +145,10 @@ CREATE OR REPLACE FUNCTION event_bridge.create_connector(
     headers        text     DEFAULT '{}',
     max_request_bytes int   DEFAULT 6291456,
     retry_strategy text     DEFAULT 'fixed',
-    max_retry_interval interval DEFAULT '5 minutes')
+    max_retry_interval interval DEFAULT '5 minutes',
+    on_failure     text     DEFAULT 'suspend',
+    max_record_age interval DEFAULT NULL,
+    partial_batch_response boolean DEFAULT false)
 RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -152,10 +167,11 @@ BEGIN
     IF connector_name IS NULL OR stream_name IS NULL OR endpoint IS NULL OR format IS NULL
        OR batch_size IS NULL OR batch_window IS NULL OR retry_interval IS NULL
        OR max_retries IS NULL OR timeout IS NULL OR headers IS NULL
-       OR max_request_bytes IS NULL OR retry_strategy IS NULL OR max_retry_interval IS NULL THEN
+       OR max_request_bytes IS NULL OR retry_strategy IS NULL OR max_retry_interval IS NULL
+       OR on_failure IS NULL OR partial_batch_response IS NULL THEN
         RAISE EXCEPTION 'arguments of create_connector must not be null'
             USING ERRCODE = 'null_value_not_allowed',
-                  DETAIL = 'Only start_time may be null: it then means the earliest retained record.';
+                  DETAIL = 'Only start_time (then the earliest retained record) and max_record_age (then no limit) may be null.';
     END IF;
     IF connector_name !~ '^[A-Za-z_][A-Za-z0-9_.-]{0,127}$' THEN
         RAISE EXCEPTION 'invalid connector name "%"', connector_name
@@ -175,15 +191,15 @@ BEGIN
     END IF;
     hj := event_bridge._check_connector_settings(endpoint, format, batch_size, batch_window,
         retry_interval, max_retries, timeout, headers, max_request_bytes, retry_strategy,
-        max_retry_interval);
+        max_retry_interval, on_failure, max_record_age);
 
     cid := nextval('event_bridge.connector_id_seq');
     INSERT INTO event_bridge.connectors (connector_id, connector_name, stream_id, endpoint, format,
         batch_size, batch_window, retry_interval, max_retries, timeout, headers, max_request_bytes,
-        retry_strategy, max_retry_interval)
+        retry_strategy, max_retry_interval, on_failure, max_record_age, partial_batch_response)
     VALUES (cid, connector_name, s.stream_id, endpoint, format,
         batch_size, batch_window, retry_interval, max_retries, timeout, hj, max_request_bytes,
-        retry_strategy, max_retry_interval);
+        retry_strategy, max_retry_interval, on_failure, max_record_age, partial_batch_response);
     INSERT INTO event_bridge.connector_shards (connector_id, shard_id, delivered_sequence, skip_before)
     SELECT cid, g, event_bridge._start_sequence(s.stream_id, g, start_ms) - 1, coalesce(start_ms, 0)
       FROM generate_series(0, s.shard_count - 1) g;
@@ -194,8 +210,8 @@ EXCEPTION
             USING ERRCODE = 'duplicate_object';
 END
 $$;
-COMMENT ON FUNCTION event_bridge.create_connector(text, text, text, timestamptz, text, int, interval, interval, int, interval, text, int, text, interval) IS
-    'Creates a connector that POSTs the records of a stream appended from start_time on to an http(s) endpoint, in order per shard, in the datahub or dis event format, retrying failed batches by retry_strategy';
+COMMENT ON FUNCTION event_bridge.create_connector(text, text, text, timestamptz, text, int, interval, interval, int, interval, text, int, text, interval, text, interval, boolean) IS
+    'Creates a connector that POSTs the records of a stream appended from start_time on to an http(s) endpoint, in order per shard, in the datahub or dis event format, retrying failed batches by retry_strategy and then suspending the shard or dead-lettering the failing records (on_failure)';
 
 CREATE OR REPLACE FUNCTION event_bridge.alter_connector(
     connector_name     text,
@@ -209,7 +225,10 @@ CREATE OR REPLACE FUNCTION event_bridge.alter_connector(
     headers            text     DEFAULT NULL,
     max_request_bytes  int      DEFAULT NULL,
     retry_strategy     text     DEFAULT NULL,
-    max_retry_interval interval DEFAULT NULL)
+    max_retry_interval interval DEFAULT NULL,
+    on_failure         text     DEFAULT NULL,
+    max_record_age     interval DEFAULT NULL,
+    partial_batch_response boolean DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -238,7 +257,9 @@ BEGIN
         coalesce(alter_connector.headers, c.headers::text),
         coalesce(alter_connector.max_request_bytes, c.max_request_bytes),
         coalesce(alter_connector.retry_strategy, c.retry_strategy),
-        coalesce(alter_connector.max_retry_interval, c.max_retry_interval));
+        coalesce(alter_connector.max_retry_interval, c.max_retry_interval),
+        coalesce(alter_connector.on_failure, c.on_failure),
+        nullif(coalesce(alter_connector.max_record_age, c.max_record_age), interval '0'));
     UPDATE event_bridge.connectors co
        SET endpoint = coalesce(alter_connector.endpoint, co.endpoint),
            format = coalesce(alter_connector.format, co.format),
@@ -250,13 +271,19 @@ BEGIN
            headers = hj,
            max_request_bytes = coalesce(alter_connector.max_request_bytes, co.max_request_bytes),
            retry_strategy = coalesce(alter_connector.retry_strategy, co.retry_strategy),
-           max_retry_interval = coalesce(alter_connector.max_retry_interval, co.max_retry_interval)
+           max_retry_interval = coalesce(alter_connector.max_retry_interval, co.max_retry_interval),
+           on_failure = coalesce(alter_connector.on_failure, co.on_failure),
+           -- '0' removes the limit: NULL leaves it as it is
+           max_record_age = nullif(coalesce(alter_connector.max_record_age, co.max_record_age),
+                                   interval '0'),
+           partial_batch_response = coalesce(alter_connector.partial_batch_response,
+                                             co.partial_batch_response)
      WHERE co.connector_id = cid;
     PERFORM event_bridge._wake_delivery();
 END
 $$;
-COMMENT ON FUNCTION event_bridge.alter_connector(text, text, text, int, interval, interval, int, interval, text, int, text, interval) IS
-    'Changes a connector''s settings (NULL: unchanged); its offsets are kept, and a batch in flight finishes under the old settings';
+COMMENT ON FUNCTION event_bridge.alter_connector(text, text, text, int, interval, interval, int, interval, text, int, text, interval, text, interval, boolean) IS
+    'Changes a connector''s settings (NULL: unchanged; max_record_age ''0'': no limit); its offsets are kept, and a batch in flight finishes under the old settings';
 
 CREATE OR REPLACE FUNCTION event_bridge.stop_connector(name text)
 RETURNS void
@@ -327,7 +354,8 @@ BEGIN
            position_generation = cs.position_generation + 1,
            suspended = false,
            failures = 0,
-           retry_last_sequence = NULL
+           retry_last_sequence = NULL,
+           next_attempt_at = NULL
       FROM event_bridge.connectors c
      WHERE c.connector_id = cid AND cs.connector_id = cid;
     PERFORM event_bridge._wake_delivery();
@@ -352,3 +380,147 @@ $$;
 COMMENT ON FUNCTION event_bridge.drop_connector(text) IS
     'Drops a connector, its offsets and its attempts log; a batch in flight is abandoned';
 
+
+/* ---------------------------------------------------------------------
+ * Dead letters (on_failure 'dead_letter', skip_batch)
+ * ------------------------------------------------------------------- */
+
+CREATE OR REPLACE FUNCTION event_bridge.skip_batch(connector_name text, shard_id int)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cid int := event_bridge._lock_connector(skip_batch.connector_name);
+    sh  record;
+    n   bigint;
+BEGIN
+    IF shard_id IS NULL THEN
+        RAISE EXCEPTION 'shard_id must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT cs.*, c.stream_id INTO sh
+      FROM event_bridge.connector_shards cs
+      JOIN event_bridge.connectors c ON c.connector_id = cs.connector_id
+     WHERE cs.connector_id = cid AND cs.shard_id = skip_batch.shard_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'connector "%" has no shard %', connector_name, shard_id
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT sh.suspended THEN
+        RAISE EXCEPTION 'shard % of connector "%" is not suspended', shard_id, connector_name
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'skip_batch moves the batch that suspended a shard to the dead letters.';
+    END IF;
+    IF sh.retry_last_sequence IS NULL THEN
+        RAISE EXCEPTION 'shard % of connector "%" has no failed batch', shard_id, connector_name
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'It was suspended because the endpoint refused another shard''s batch.',
+                  HINT = format('Fix the endpoint, then run SELECT event_bridge.resume_connector(%L).',
+                                connector_name);
+    END IF;
+    INSERT INTO event_bridge.dead_letter_records AS d (connector_id, shard_id, sequence,
+        system_time, record_id, operation, table_name, partition_key, data, failed_at, attempts,
+        http_status, error)
+    SELECT cid, r.shard_id, r.sequence, r.system_time, r.record_id, r.operation, r.table_name,
+           r.partition_key, r.data, now(), greatest(sh.failures, 1), sh.last_http_status,
+           coalesce(sh.last_error, 'skipped by skip_batch')
+      FROM event_bridge.records r
+     WHERE r.stream_id = sh.stream_id AND r.shard_id = sh.shard_id
+       AND r.sequence > sh.delivered_sequence AND r.sequence <= sh.retry_last_sequence
+    ON CONFLICT ON CONSTRAINT dead_letter_records_pkey DO UPDATE
+       SET failed_at = excluded.failed_at, attempts = d.attempts + excluded.attempts,
+           http_status = excluded.http_status, error = excluded.error, redeliver = false;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    UPDATE event_bridge.connector_shards cs
+       SET delivered_sequence = cs.retry_last_sequence,
+           retry_last_sequence = NULL,
+           position_generation = cs.position_generation + 1,
+           suspended = false,
+           failures = 0,
+           next_attempt_at = NULL
+     WHERE cs.connector_id = cid AND cs.shard_id = skip_batch.shard_id;
+    PERFORM event_bridge._wake_delivery();
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION event_bridge.skip_batch(text, int) IS
+    'Moves the batch that suspended a connector''s shard to the dead letters and resumes the shard after it; returns the number of records moved';
+
+/* Checks a list of eventIds ("<shard>:<sequence>"). */
+CREATE OR REPLACE FUNCTION event_bridge._check_event_ids(event_ids text[])
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    bad text;
+BEGIN
+    SELECT e INTO bad FROM unnest(event_ids) e
+     WHERE e IS NULL OR e !~ '^[0-9]{1,9}:[0-9]{1,18}$' LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'invalid eventId "%"', bad
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'An eventId is "<shard>:<sequence>", as in event_bridge.dead_letters.event_id.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION event_bridge._check_event_ids(text[]) IS
+    'Internal: refuses an eventId that is not "<shard>:<sequence>"';
+
+CREATE OR REPLACE FUNCTION event_bridge.redeliver_dead_letters(
+    connector_name text,
+    event_ids      text[] DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cid int := event_bridge._lock_connector(redeliver_dead_letters.connector_name);
+    n   bigint;
+BEGIN
+    PERFORM event_bridge._check_readable(s.tables)
+       FROM event_bridge.connectors c JOIN event_bridge.streams s ON s.stream_id = c.stream_id
+      WHERE c.connector_id = cid;
+    PERFORM event_bridge._check_event_ids(event_ids);
+    UPDATE event_bridge.dead_letter_records d SET redeliver = true
+     WHERE d.connector_id = cid AND NOT d.redeliver
+       AND (redeliver_dead_letters.event_ids IS NULL
+            OR (d.shard_id, d.sequence) IN (SELECT split_part(e, ':', 1)::int, split_part(e, ':', 2)::bigint
+                                              FROM unnest(redeliver_dead_letters.event_ids) e));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM event_bridge._wake_delivery();
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION event_bridge.redeliver_dead_letters(text, text[]) IS
+    'Has the delivery worker send a connector''s dead letters (all, or those of event_ids) again, in batches of their own, once each; the ones acknowledged leave the dead letters; returns how many were queued';
+
+CREATE OR REPLACE FUNCTION event_bridge.purge_dead_letters(
+    connector_name text,
+    older_than     interval DEFAULT '0')
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cid int := event_bridge._lock_connector(purge_dead_letters.connector_name);
+    n   bigint;
+BEGIN
+    IF older_than IS NULL THEN
+        RAISE EXCEPTION 'older_than must not be null'
+            USING ERRCODE = 'null_value_not_allowed',
+                HINT = 'Pass ''0'' to purge every dead letter of the connector.';
+    END IF;
+    IF older_than < interval '0' THEN
+        RAISE EXCEPTION 'older_than must be an interval of at least 0'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    DELETE FROM event_bridge.dead_letter_records d
+     WHERE d.connector_id = cid AND d.failed_at <= now() - older_than;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION event_bridge.purge_dead_letters(text, interval) IS
+    'Deletes a connector''s dead letters that failed at least older_than ago (default: all); returns how many';

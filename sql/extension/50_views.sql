@@ -52,12 +52,16 @@ SELECT c.connector_name,
              ORDER BY r.sequence LIMIT 1), 0), 0) AS lag_ms,
        cs.attempts,
        cs.failed_attempts,
-       cs.last_attempt_at
+       cs.last_attempt_at,
+       CASE WHEN NOT (c.stopped OR cs.suspended OR c.error IS NOT NULL)
+            THEN cs.next_attempt_at END AS next_attempt_at,
+       (SELECT count(*) FROM event_bridge.dead_letter_records d
+         WHERE d.connector_id = c.connector_id AND d.shard_id = cs.shard_id) AS dead_letters
   FROM event_bridge.connectors c
   JOIN event_bridge.connector_shards cs ON cs.connector_id = c.connector_id
   JOIN event_bridge.shards h ON h.stream_id = c.stream_id AND h.shard_id = cs.shard_id;
 COMMENT ON VIEW event_bridge.shard_status IS
-    'One row per connector and shard: state, offset (delivered_sequence, -1 = none), the stream''s next sequence, pending records, consecutive failures and the last error';
+    'One row per connector and shard: state, offset (delivered_sequence, -1 = none), the stream''s next sequence, pending records, consecutive failures, the last error, when a failed batch is retried, and the dead letters';
 
 CREATE OR REPLACE VIEW event_bridge.connector_status AS
 SELECT c.connector_name,
@@ -90,7 +94,11 @@ SELECT c.connector_name,
        c.created_at,
        c.max_request_bytes,
        c.retry_strategy,
-       c.max_retry_interval
+       c.max_retry_interval,
+       sum(ss.dead_letters)::bigint AS dead_letters,
+       c.on_failure,
+       c.max_record_age,
+       c.partial_batch_response
   FROM event_bridge.connectors c
   JOIN event_bridge.streams s ON s.stream_id = c.stream_id
   JOIN event_bridge.shard_status ss ON ss.connector_name = c.connector_name
@@ -106,3 +114,30 @@ SELECT c.connector_name, a.shard_id, a.attempt, a.attempted_at, a.duration_ms,
   JOIN event_bridge.connectors c ON c.connector_id = a.connector_id;
 COMMENT ON VIEW event_bridge.connector_attempts_log IS
     'The last delivery attempts of every connector shard, newest attempt numbers last';
+
+/*
+ * Dead letters show record data, so each row shows only to a role that may
+ * read every table of its stream (_may_read: SELECT, no row-level security,
+ * as get_records asks).  security_barrier: the reader's own conditions run
+ * after that test, so a function of theirs never sees a row it hides.
+ */
+CREATE OR REPLACE VIEW event_bridge.dead_letters WITH (security_barrier) AS
+SELECT c.connector_name,
+       d.shard_id,
+       d.sequence,
+       d.shard_id || ':' || d.sequence AS event_id,
+       to_timestamp(d.system_time / 1000.0) AS system_time,
+       d.operation::char AS operation,
+       d.table_name,
+       d.data::jsonb AS data,
+       d.failed_at,
+       d.attempts,
+       d.http_status,
+       d.error,
+       d.redeliver AS redelivery_pending
+  FROM event_bridge.dead_letter_records d
+  JOIN event_bridge.connectors c ON c.connector_id = d.connector_id
+  JOIN event_bridge.streams s ON s.stream_id = c.stream_id
+ WHERE event_bridge._may_read(s.tables);
+COMMENT ON VIEW event_bridge.dead_letters IS
+    'Records that connectors with on_failure dead_letter gave up on, with the last status and error; a row shows only to roles that may read every table of its stream';

@@ -36,3 +36,33 @@ UPDATE event_bridge.streams s
                        WHERE EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = t) ORDER BY i)
  WHERE EXISTS (SELECT FROM unnest(s.tables) t
                 WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = t));
+
+/* The failure policy (DESIGN 9.3). */
+ALTER TABLE event_bridge.connectors
+    ADD COLUMN on_failure text NOT NULL DEFAULT 'suspend'
+               CHECK (on_failure IN ('suspend', 'dead_letter')),
+    ADD COLUMN max_record_age interval,
+    ADD COLUMN partial_batch_response boolean NOT NULL DEFAULT false;
+ALTER TABLE event_bridge.connector_shards ADD COLUMN next_attempt_at timestamptz;
+
+CREATE TABLE event_bridge.dead_letter_records (
+    connector_id  int NOT NULL REFERENCES event_bridge.connectors ON DELETE CASCADE,
+    shard_id      int NOT NULL,
+    sequence      bigint NOT NULL,
+    system_time   bigint NOT NULL,
+    record_id     bigint NOT NULL,
+    operation     "char" NOT NULL,
+    table_name    text NOT NULL,
+    partition_key text,
+    data          text NOT NULL,
+    failed_at     timestamptz NOT NULL,
+    attempts      int NOT NULL,
+    http_status   int,
+    error         text,
+    redeliver     boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (connector_id, shard_id, sequence)
+);
+CREATE INDEX dead_letter_records_redeliver ON event_bridge.dead_letter_records
+    (connector_id, shard_id, sequence) WHERE redeliver;
+COMMENT ON TABLE event_bridge.dead_letter_records IS
+    'Records that connectors with on_failure dead_letter gave up on, with their last status and error';

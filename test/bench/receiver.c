@@ -1,11 +1,12 @@
 /*
  * test/bench/receiver.c: a fast function endpoint for benchmarks.
  *
- *   receiver [--port N] [--port-file PATH] [--delay-ms N]
+ *   receiver [--port N] [--port-file PATH] [--delay-ms N] [--poison S]
  *
  * One thread, epoll, HTTP/1.1 keep-alive, 127.0.0.1 only; no dependencies
  * beyond libc.  Every POST is answered 200 {"ok":true}, after --delay-ms if
- * given (the connection waits, the others go on).  For each POST it counts
+ * given (the connection waits, the others go on); with --poison, a POST
+ * whose body holds S is answered 400 and its records are not counted.  For each POST it counts
  * the records of the body: every "eventId":"<shard>:<sequence>" is one.  A
  * record whose sequence is above the highest seen for its shard counts as
  * unique (delivery is in order per shard, so a lower one is a redelivery).
@@ -55,6 +56,7 @@ typedef struct Conn
 } Conn;
 
 static int64_t requests, records, unique_records, first_us, last_us;
+static const char *poison = NULL;	/* refuse bodies that hold it */
 static int64_t max_seq[MAX_SHARDS];
 static int32_t *lat_us;			/* commit -> receipt */
 static int32_t *append_us;		/* commit -> append */
@@ -192,7 +194,7 @@ reply(Conn *c, int status, const char *ctype, const char *body)
 	char		out[2048];
 	int			n = snprintf(out, sizeof(out),
 							 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n\r\n%s",
-							 status, status == 200 ? "OK" : "Not Found", ctype, strlen(body), body);
+							 status, status == 200 ? "OK" : status == 400 ? "Bad Request" : "Not Found", ctype, strlen(body), body);
 	ssize_t		off = 0;
 
 	while (off < n)
@@ -293,7 +295,13 @@ process(Conn *c)
 		if (c->len < head_len + body_len)
 			return 0;			/* the body is still coming */
 
-		if (strcmp(method, "POST") == 0)
+		if (strcmp(method, "POST") == 0 && poison != NULL &&
+			memmem(c->buf + head_len, body_len, poison, strlen(poison)) != NULL)
+		{
+			if (reply(c, 400, "text/plain", "refused") < 0)
+				return -1;
+		}
+		else if (strcmp(method, "POST") == 0)
 		{
 			take_body(c->buf + head_len, body_len, now_us());
 			if (delay_ms > 0)
@@ -359,9 +367,11 @@ main(int argc, char **argv)
 			port_file = argv[++i];
 		else if (strcmp(argv[i], "--delay-ms") == 0 && i + 1 < argc)
 			delay_ms = atoi(argv[++i]);
+		else if (strcmp(argv[i], "--poison") == 0 && i + 1 < argc)
+			poison = argv[++i];
 		else
 		{
-			fprintf(stderr, "usage: %s [--port N] [--port-file PATH] [--delay-ms N]\n", argv[0]);
+			fprintf(stderr, "usage: %s [--port N] [--port-file PATH] [--delay-ms N] [--poison S]\n", argv[0]);
 			return 2;
 		}
 	}

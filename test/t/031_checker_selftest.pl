@@ -3,7 +3,12 @@
 # line, a reordered pair, changed data, a changed systemTime, an old batch
 # sent again, a batch acked twice with no crash in between, a record of a
 # rolled-back transaction, a batch with a hole, a body changed byte by
-# byte) are each reported as the violation they are.
+# byte) are each reported as the violation they are.  Release 0.2's failure
+# policy too: connectors that dead-letter the records an endpoint refuses
+# (--poison) pass, whether it refuses them with a 400 (bisection) or in a
+# partial batch response; a healthy record among the dead letters, a poison
+# record acked, and records of a partial reply's acknowledged part sent
+# again are reported, and the un-acked rest sent again is not.
 use strict;
 use warnings;
 use FindBin;
@@ -213,6 +218,108 @@ sub acked_lines
 	is($rc, 1, 'pending records with --require-quiescent: the checker fails');
 	($rc, $report, $out) = check_doctored(copy_log(), '--connector', 'dh');
 	is($rc, 0, 'pending records without --require-quiescent: the live checks pass') or diag($out);
+}
+
+# Release 0.2: two connectors of their own stream dead-letter the records
+# holding a poison marker.  'dl' gets a 400 for every batch that holds one
+# and bisects it; 'pr' gets a partial batch response (batchItemFailures)
+# that acknowledges the records before the first poison record.
+my %p = (
+	dl => start_receiver(args => [ '--poison', 'POISON' ]),
+	pr => start_receiver(args => [ '--poison', 'POISON', '--partial-response' ]));
+$node->safe_psql('postgres', q{
+	CREATE TABLE t2 (id int PRIMARY KEY, v text);
+	ALTER TABLE t2 REPLICA IDENTITY FULL;
+	SELECT event_bridge.create_stream('s2', ARRAY['t2']::regclass[], shard_count => 2);});
+$node->safe_psql('postgres', join("\n", map {
+	"SELECT event_bridge.create_connector('$_', 's2', 'http://127.0.0.1:$p{$_}{port}/$_',"
+	  . " batch_size => 8, retry_interval => '50 ms', max_retries => 2,"
+	  . " on_failure => 'dead_letter', partial_batch_response => true);" } sort keys %p));
+$node->safe_psql('postgres',
+	"INSERT INTO t2 SELECT g, CASE WHEN g IN (13, 31) THEN 'POISON' ELSE 'w' || g END"
+	  . ' FROM generate_series(1, 60) g');
+ok(wait_capture($node, 'postgres'), 'captured the records with the poison');
+for my $c (sort keys %p)
+{
+	ok(wait_delivered($node, 'postgres', $c), "$c delivered around the poison records");
+	is( $node->safe_psql('postgres', qq{
+			SELECT string_agg(data->>9, ',' ORDER BY data->>8)
+			  FROM event_bridge.dead_letters WHERE connector_name = '$c'}),
+		'POISON,POISON',
+		"$c: the two poison records are its dead letters");
+	stop_receiver($p{$c});
+}
+
+# The endpoint saw each poison record refused alone: 'dl' after a bisection
+# (smaller batches from the refused batch's first record on), 'pr' in a
+# partial reply.
+my $dl = receiver_log($p{dl});
+my @refused = grep { ($_->{fault} // '') eq 'poison' } @$dl;
+ok((grep { @{ $_->{event_ids} } > 1 } @refused), 'dl: a batch with a poison record was refused');
+my %alone = map { $_->{event_ids}[0] => 1 } grep { @{ $_->{event_ids} } == 1 } @refused;
+is(scalar(keys %alone), 2, 'dl: each poison record was refused alone (a bisection reached it)');
+ok((grep { ($_->{fault} // '') eq 'item-failures' } @{ receiver_log($p{pr}) }),
+	'pr: the endpoint answered with batchItemFailures');
+
+checker_ok($node, 'postgres', $p{dl}, [ '--connector', 'dl', '--poison', 'POISON' ],
+	'a bisection log with the poison records dead-lettered passes');
+checker_ok($node, 'postgres', $p{pr}, [ '--connector', 'pr', '--poison', 'POISON' ],
+	'a log of partial replies with the poison records dead-lettered passes');
+
+# Dead letters that do not hold the poison: healthy records dead-lettered.
+fails_with('healthy records among the dead letters', $dl, 'dl', 'dead_letters',
+	'--connector', 'dl', '--poison', 'NO-SUCH-MARKER');
+
+# A poison record acked: its refusal doctored into a 200.
+{
+	my $lines = decode_json(encode_json($dl));
+	my ($alone) = grep { ($_->{fault} // '') eq 'poison' && @{ $_->{event_ids} } == 1 } @$lines;
+	$alone->{status} = 200;
+	$alone->{fault} = undef;
+	fails_with('poison record acked', $lines, 'dl', 'dead_letters',
+		'--connector', 'dl', '--poison', 'POISON');
+}
+
+# A batch acked whole, doctored into a partial reply that acknowledges its
+# first record only, then sent again from its second record on: what a
+# worker that honours batchItemFailures does.  $again: the whole batch sent
+# again in between, with the same partial reply.
+sub partial_reply
+{
+	my ($again) = @_;
+	my $lines = decode_json(encode_json($dl));
+	my ($i) = grep {
+		($lines->[$_]{status} // 0) == 200
+		  && !defined $lines->[$_]{fault}
+		  && @{ $lines->[$_]{event_ids} } >= 3
+	} 0 .. $#$lines;
+	my $batch = $lines->[$i];
+	$batch->{fault} = 'item-failures';
+	$batch->{item_failures} = [ $batch->{event_ids}[1] ];
+	my $rest = decode_json(encode_json($batch));
+	delete $rest->{item_failures};
+	$rest->{fault} = undef;
+	shift @{ $rest->{event_ids} };
+	shift @{ $rest->{records} };
+	$rest->{body_sha256} = 'doctored';
+	$rest->{t_ms} += 2;
+	my @insert = ($rest);
+	if ($again)
+	{
+		my $copy = decode_json(encode_json($batch));
+		$copy->{t_ms} += 1;
+		unshift @insert, $copy;
+	}
+	splice(@$lines, $i + 1, 0, @insert);
+	return $lines;
+}
+{
+	my ($rc, $report, $out) = check_doctored(partial_reply(0), '--connector', 'dl',
+		'--poison', 'POISON');
+	is($rc, 0, 'a partial reply, then the records from its first item failure on: passes')
+	  or diag($out);
+	fails_with('records a partial reply acknowledged sent again', partial_reply(1), 'dl',
+		'duplicates', '--connector', 'dl', '--poison', 'POISON');
 }
 
 $node->stop;

@@ -12,7 +12,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep time);
 
-our @EXPORT = qw(start_receiver stop_receiver receiver_log wait_for_log
+our @EXPORT = qw(check_dead_letter_order start_receiver stop_receiver receiver_log wait_for_log
   acked_ids acked_by_shard check_shard_order wait_delivered
   run_checker checker_ok);
 
@@ -91,19 +91,28 @@ sub wait_for_log
 	return undef;
 }
 
-# Event ids of the requests answered with a 2xx, in arrival order; only
-# those of one path (e.g. '/dis') if given.
+# Event ids of the records acknowledged by a 2xx, in arrival order; only
+# those of one path (e.g. '/dis') if given.  A 2xx that listed
+# batchItemFailures acknowledged only the records before the first listed.
 sub acked_ids
 {
 	my ($entries, $path) = @_;
-	return [
-		map { @{ $_->{event_ids} } }
-		  grep {
-			defined $_->{status}
-			  && $_->{status} >= 200
-			  && $_->{status} < 300
-			  && (!defined $path || $_->{path} eq $path)
-		  } @$entries ];
+	my @ids;
+	for my $e (@$entries)
+	{
+		next
+		  unless defined $e->{status}
+		  && $e->{status} >= 200
+		  && $e->{status} < 300
+		  && (!defined $path || $e->{path} eq $path);
+		my %failed = map { $_ => 1 } @{ $e->{item_failures} // [] };
+		for my $id (@{ $e->{event_ids} })
+		{
+			last if $failed{$id};
+			push @ids, $id;
+		}
+	}
+	return \@ids;
 }
 
 # The acknowledged sequences of each shard, in arrival order: {shard => [seq, ...]}.
@@ -132,6 +141,44 @@ sub check_shard_order
 			"$what: shard $shard got sequences $want[0]..$want[-1] once each, in order")
 		  or diag(explain($by_shard->{$shard}));
 	}
+}
+
+# With dead letters: checks that every shard's sequences first .. next-1 are
+# each acknowledged or a dead letter of the connector, not both, and that
+# the acknowledged ones first arrived in increasing order.  Returns the
+# dead letters as {shard => [seq, ...]}.
+sub check_dead_letter_order
+{
+	my ($node, $db, $connector, $entries, $what) = @_;
+	my %next = map { split /\|/ } split /\n/, $node->safe_psql($db, qq{
+		SELECT h.shard_id, h.next_sequence FROM event_bridge.shards h
+		  JOIN event_bridge.connectors c USING (stream_id)
+		 WHERE c.connector_name = '$connector' ORDER BY 1});
+	my %dead;
+	for (split /\n/, $node->safe_psql($db, qq{
+		SELECT shard_id, sequence FROM event_bridge.dead_letters
+		 WHERE connector_name = '$connector' ORDER BY 1, 2}))
+	{
+		my ($shard, $seq) = split /\|/;
+		push @{ $dead{$shard} }, $seq;
+	}
+	my $acked = acked_by_shard(acked_ids($entries));
+	for my $shard (sort keys %next)
+	{
+		my (%seen, @first);
+		for my $seq (@{ $acked->{$shard} // [] })
+		{
+			push @first, $seq unless $seen{$seq}++;
+		}
+		my %dead_set = map { $_ => 1 } @{ $dead{$shard} // [] };
+		my @want = grep { !$dead_set{$_} } (0 .. $next{$shard} - 1);
+		is_deeply(\@first, \@want,
+			"$what: shard $shard: every record but its " . scalar(keys %dead_set)
+			  . " dead letter(s) arrived, first in order")
+		  or diag(explain({ got => \@first, dead => $dead{$shard} }));
+		ok(!grep({ $dead_set{$_} } @first), "$what: shard $shard: no dead letter was acknowledged");
+	}
+	return \%dead;
 }
 
 # Runs test/check_invariants.py on a receiver's log (or a log file given as
