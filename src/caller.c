@@ -45,7 +45,7 @@
 
 PG_FUNCTION_INFO_V1(event_bridge_check_admin);
 PG_FUNCTION_INFO_V1(event_bridge_check_readable);
-PG_FUNCTION_INFO_V1(event_bridge_may_read);
+PG_FUNCTION_INFO_V1(event_bridge_may_read_record);
 PG_FUNCTION_INFO_V1(event_bridge_hide_statement);
 
 /* What the hook knows of a function, kept with its call cache. */
@@ -239,13 +239,40 @@ event_bridge_check_readable(PG_FUNCTION_ARGS)
 }
 
 /*
- * The same rule as a test, for the views that show record data row by row:
- * a view runs its functions as the role that reads it.
+ * May the caller see a record of table_name ("schema.table", as records
+ * name it) kept apart from its stream (a dead letter)?  Superusers may;
+ * others only while the table is still one of the stream's tables, by that
+ * name, and they may read every table of the stream.  A dropped or renamed
+ * table's records show to superusers only.
  */
 Datum
-event_bridge_may_read(PG_FUNCTION_ARGS)
+event_bridge_may_read_record(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_BOOL(may_read(eb_api_caller(), PG_GETARG_ARRAYTYPE_P(0), false));
+	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(0);
+	char	   *table_name = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	Oid			caller = eb_api_caller();
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+
+	if (superuser_arg(caller))
+		PG_RETURN_BOOL(true);
+	if (!may_read(caller, arr, false))
+		PG_RETURN_BOOL(false);
+	deconstruct_array(arr, REGCLASSOID, sizeof(Oid), true, TYPALIGN_INT, &elems, &nulls, &n);
+	for (int i = 0; i < n; i++)
+	{
+		Oid			relid = DatumGetObjectId(elems[i]);
+		char	   *relname;
+		char	   *nspname;
+
+		if (nulls[i] || (relname = get_rel_name(relid)) == NULL)
+			continue;
+		nspname = get_namespace_name(get_rel_namespace(relid));
+		if (nspname != NULL && strcmp(psprintf("%s.%s", nspname, relname), table_name) == 0)
+			PG_RETURN_BOOL(true);
+	}
+	PG_RETURN_BOOL(false);
 }
 
 /*

@@ -309,6 +309,7 @@ delivery_turn(TimestampTz *last_sync)
 		{
 			f = (Finished *) lfirst(lc);
 			delivery_record_outcome(f->shard, &f->outcome);
+			http_request_forget_body(f->shard->request);
 		}
 		if (sync || reload_pending())
 		{

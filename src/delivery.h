@@ -55,8 +55,9 @@ typedef struct Shard
 	/*
 	 * Bisection (on_failure 'dead_letter'): while the offset is below
 	 * bisect_last, batches hold at most bisect_size records, halved at each
-	 * failure, until a failing record is alone and becomes a dead letter.
-	 * bisect_failures counts the failed attempts since the failing began.
+	 * failure, until a failing record is alone and becomes a dead letter;
+	 * then batches are whole again.  bisect_failures counts the failed
+	 * attempts since the failing began.
 	 * Kept in memory only: after a restart the failed batch is retried
 	 * whole and bisected again.
 	 */

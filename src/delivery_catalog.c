@@ -159,7 +159,7 @@ static EbStatement statements[NUM_STATEMENTS] = {
 	 */
 	[STMT_PARTIAL] = {
 		"UPDATE event_bridge.connector_shards SET delivered_sequence = $4,"
-		" delivered = delivered + $5, last_success_at = $6, last_event_id = $7"
+		" delivered = delivered + $5, last_success_at = $6, last_event_id = $7, failures = 0"
 		" WHERE connector_id = $1 AND shard_id = $2 AND position_generation = $3",
 		7, {INT4OID, INT4OID, INT4OID, INT8OID, INT4OID, TIMESTAMPTZOID, TEXTOID}
 	},
@@ -632,9 +632,9 @@ record_success(Shard *sh, const HttpOutcome *o)
 
 /*
  * A partial batch response acknowledged the first acked records of the
- * batch: the offset moves past them, and the batch in hand becomes the
- * rest.  Returns false if the shard was reset meanwhile.  Must be called
- * inside a transaction.
+ * batch: the offset moves past them, the batch in hand becomes the rest,
+ * and its failures start again (it made progress).  Returns false if the
+ * shard was reset meanwhile.  Must be called inside a transaction.
  */
 static bool
 record_partial_success(Shard *sh, int acked)
@@ -655,6 +655,7 @@ record_partial_success(Shard *sh, int acked)
 	sh->delivered_sequence = last;
 	sh->first_sequence = last + 1;
 	sh->nrecords -= acked;
+	sh->failures = 0;
 	return true;
 }
 
@@ -699,7 +700,13 @@ delivery_record_dead_letters(Shard *sh, const HttpOutcome *o, int attempts)
 	sh->failures = 0;
 	sh->drained = false;
 	c->worker->turn_again = true;
-	end_bisection_if_done(sh);
+
+	/*
+	 * The failing record is found: whole batches again.  Another failing
+	 * record among the rest fails its batch, which is bisected in turn.
+	 */
+	sh->bisect_last = -1;
+	sh->bisect_failures = 0;
 	delivery_drop_batch(sh);
 }
 

@@ -332,6 +332,16 @@ http_request_keep_body(HttpRequest *request, size_t max_bytes)
 	request->body_keep = max_bytes;
 }
 
+/* Frees the body a finished request kept, once its outcome is recorded. */
+void
+http_request_forget_body(HttpRequest *request)
+{
+	if (request->body.data != NULL)
+		pfree(request->body.data);
+	request->body.data = NULL;
+	request->body.len = 0;
+}
+
 /* Stops a running request; it will not be reported as finished. */
 void
 http_request_cancel(HttpRequest *request)
@@ -383,10 +393,7 @@ http_request_start(HttpRequest *request, const HttpEndpoint *endpoint,
 	request->started_at = GetCurrentTimestamp();
 	request->response_len = 0;
 	request->response[0] = '\0';
-	if (request->body.data != NULL)
-		pfree(request->body.data);
-	request->body.data = NULL;
-	request->body.len = 0;
+	http_request_forget_body(request);
 	request->body_cut = false;
 	request->retry_after[0] = '\0';
 	request->error[0] = '\0';
@@ -424,8 +431,8 @@ http_request_start(HttpRequest *request, const HttpEndpoint *endpoint,
 }
 
 /* Replaces bytes that are not printable ASCII, so the text can be stored. */
-static void
-make_printable(char *s)
+void
+http_make_printable(char *s)
 {
 	for (; *s; s++)
 		if ((unsigned char) *s < 0x20 ? (*s != '\n' && *s != '\t') : (unsigned char) *s >= 0x7f)
@@ -495,8 +502,8 @@ http_next_finished(HttpOutcome *outcome)
 		outcome->body_len = request->body.len;
 	}
 	outcome->retry_after_ms = retry_after_ms(request->retry_after);
-	make_printable(outcome->response);
-	make_printable(outcome->error);
+	http_make_printable(outcome->response);
+	http_make_printable(outcome->error);
 	return request->owner;
 }
 

@@ -62,6 +62,8 @@ extern void http_request_start(HttpRequest *request, const HttpEndpoint *endpoin
 							   char *const *headers, int nheaders,
 							   const char *body, size_t body_len, int64 timeout_ms);
 extern void http_request_keep_body(HttpRequest *request, size_t max_bytes);
+extern void http_request_forget_body(HttpRequest *request);
+extern void http_make_printable(char *s);
 extern void http_request_cancel(HttpRequest *request);
 extern void *http_next_finished(HttpOutcome *outcome);
 extern bool http_wait(long timeout_ms, uint32 wait_event_info);

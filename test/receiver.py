@@ -55,6 +55,8 @@ order; cut-off requests do not count):
                     order (fault "item-failures"; Lambda's partial batch
                     response): the records before the first one listed are
                     acknowledged, the rest is not.
+  --reply-body TEXT the body of every other 200 reply (default {"ok":true}),
+                    e.g. a malformed batchItemFailures answer.
   --delay-ms N      sleep N ms before answering every POST.
   --fail-first N    the first N POSTs get --fail-status (fault "fail-first").
   --retry-after V   the Retry-After header of 429 and 503 replies (default:
@@ -290,7 +292,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             shown = ", ".join(map(str, poisoned[:5])) + (", ..." if len(poisoned) > 5 else "")
             self.reply_status(entry["status"], f"poison record(s) {shown}\n".encode())
         elif entry["status"] == 200:
-            self.reply(200, OK, "application/json")
+            self.reply(200, ARGS.reply_body.encode() if ARGS.reply_body is not None else OK,
+                       "application/json")
         else:
             status = entry["status"]
             self.reply_status(status, f"injected {status}\n".encode())
@@ -336,6 +339,7 @@ def main():
                    help="the status of poison requests (default 400)")
     p.add_argument("--partial-response", action="store_true",
                    help="answer poison requests 200 with batchItemFailures")
+    p.add_argument("--reply-body", help="the body of 200 replies (default {\"ok\":true})")
     ARGS = p.parse_args()
     if ARGS.partial_response and not ARGS.poison:
         p.error("--partial-response needs --poison")

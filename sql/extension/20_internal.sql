@@ -36,12 +36,12 @@ COMMENT ON FUNCTION event_bridge._check_readable(regclass[]) IS
     'Internal: refuses a caller without SELECT on every table, or subject to row-level security on one; superusers pass';
 
 /* The same rule as a test, row by row, for views that show record data. */
-CREATE OR REPLACE FUNCTION event_bridge._may_read(tables regclass[])
+CREATE OR REPLACE FUNCTION event_bridge._may_read_record(tables regclass[], table_name text)
 RETURNS boolean
 LANGUAGE C STABLE STRICT
-AS 'MODULE_PATHNAME', 'event_bridge_may_read';
-COMMENT ON FUNCTION event_bridge._may_read(regclass[]) IS
-    'Internal: may the caller read every row of every table (the rule of _check_readable, as a test)?';
+AS 'MODULE_PATHNAME', 'event_bridge_may_read_record';
+COMMENT ON FUNCTION event_bridge._may_read_record(regclass[], text) IS
+    'Internal: may the caller see a kept record of table_name: a superuser, or a role that may read every table of the stream while table_name is still one of them?';
 
 CREATE OR REPLACE FUNCTION event_bridge._hide_statement()
 RETURNS void
@@ -233,6 +233,36 @@ END
 $$;
 COMMENT ON FUNCTION event_bridge._lock_connector(text) IS
     'Internal: checks rights, locks a connector by name, bumps its version so the delivery worker reloads it, returns its id';
+
+/*
+ * Checks the caller's rights and finds a connector by name, locking its row
+ * against concurrent API calls, without _lock_offsets: for calls that leave
+ * the offsets alone and so need not hold the delivery worker back.
+ */
+CREATE OR REPLACE FUNCTION event_bridge._find_connector(connector_name text)
+RETURNS int
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cid int;
+BEGIN
+    PERFORM event_bridge._check_admin();
+    IF connector_name IS NULL THEN
+        RAISE EXCEPTION 'connector name must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT c.connector_id INTO cid FROM event_bridge.connectors c
+     WHERE c.connector_name = _find_connector.connector_name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'connector "%" does not exist', connector_name
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN cid;
+END
+$$;
+COMMENT ON FUNCTION event_bridge._find_connector(text) IS
+    'Internal: checks rights, finds and locks a connector by name (not the offsets), returns its id';
 
 /* A start time in epoch milliseconds (NULL stays NULL: the earliest retained). */
 CREATE OR REPLACE FUNCTION event_bridge._start_ms(start_time timestamptz)

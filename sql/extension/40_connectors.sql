@@ -476,7 +476,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    cid int := event_bridge._lock_connector(redeliver_dead_letters.connector_name);
+    cid int := event_bridge._find_connector(redeliver_dead_letters.connector_name);
     n   bigint;
 BEGIN
     PERFORM event_bridge._check_readable(s.tables)
@@ -489,6 +489,8 @@ BEGIN
             OR (d.shard_id, d.sequence) IN (SELECT split_part(e, ':', 1)::int, split_part(e, ':', 2)::bigint
                                               FROM unnest(redeliver_dead_letters.event_ids) e));
     GET DIAGNOSTICS n = ROW_COUNT;
+    -- the worker looks for dead letters to send when it reloads the connector
+    UPDATE event_bridge.connectors c SET version = c.version + 1 WHERE c.connector_id = cid;
     PERFORM event_bridge._wake_delivery();
     RETURN n;
 END
@@ -504,7 +506,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    cid int := event_bridge._lock_connector(purge_dead_letters.connector_name);
+    cid int := event_bridge._find_connector(purge_dead_letters.connector_name);
     n   bigint;
 BEGIN
     IF older_than IS NULL THEN

@@ -117,8 +117,10 @@ COMMENT ON VIEW event_bridge.connector_attempts_log IS
 
 /*
  * Dead letters show record data, so each row shows only to a role that may
- * read every table of its stream (_may_read: SELECT, no row-level security,
- * as get_records asks).  security_barrier: the reader's own conditions run
+ * read every table of its stream (SELECT, no row-level security, as
+ * get_records asks) while its table is still one of them; a dropped or
+ * renamed table's dead letters show to superusers only
+ * (_may_read_record).  security_barrier: the reader's own conditions run
  * after that test, so a function of theirs never sees a row it hides.
  */
 CREATE OR REPLACE VIEW event_bridge.dead_letters WITH (security_barrier) AS
@@ -138,6 +140,6 @@ SELECT c.connector_name,
   FROM event_bridge.dead_letter_records d
   JOIN event_bridge.connectors c ON c.connector_id = d.connector_id
   JOIN event_bridge.streams s ON s.stream_id = c.stream_id
- WHERE event_bridge._may_read(s.tables);
+ WHERE event_bridge._may_read_record(s.tables, d.table_name);
 COMMENT ON VIEW event_bridge.dead_letters IS
-    'Records that connectors with on_failure dead_letter gave up on, with the last status and error; a row shows only to roles that may read every table of its stream';
+    'Records that connectors with on_failure dead_letter gave up on, with the last status and error; a row shows only to roles that may read every table of its stream, while its table is one of them';

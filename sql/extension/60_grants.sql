@@ -44,5 +44,5 @@ TO event_bridge_admin;
 GRANT EXECUTE ON FUNCTION
     event_bridge._capture_lag_bytes(),
     event_bridge._endpoint_without_secrets(text),
-    event_bridge._may_read(regclass[])
+    event_bridge._may_read_record(regclass[], text)
 TO PUBLIC;

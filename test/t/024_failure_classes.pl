@@ -37,6 +37,12 @@ $node->safe_psql('postgres', join("\n", map {
 $node->safe_psql('postgres', 'INSERT INTO t SELECT generate_series(1, 40)');
 ok(wait_capture($node, 'postgres'), 'captured');
 
+# While a batch waits for its retry, shard_status says until when.
+ok($node->poll_query_until('postgres', q{
+	SELECT bool_or(state = 'RUNNING' AND next_attempt_at - last_attempt_at >= interval '1900 ms')
+	  FROM event_bridge.shard_status WHERE connector_name = 'limited'}),
+	'next_attempt_at shows the wait that Retry-After asked for');
+
 # Start times (ms) of the attempts a receiver got, in order.
 sub attempt_times
 {

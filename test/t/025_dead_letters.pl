@@ -201,6 +201,36 @@ is(join(',', sort map { $_->{data}[8] } map { @{ $_->{records} } }
 	  grep { $_->{path} eq '/big' } @{ receiver_log($fixed) }),
 	'40001,40003', 'big: the two small records were sent');
 
+# A hostile or broken function answers 2xx with a batchItemFailures body
+# that cannot be used: the batch failed (it is retried), nothing counts as
+# delivered, and the worker does not fall over (a deep nesting would make
+# the JSON parser recurse).
+my %hostile = (
+	nested => [ '[' x 100000, 'nests deeper than 16 levels' ],
+	keyless => [ '{"batchItemFailures":[{"ItemIdentifier":"0:0"}]}', 'has no itemIdentifier' ],
+	stranger => [ '{"batchItemFailures":[{"itemIdentifier":"9:99999999"}]}',
+		'no eventId of the batch ("9:99999999")' ],
+	notalist => [ '{"batchItemFailures":"0:1"}', 'batchItemFailures is not a list' ]);
+my $delivery_pid = worker_pid($node, 'postgres', 'delivery');
+for my $name (sort keys %hostile)
+{
+	$r{$name} = start_receiver(args => [ '--reply-body', $hostile{$name}[0] ]);
+	$node->safe_psql('postgres', qq{
+		SELECT event_bridge.create_connector('$name', 's', 'http://127.0.0.1:$r{$name}{port}/$name',
+			partial_batch_response => true, retry_interval => '100 ms', start_time => now())});
+}
+$node->safe_psql('postgres', q{INSERT INTO t SELECT g, 'h' FROM generate_series(50001, 50010) g});
+for my $name (sort keys %hostile)
+{
+	ok($node->poll_query_until('postgres', qq{
+		SELECT bool_or(failures >= 2 AND last_error LIKE '%$hostile{$name}[1]%, so the batch failed')
+		   AND sum(delivered) = 0
+		  FROM event_bridge.shard_status WHERE connector_name = '$name'}),
+		"$name: a 200 with this body fails the batch, which is retried");
+	$node->safe_psql('postgres', "SELECT event_bridge.drop_connector('$name')");
+}
+is(worker_pid($node, 'postgres', 'delivery'), $delivery_pid, 'the delivery worker never restarted');
+
 # A crash in the middle of a bisection loses nothing.
 my $slow = start_receiver(args => [ @poison, '--delay-ms', 100 ]);
 $node->safe_psql('postgres', qq{
