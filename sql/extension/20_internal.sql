@@ -203,38 +203,6 @@ COMMENT ON FUNCTION event_bridge._lock_offsets() IS
     'Internal: waits for the delivery worker''s turn in progress and holds its next one back until the calling transaction ends';
 
 /*
- * Checks the caller's rights, takes _lock_offsets, locks a connector against
- * concurrent API calls, bumps its version so that the worker reloads it, and
- * returns its id.
- */
-CREATE OR REPLACE FUNCTION event_bridge._lock_connector(connector_name text)
-RETURNS int
-LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    cid int;
-BEGIN
-    PERFORM event_bridge._check_admin();
-    IF connector_name IS NULL THEN
-        RAISE EXCEPTION 'connector name must not be null'
-            USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    PERFORM event_bridge._lock_offsets();
-    UPDATE event_bridge.connectors c SET version = c.version + 1
-     WHERE c.connector_name = _lock_connector.connector_name
-    RETURNING c.connector_id INTO cid;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'connector "%" does not exist', connector_name
-            USING ERRCODE = 'undefined_object';
-    END IF;
-    RETURN cid;
-END
-$$;
-COMMENT ON FUNCTION event_bridge._lock_connector(text) IS
-    'Internal: checks rights, locks a connector by name, bumps its version so the delivery worker reloads it, returns its id';
-
-/*
  * Checks the caller's rights and finds a connector by name, locking its row
  * against concurrent API calls, without _lock_offsets: for calls that leave
  * the offsets alone and so need not hold the delivery worker back.
@@ -263,6 +231,29 @@ END
 $$;
 COMMENT ON FUNCTION event_bridge._find_connector(text) IS
     'Internal: checks rights, finds and locks a connector by name (not the offsets), returns its id';
+
+/*
+ * Checks the caller's rights, takes _lock_offsets, locks a connector against
+ * concurrent API calls, bumps its version so that the worker reloads it, and
+ * returns its id.
+ */
+CREATE OR REPLACE FUNCTION event_bridge._lock_connector(connector_name text)
+RETURNS int
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cid int;
+BEGIN
+    PERFORM event_bridge._check_admin();    -- before any lock is taken
+    PERFORM event_bridge._lock_offsets();
+    cid := event_bridge._find_connector(connector_name);
+    UPDATE event_bridge.connectors c SET version = c.version + 1 WHERE c.connector_id = cid;
+    RETURN cid;
+END
+$$;
+COMMENT ON FUNCTION event_bridge._lock_connector(text) IS
+    'Internal: checks rights, locks a connector by name, bumps its version so the delivery worker reloads it, returns its id';
 
 /* A start time in epoch milliseconds (NULL stays NULL: the earliest retained). */
 CREATE OR REPLACE FUNCTION event_bridge._start_ms(start_time timestamptz)
