@@ -47,7 +47,6 @@ typedef enum CatalogStatementId
 	STMT_SUSPEND_CONNECTOR,
 	STMT_SET_ERROR,
 	STMT_PARTIAL,
-	STMT_SPLIT,
 	STMT_DEAD_LETTER,
 	STMT_REDELIVERED,
 	STMT_REDELIVERY_FAILED,
@@ -108,16 +107,23 @@ static EbStatement statements[NUM_STATEMENTS] = {
 		12, {INT4OID, INT4OID, INT4OID, INT8OID, INT4OID, TIMESTAMPTZOID, INT4OID, TEXTOID,
 		TIMESTAMPTZOID, FLOAT8OID, INT8OID, TEXTOID}
 	},
+	/*
+	 * A failure schedules the retry of the same batch, or suspends the shard
+	 * after $4 consecutive ones; or, when the batch is split ($10), its
+	 * halves start with no failures.
+	 */
 	[STMT_FAILURE] = {
-		"UPDATE event_bridge.connector_shards SET failures = failures + 1,"
-		" suspended = suspended OR failures + 1 >= $4, retry_last_sequence = $5,"
+		"UPDATE event_bridge.connector_shards"
+		" SET failures = CASE WHEN $10 THEN 0 ELSE failures + 1 END,"
+		" suspended = suspended OR failures + 1 >= $4,"
+		" retry_last_sequence = CASE WHEN $10 THEN NULL ELSE $5 END,"
 		" attempts = attempts + 1, failed_attempts = failed_attempts + 1,"
 		" last_attempt_at = $6, last_http_status = $7, last_error = $8, last_error_at = $6,"
-		" next_attempt_at = CASE WHEN suspended OR failures + 1 >= $4 THEN NULL ELSE $9 END"
+		" next_attempt_at = CASE WHEN $10 OR suspended OR failures + 1 >= $4 THEN NULL ELSE $9 END"
 		" WHERE connector_id = $1 AND shard_id = $2 AND position_generation = $3"
 		" RETURNING attempts, suspended, failures",
-		9, {INT4OID, INT4OID, INT4OID, INT4OID, INT8OID, TIMESTAMPTZOID, INT4OID, TEXTOID,
-		TIMESTAMPTZOID}
+		10, {INT4OID, INT4OID, INT4OID, INT4OID, INT8OID, TIMESTAMPTZOID, INT4OID, TEXTOID,
+		TIMESTAMPTZOID, BOOLOID}
 	},
 	[STMT_STALE] = {
 		"UPDATE event_bridge.connector_shards SET attempts = attempts + 1,"
@@ -162,13 +168,6 @@ static EbStatement statements[NUM_STATEMENTS] = {
 		" delivered = delivered + $5, last_success_at = $6, last_event_id = $7, failures = 0"
 		" WHERE connector_id = $1 AND shard_id = $2 AND position_generation = $3",
 		7, {INT4OID, INT4OID, INT4OID, INT8OID, INT4OID, TIMESTAMPTZOID, TEXTOID}
-	},
-	/* A failed batch is split: its halves start with no failures. */
-	[STMT_SPLIT] = {
-		"UPDATE event_bridge.connector_shards SET failures = 0, retry_last_sequence = NULL,"
-		" next_attempt_at = NULL"
-		" WHERE connector_id = $1 AND shard_id = $2 AND position_generation = $3",
-		3, {INT4OID, INT4OID, INT4OID}
 	},
 	/*
 	 * Records $4..$5 become dead letters, copied from event_bridge.records,
@@ -711,60 +710,40 @@ delivery_record_dead_letters(Shard *sh, const HttpOutcome *o, int attempts)
 }
 
 /*
- * on_failure 'dead_letter' gives up on the batch in hand: a batch of more
- * than one record is split, and its first half is read and sent at once; a
- * record alone (or the one the function named, named) becomes a dead letter.
- * Must be called inside a transaction.
+ * on_failure 'dead_letter' splits a failed batch of more than one record:
+ * its first half is read and sent at once (the catalog's side is in the
+ * failure's statement).
  */
 static void
-give_up_on_batch(Shard *sh, const HttpOutcome *o, bool named)
+split_batch(Shard *sh)
 {
-	Connector  *c = sh->connector;
-	Datum		values[3];
-
-	if (sh->nrecords > 1 && !named)
-	{
-		values[0] = Int32GetDatum(c->connector_id);
-		values[1] = Int32GetDatum(sh->shard_id);
-		values[2] = Int32GetDatum(sh->generation);
-		if (run(STMT_SPLIT, values, NULL) != 1)
-		{
-			c->version = -1;
-			delivery_drop_batch(sh);
-			return;
-		}
-		if (sh->bisect_last < sh->last_sequence)
-			sh->bisect_last = sh->last_sequence;
-		sh->bisect_size = (sh->nrecords + 1) / 2;
-		sh->retry_last = -1;
-		sh->failures = 0;
-		sh->drained = false;
-		c->worker->turn_again = true;
-		delivery_drop_batch(sh);
-		return;
-	}
-	sh->last_sequence = sh->first_sequence;
-	sh->nrecords = 1;
-	delivery_record_dead_letters(sh, o, Max(sh->bisect_failures, 1));
+	if (sh->bisect_last < sh->last_sequence)
+		sh->bisect_last = sh->last_sequence;
+	sh->bisect_size = (sh->nrecords + 1) / 2;
+	sh->retry_last = -1;
+	sh->connector->worker->turn_again = true;
+	delivery_drop_batch(sh);
 }
 
 /*
  * Records a shard's failed attempt and what follows (see FailureAction): the
  * retry of the same batch after the strategy's wait, or on_failure: the
- * shard SUSPENDED, or the batch given up (give_up_on_batch).  named: the
- * function named the batch's first record as the one that failed (a partial
- * batch response).  Must be called inside a transaction.
+ * shard SUSPENDED, or the batch given up (split, or its record a dead
+ * letter).  named: the function named the batch's first record as the one
+ * that failed (a partial batch response).  Must be called inside a
+ * transaction.
  */
 void
 delivery_record_failure(Shard *sh, const HttpOutcome *o, FailureAction action, bool named)
 {
 	Connector  *c = sh->connector;
-	Datum		values[9];
-	char		nulls[9];
+	Datum		values[10];
+	char		nulls[10];
 	TimestampTz now = GetCurrentTimestamp();
 	int32		suspend_after;
 	int64		attempt;
 	bool		give_up;
+	bool		split;
 
 	if (action == FAILURE_SUSPEND || (!c->dead_letter && action == FAILURE_GIVE_UP))
 		suspend_after = 0;
@@ -772,6 +751,14 @@ delivery_record_failure(Shard *sh, const HttpOutcome *o, FailureAction action, b
 		suspend_after = c->max_retries;
 	else
 		suspend_after = PG_INT32_MAX;	/* dead letters instead */
+
+	/*
+	 * With 'dead_letter', a batch given up on is split, or, a record alone
+	 * (or the one the function named), becomes a dead letter.
+	 */
+	give_up = c->dead_letter && action != FAILURE_SUSPEND &&
+		(action == FAILURE_GIVE_UP || sh->failures + 1 >= c->max_retries);
+	split = give_up && sh->nrecords > 1 && !named;
 
 	sh->not_before = TimestampTzPlusMilliseconds(now, delivery_retry_delay_ms(c, sh->failures + 1,
 																			  o->retry_after_ms));
@@ -786,6 +773,7 @@ delivery_record_failure(Shard *sh, const HttpOutcome *o, FailureAction action, b
 	nulls[6] = (o->status == 0) ? 'n' : ' ';
 	values[7] = CStringGetTextDatum(o->error);
 	values[8] = TimestampTzGetDatum(sh->not_before);
+	values[9] = BoolGetDatum(split);
 	if (run(STMT_FAILURE, values, nulls) != 1)
 	{
 		attempt = record_stale_outcome(sh, o);
@@ -812,10 +800,14 @@ delivery_record_failure(Shard *sh, const HttpOutcome *o, FailureAction action, b
 				 errhint("Run SELECT event_bridge.resume_connector('%s') to retry.", c->name)));
 	log_attempt(sh, attempt, o);
 
-	give_up = c->dead_letter && action != FAILURE_SUSPEND &&
-		(action == FAILURE_GIVE_UP || sh->failures >= c->max_retries);
-	if (give_up)
-		give_up_on_batch(sh, o, named);
+	if (split)
+		split_batch(sh);
+	else if (give_up)
+	{
+		sh->last_sequence = sh->first_sequence;
+		sh->nrecords = 1;
+		delivery_record_dead_letters(sh, o, Max(sh->bisect_failures, 1));
+	}
 }
 
 /*

@@ -103,7 +103,10 @@ Invariants (ids in brackets, as in --json):
                is a violation unless a --disruptions window lies between the
                two sendings.  Records that were never acknowledged are no
                duplicates: after a lost ack and a failed retry the worker
-               may cut them anew (bisection), from its offset + 1.  The
+               may cut them anew (bisection), from its offset + 1; and with
+               --disruptions, the records of the latest answered batch may
+               come back cut anew after a restart (a bisection begun
+               again), with a window between.  The
                number of duplicate batches is
                reported, split into resends after a lost ack and batches
                acked twice (offset commit lost in a crash).  With
@@ -709,6 +712,15 @@ def check_resend(where, e, conn, sh, seqs, res, args):
             # The answer was lost, and a retry failed since: the worker may
             # cut the records anew (bisection), from its offset on.
             st["bisected_resends"] += 1
+        elif args.disruptions is not None and cur[0] in prev_ids \
+                and all(q in prev_ids for q in cur if q in sh.acked):
+            # A crash lost the answer of a half of a bisected batch: after
+            # the restart the failed batch is read and bisected again, so
+            # the half's records come back cut differently.  A window must
+            # lie between (checked at the end, as for a batch acked twice).
+            st["bisected_resends"] += 1
+            conn.acked_twice.append((prev_t, e.get("t_ms") or 0, where, shard,
+                                     cur[0], cur[-1]))
         else:
             conn.fail("duplicates", f"{where}: shard {shard}: sequences {cur[0]}..{cur[-1]} "
                       f"sent again, but the latest answered batch is {prev_ids[0]}..{prev_ids[-1]}")

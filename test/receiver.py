@@ -49,6 +49,7 @@ order; cut-off requests do not count):
                     and neither counts for --fail-first nor draws from
                     --schedule, so the other faults hit only the other
                     requests, in the same order whatever the bisection does.
+  --poison-event-id ID  (repeatable) the record with this eventId is poison too.
   --partial-response  poison requests are answered 200 instead, with the
                     JSON body {"batchItemFailures": [{"itemIdentifier":
                     "<eventId>"}, ...]} listing the poison records in batch
@@ -136,9 +137,9 @@ def decode(body):
 
 def poison_ids(recs, texts):
     """The eventIds of the records whose data text holds a --poison
-    string, in batch order."""
+    string, or that --poison-event-id names, in batch order."""
     return [r["event_id"] for r, text in zip(recs, texts)
-            if any(s in text for s in ARGS.poison)]
+            if any(s in text for s in ARGS.poison) or r["event_id"] in ARGS.poison_event_id]
 
 
 def choose_fault():
@@ -335,13 +336,15 @@ def main():
     p.add_argument("--port-file", help="write the listening port here")
     p.add_argument("--poison", action="append", default=[], metavar="S",
                    help="fail requests holding a record whose data contains S")
+    p.add_argument("--poison-event-id", action="append", default=[], metavar="ID",
+                   help="fail requests holding the record with this eventId")
     p.add_argument("--poison-status", type=int, default=400,
                    help="the status of poison requests (default 400)")
     p.add_argument("--partial-response", action="store_true",
                    help="answer poison requests 200 with batchItemFailures")
     p.add_argument("--reply-body", help="the body of 200 replies (default {\"ok\":true})")
     ARGS = p.parse_args()
-    if ARGS.partial_response and not ARGS.poison:
+    if ARGS.partial_response and not (ARGS.poison or ARGS.poison_event_id):
         p.error("--partial-response needs --poison")
     if "" in ARGS.poison:
         p.error("--poison needs a non-empty string")

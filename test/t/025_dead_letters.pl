@@ -201,6 +201,22 @@ is(join(',', sort map { $_->{data}[8] } map { @{ $_->{records} } }
 	  grep { $_->{path} eq '/big' } @{ receiver_log($fixed) }),
 	'40001,40003', 'big: the two small records were sent');
 
+# The function refuses one record chosen by its eventId.
+my $before = $node->safe_psql('postgres', 'SELECT now()');
+$node->safe_psql('postgres', q{INSERT INTO t SELECT g, 'byid-' || g FROM generate_series(60001, 60020) g});
+ok(wait_capture($node, 'postgres'), 'captured');
+my $chosen = $node->safe_psql('postgres', q{
+	SELECT shard_id || ':' || sequence FROM event_bridge.records WHERE data LIKE '%"byid-60007"%'});
+$r{byid} = start_receiver(args => [ '--poison-event-id', $chosen ]);
+$node->safe_psql('postgres', qq{
+	SELECT event_bridge.create_connector('byid', 's', 'http://127.0.0.1:$r{byid}{port}/byid',
+		batch_size => 10, on_failure => 'dead_letter', start_time => '$before')});
+ok(wait_delivered($node, 'postgres', 'byid'), 'byid: done');
+is($node->safe_psql('postgres', q{
+	SELECT string_agg(event_id, ',') FROM event_bridge.dead_letters WHERE connector_name = 'byid'}),
+	$chosen, "byid: exactly $chosen is a dead letter");
+check_dead_letter_order($node, 'postgres', 'byid', receiver_log($r{byid}), 'byid');
+
 # A hostile or broken function answers 2xx with a batchItemFailures body
 # that cannot be used: the batch failed (it is retried), nothing counts as
 # delivered, and the worker does not fall over (a deep nesting would make
