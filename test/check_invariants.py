@@ -262,6 +262,7 @@ class Shard:
         self.last_batch = None     # (ids, body key, outcome, t_ms): the latest answered batch
         self.acked = set()         # sequences acked (client-visible)
         self.answered = set()      # sequences answered (ack or lost)
+        self.answered_at = {}      # sequence -> t_ms of its first answer
         self.tried = set()         # sequences sent in a request that did not answer them
         self.redelivered = set()   # sequences acked by a redelivery (--redelivered-ok)
         self.jumps = []            # (where, first, sequences) skipped, --redelivered-ok
@@ -719,7 +720,8 @@ def check_resend(where, e, conn, sh, seqs, res, args):
             # the half's records come back cut differently.  A window must
             # lie between (checked at the end, as for a batch acked twice).
             st["bisected_resends"] += 1
-            conn.acked_twice.append((prev_t, e.get("t_ms") or 0, where, shard,
+            first_t = min(sh.answered_at.get(q, prev_t) for q in cur if q in sh.answered)
+            conn.acked_twice.append((first_t, e.get("t_ms") or 0, where, shard,
                                      cur[0], cur[-1]))
         else:
             conn.fail("duplicates", f"{where}: shard {shard}: sequences {cur[0]}..{cur[-1]} "
@@ -769,6 +771,7 @@ def record_answer(where, e, conn, sh, seqs, res, recs, redelivery):
     for q in seqs:
         if q not in sh.answered:
             sh.answered.add(q)
+            sh.answered_at[q] = t_ms
             rec = recs.get((shard, q))
             pkey = rec[2] if rec else None
             if pkey:
