@@ -107,10 +107,12 @@ capture_ready(EbDatabase *db)
 /*
  * Checks the settings, has the launcher start this database's capture worker
  * and waits until that worker holds its replication slot.  A stream created
- * afterwards captures every transaction that commits after it, because the
- * slot's start point precedes the stream's creation.  Must be called before
- * the calling transaction writes anything: the slot's creation waits for
- * every transaction that has written.
+ * afterwards captures the changes made after it in its own transaction and
+ * every transaction that commits later, because the slot's start point
+ * precedes the stream's creation.  The worker starts when CREATE EXTENSION
+ * commits, so the slot normally exists by the first create_stream; if not,
+ * a transaction that has already written cannot wait for it (the slot's
+ * creation waits for every transaction that has written) and is refused.
  */
 Datum
 event_bridge_prepare_capture(PG_FUNCTION_ARGS)
@@ -133,12 +135,18 @@ event_bridge_prepare_capture(PG_FUNCTION_ARGS)
 	if (capture_ready(db))
 		PG_RETURN_VOID();
 
+	/*
+	 * The slot's creation waits for every transaction that has written, so
+	 * this one cannot wait for it.  Capture is started when CREATE EXTENSION
+	 * commits, so this happens only in that transaction or just after it.
+	 */
 	if (GetTopTransactionIdIfAny() != InvalidTransactionId)
 		ereport(ERROR,
-				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
-				 errmsg("cannot start event_bridge capture in a transaction that has already written"),
-				 errdetail("The capture worker creates its replication slot first, and that waits for this transaction to end."),
-				 errhint("Commit, then create the first stream of this database in a new transaction.")));
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the replication slot of event_bridge in database \"%s\" is still being created",
+						get_database_name(MyDatabaseId)),
+				 errdetail("The capture worker starts when CREATE EXTENSION commits, and creating its slot waits for every transaction that has written, this one included."),
+				 errhint("Run SELECT event_bridge.wait_for_capture(); once after CREATE EXTENSION has committed, then run this transaction again.")));
 
 	for (int i = 0; i < EB_SLOT_WAIT_SECONDS * 100; i++)
 	{

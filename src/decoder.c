@@ -16,10 +16,10 @@
  * captured.
  *
  * Changes of event_bridge.streams are decoded too: they create and drop
- * streams in commit order, so a stream captures exactly the transactions
- * that commit after the one that created it.  Rows written to
- * event_bridge.shards by others than the capture worker (create_stream, a
- * restore) set the shards' sequence counters.
+ * streams in commit order, so a stream captures the changes made after it
+ * in its own transaction and every transaction that commits later.  Rows
+ * written to event_bridge.shards by others than the capture worker
+ * (create_stream, a restore) set the shards' sequence counters.
  *
  * IDENTIFICATION
  *	  src/decoder.c

@@ -81,15 +81,19 @@ eb_build_install
 DIR=$(mktemp -d /tmp/event_bridge-bench.XXXXXX)
 chown "$EB_USER" "$DIR"
 BG_PIDS=()
+# On success, failure or Ctrl-C: every helper this script started (the
+# endpoints, pg_recvlogical, the memory sampler, the capture hold) and both
+# clusters stop, and the directory goes.
 cleanup() {
     set +e
-    for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    for p in "${BG_PIDS[@]}" $(jobs -p); do kill "$p" 2>/dev/null; done
     for d in "$DIR/a" "$DIR/b"; do
         [ -d "$d" ] && eb_as_user pg_ctl -D "$d" -m immediate stop >/dev/null 2>&1
     done
     rm -rf "$DIR"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 # How much the machine itself was disturbed: CPU time stolen by the host
 # (/proc/stat) and time some task stalled on I/O (/proc/pressure/io), as

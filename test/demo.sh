@@ -17,13 +17,16 @@ eb_build_install
 PORT=${PORT:-55433}
 DIR=$(mktemp -d /tmp/event_bridge-demo.XXXXXX)
 chown "$EB_USER" "$DIR"
+# On success, failure or Ctrl-C: stop both endpoints (their whole process
+# groups) and the server, and remove the directory.
 cleanup() {
-    [ -f "$DIR/receiver.pid" ] && kill "$(cat "$DIR/receiver.pid")" 2>/dev/null
-    [ -f "$DIR/strict.pid" ] && kill "$(cat "$DIR/strict.pid")" 2>/dev/null
-    eb_as_user pg_ctl -D "$DIR/data" -m fast stop >/dev/null 2>&1
+    eb_stop_group "$DIR/receiver.pid"
+    eb_stop_group "$DIR/strict.pid"
+    [ -f "$DIR/data/postmaster.pid" ] && eb_as_user pg_ctl -D "$DIR/data" -m fast stop >/dev/null 2>&1
     rm -rf "$DIR"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 echo "== starting a throw-away PostgreSQL 15 in $DIR"
 eb_as_user initdb -D "$DIR/data" -A trust -U postgres >/dev/null
@@ -40,9 +43,9 @@ CONF
 eb_as_user pg_ctl -D "$DIR/data" -l "$DIR/server.log" -w start >/dev/null
 
 echo "== starting a local function endpoint (test/receiver.py)"
-eb_as_user python3 "$EB_ROOT/test/receiver.py" --port 0 --port-file "$DIR/receiver.port" \
-    --log "$DIR/received.jsonl" --print --keep-body > "$DIR/received.txt" 2>&1 &
-echo $! > "$DIR/receiver.pid"
+eb_spawn_as_user "$DIR/receiver.pid" python3 "$EB_ROOT/test/receiver.py" --port 0 \
+    --port-file "$DIR/receiver.port" --log "$DIR/received.jsonl" --print --keep-body \
+    > "$DIR/received.txt" 2>&1
 for _ in $(seq 100); do [ -s "$DIR/receiver.port" ] && break; sleep 0.1; done
 ENDPOINT="http://127.0.0.1:$(cat "$DIR/receiver.port")/invoke"
 
@@ -84,9 +87,9 @@ run "SELECT connector_name, shard_id, state, delivered_sequence, next_sequence, 
 echo
 echo "== a function that refuses one record (400): with on_failure => 'dead_letter' the batch"
 echo "   is bisected, that record is set aside, and every other record is delivered"
-eb_as_user python3 "$EB_ROOT/test/receiver.py" --port 0 --port-file "$DIR/strict.port" \
-    --log "$DIR/strict.jsonl" --poison mallory > "$DIR/strict.txt" 2>&1 &
-echo $! > "$DIR/strict.pid"
+eb_spawn_as_user "$DIR/strict.pid" python3 "$EB_ROOT/test/receiver.py" --port 0 \
+    --port-file "$DIR/strict.port" --log "$DIR/strict.jsonl" --poison mallory \
+    > "$DIR/strict.txt" 2>&1
 for _ in $(seq 100); do [ -s "$DIR/strict.port" ] && break; sleep 0.1; done
 run "SELECT event_bridge.create_connector('orders_strict', 'orders',
        'http://127.0.0.1:$(cat "$DIR/strict.port")/strict', on_failure => 'dead_letter')"

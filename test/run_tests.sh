@@ -2,9 +2,10 @@
 # test/run_tests.sh: the whole test suite, on a fresh Debian 12 machine.
 # Installs what it needs, builds and installs event_bridge, then runs the
 # pg_regress suite and the TAP suite (each in throw-away servers) as a
-# non-root user, in a copy of the tree that user owns.  The extension is
-# built with its test fault points (make FAULT_INJECTION=1); run
-# test/demo.sh or make install again for a build without them.
+# non-root user, in a copy of the tree that user owns; then (everything
+# only) checks that test/demo.sh leaves nothing running, which installs the
+# build without fault points again.  The suites use the extension built
+# with its test fault points (make FAULT_INJECTION=1).
 #
 #   bash test/run_tests.sh            # everything
 #   bash test/run_tests.sh regress    # pg_regress only
@@ -62,6 +63,12 @@ if [ "$what" = all ] || [ "$what" = tap ]; then
             [ -f "$f" ] && { echo "---- $f (last 60 lines)"; tail -60 "$f"; }
         done
     fi
+fi
+
+# The demo leaves the machine as it found it, also when interrupted.
+if [ "$what" = all ]; then
+    echo "== the demo leaves nothing running"
+    bash "$EB_ROOT/test/demo_leaves_nothing.sh" || status=1
 fi
 
 if [ $status -eq 0 ]; then

@@ -55,3 +55,27 @@ eb_build_install() {
 eb_as_user() {
     runuser -u "$EB_USER" -- "$@"
 }
+
+# Starts a command as the server user in the background, in a process group
+# of its own, and writes that group's id to PIDFILE: eb_stop_group stops the
+# command and everything it started (runuser's child too).
+eb_spawn_as_user() {
+    local pidfile=$1
+    shift
+    setsid runuser -u "$EB_USER" -- "$@" &
+    echo $! > "$pidfile"
+}
+
+# Stops the process group that eb_spawn_as_user recorded in PIDFILE: TERM,
+# then KILL after 5 s.
+eb_stop_group() {
+    local pidfile=$1 pgid
+    [ -f "$pidfile" ] || return 0
+    pgid=$(cat "$pidfile")
+    kill -TERM -- "-$pgid" 2>/dev/null || return 0
+    for _ in $(seq 50); do
+        kill -0 -- "-$pgid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL -- "-$pgid" 2>/dev/null || true
+}

@@ -6,9 +6,10 @@
 
 /*
  * One row per stream.  The capture worker decodes changes of this table
- * (REPLICA IDENTITY FULL) in commit order, so a stream captures exactly the
- * transactions that commit after the one that created it.  capture_lsn is
- * set by the capture worker once it has decoded that creation.
+ * (REPLICA IDENTITY FULL) in commit order, so a stream captures the changes
+ * made after it in its own transaction and every transaction that commits
+ * later.  capture_lsn is set by the capture worker once it has decoded that
+ * creation.
  */
 CREATE TABLE event_bridge.streams (
     stream_id     int PRIMARY KEY,
