@@ -19,6 +19,17 @@ our @EXPORT = qw(check_dead_letter_order start_receiver stop_receiver receiver_l
 my $receiver_py = "$FindBin::RealBin/../receiver.py";
 my $checker_py = "$FindBin::RealBin/../check_invariants.py";
 
+# Receivers started and not stopped yet: stopped when the test ends, also
+# when it dies half-way.
+my @started;
+END
+{
+	my $status = $?;
+	kill 'TERM', @started if @started;
+	waitpid($_, 0) for @started;
+	$? = $status;
+}
+
 # Starts test/receiver.py on 127.0.0.1 and waits until it listens.  Options:
 # port (0 = a free one), log (a file to append to), args (more arguments).
 # Returns {pid, port, log}.
@@ -38,6 +49,7 @@ sub start_receiver
 		open STDOUT, '>', '/dev/null';
 		exec(@cmd) or die "could not run receiver: $!";
 	}
+	push @started, $pid;
 	my $deadline = time + 30;
 	usleep(10_000) while !-s $port_file && time < $deadline;
 	die "receiver did not start" unless -s $port_file;
@@ -52,8 +64,10 @@ sub start_receiver
 sub stop_receiver
 {
 	my ($r) = @_;
+	return unless $r->{pid};
 	kill 'TERM', $r->{pid};
 	waitpid($r->{pid}, 0);
+	@started = grep { $_ != $r->{pid} } @started;
 	delete $r->{pid};
 }
 
