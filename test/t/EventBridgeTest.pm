@@ -11,6 +11,10 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
+# Ctrl-C or a TERM ends a test through exit, so that the END blocks stop
+# its servers (PostgreSQL::Test::Cluster) and receivers (ConnectorTest).
+$SIG{INT} = $SIG{TERM} = sub { exit 130 };
+
 our @EXPORT = qw(eb_node wait_capture worker_pid shard_gaps rss_anon_kb
 	load_setup load_script load_start check_exactly_once wait_restarted
 	catalog_description);
