@@ -170,28 +170,16 @@ static EbStatement statements[NUM_STATEMENTS] = {
 		7, {INT4OID, INT4OID, INT4OID, INT8OID, INT4OID, TIMESTAMPTZOID, TEXTOID}
 	},
 	/*
-	 * Records $4..$5 become dead letters, copied from event_bridge.records,
-	 * and the offset moves past them, in one statement.  A record that is a
-	 * dead letter already (a replay after reset_connector) is updated.
+	 * Records $4..$5 become dead letters (_add_dead_letters) and the offset
+	 * moves past them, in one statement; nothing happens if the shard was
+	 * reset meanwhile.
 	 */
 	[STMT_DEAD_LETTER] = {
-		"WITH d AS (INSERT INTO event_bridge.dead_letter_records AS d (connector_id, shard_id,"
-		" sequence, system_time, record_id, operation, table_name, partition_key, data,"
-		" failed_at, attempts, http_status, error)"
-		" SELECT $1, r.shard_id, r.sequence, r.system_time, r.record_id, r.operation,"
-		" r.table_name, r.partition_key, r.data, $6, $7, $8, $9"
-		" FROM event_bridge.records r"
-		" WHERE r.stream_id = $10 AND r.shard_id = $2 AND r.sequence BETWEEN $4 AND $5"
-		" AND EXISTS (SELECT FROM event_bridge.connector_shards s WHERE s.connector_id = $1"
-		" AND s.shard_id = $2 AND s.position_generation = $3)"
-		" ON CONFLICT (connector_id, shard_id, sequence) DO UPDATE"
-		" SET failed_at = excluded.failed_at, attempts = d.attempts + excluded.attempts,"
-		" http_status = excluded.http_status, error = excluded.error, redeliver = false"
-		" RETURNING 1)"
-		" UPDATE event_bridge.connector_shards SET delivered_sequence = $5, failures = 0,"
-		" retry_last_sequence = NULL, next_attempt_at = NULL"
+		"WITH s AS (UPDATE event_bridge.connector_shards SET delivered_sequence = $5,"
+		" failures = 0, retry_last_sequence = NULL, next_attempt_at = NULL"
 		" WHERE connector_id = $1 AND shard_id = $2 AND position_generation = $3"
-		" RETURNING (SELECT count(*) FROM d)",
+		" RETURNING 1)"
+		" SELECT event_bridge._add_dead_letters($1, $10, $2, $4, $5, $6, $7, $8, $9) FROM s",
 		10, {INT4OID, INT4OID, INT4OID, INT8OID, INT8OID, TIMESTAMPTZOID, INT4OID, INT4OID,
 		TEXTOID, INT4OID}
 	},

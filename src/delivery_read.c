@@ -437,13 +437,14 @@ delivery_read_redelivery(Shard *sh, TimestampTz now)
 	batch.records = records;
 	batch.nrecords = records_that_fit(c, &batch, read_bytes);
 
+	/* The batch in hand; a first record too big for any body is alone in it. */
 	sh->redelivery = true;
-	sh->sequences = MemoryContextAlloc(sh->batch_context, sizeof(int64) * Max(batch.nrecords, 1));
-	for (int i = 0; i < Max(batch.nrecords, 1); i++)
+	sh->nrecords = Max(batch.nrecords, 1);
+	sh->sequences = MemoryContextAlloc(sh->batch_context, sizeof(int64) * sh->nrecords);
+	for (int i = 0; i < sh->nrecords; i++)
 		sh->sequences[i] = records[i].sequence;
 	sh->first_sequence = records[0].sequence;
-	sh->last_sequence = records[Max(batch.nrecords, 1) - 1].sequence;
-	sh->nrecords = Max(batch.nrecords, 1);
+	sh->last_sequence = records[sh->nrecords - 1].sequence;
 	if (batch.nrecords == 0)
 	{
 		HttpOutcome o;

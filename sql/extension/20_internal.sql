@@ -255,6 +255,46 @@ $$;
 COMMENT ON FUNCTION event_bridge._lock_connector(text) IS
     'Internal: checks rights, locks a connector by name, bumps its version so the delivery worker reloads it, returns its id';
 
+/*
+ * Copies records from_sequence..to_sequence of a stream's shard into a
+ * connector's dead letters with the outcome that failed them; a record that
+ * is a dead letter already (a replay after reset_connector) gets the new
+ * outcome.  Returns how many.  The delivery worker (on_failure 'dead_letter')
+ * and skip_batch both call it.
+ */
+CREATE OR REPLACE FUNCTION event_bridge._add_dead_letters(
+    connector_id  int,
+    stream_id     int,
+    shard_id      int,
+    from_sequence bigint,
+    to_sequence   bigint,
+    failed_at     timestamptz,
+    attempts      int,
+    http_status   int,
+    error         text)
+RETURNS bigint
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH added AS (
+        INSERT INTO event_bridge.dead_letter_records AS d (connector_id, shard_id, sequence,
+            system_time, record_id, operation, table_name, partition_key, data, failed_at,
+            attempts, http_status, error)
+        SELECT _add_dead_letters.connector_id, r.shard_id, r.sequence, r.system_time, r.record_id,
+               r.operation, r.table_name, r.partition_key, r.data, _add_dead_letters.failed_at,
+               _add_dead_letters.attempts, _add_dead_letters.http_status, _add_dead_letters.error
+          FROM event_bridge.records r
+         WHERE r.stream_id = _add_dead_letters.stream_id AND r.shard_id = _add_dead_letters.shard_id
+           AND r.sequence BETWEEN from_sequence AND to_sequence
+        ON CONFLICT ON CONSTRAINT dead_letter_records_pkey DO UPDATE
+           SET failed_at = excluded.failed_at, attempts = d.attempts + excluded.attempts,
+               http_status = excluded.http_status, error = excluded.error, redeliver = false
+        RETURNING 1)
+    SELECT count(*) FROM added
+$$;
+COMMENT ON FUNCTION event_bridge._add_dead_letters(int, int, int, bigint, bigint, timestamptz, int, int, text) IS
+    'Internal: copies a shard''s records into a connector''s dead letters with the outcome that failed them, returns how many';
+
 /* A start time in epoch milliseconds (NULL stays NULL: the earliest retained). */
 CREATE OR REPLACE FUNCTION event_bridge._start_ms(start_time timestamptz)
 RETURNS bigint

@@ -419,19 +419,9 @@ BEGIN
                   HINT = format('Fix the endpoint, then run SELECT event_bridge.resume_connector(%L).',
                                 connector_name);
     END IF;
-    INSERT INTO event_bridge.dead_letter_records AS d (connector_id, shard_id, sequence,
-        system_time, record_id, operation, table_name, partition_key, data, failed_at, attempts,
-        http_status, error)
-    SELECT cid, r.shard_id, r.sequence, r.system_time, r.record_id, r.operation, r.table_name,
-           r.partition_key, r.data, now(), greatest(sh.failures, 1), sh.last_http_status,
-           coalesce(sh.last_error, 'skipped by skip_batch')
-      FROM event_bridge.records r
-     WHERE r.stream_id = sh.stream_id AND r.shard_id = sh.shard_id
-       AND r.sequence > sh.delivered_sequence AND r.sequence <= sh.retry_last_sequence
-    ON CONFLICT ON CONSTRAINT dead_letter_records_pkey DO UPDATE
-       SET failed_at = excluded.failed_at, attempts = d.attempts + excluded.attempts,
-           http_status = excluded.http_status, error = excluded.error, redeliver = false;
-    GET DIAGNOSTICS n = ROW_COUNT;
+    n := event_bridge._add_dead_letters(cid, sh.stream_id, sh.shard_id, sh.delivered_sequence + 1,
+        sh.retry_last_sequence, now(), greatest(sh.failures, 1), sh.last_http_status,
+        coalesce(sh.last_error, 'skipped by skip_batch'));
     UPDATE event_bridge.connector_shards cs
        SET delivered_sequence = cs.retry_last_sequence,
            retry_last_sequence = NULL,
