@@ -7,7 +7,9 @@ CREATE EXTENSION event_bridge;
 CREATE TABLE t (id int PRIMARY KEY, v text);
 ALTER TABLE t REPLICA IDENTITY FULL;
 SELECT event_bridge.create_stream('sweep', ARRAY['t']::regclass[]);
-SELECT event_bridge.create_connector('sweep_c', 'sweep', 'http://127.0.0.1:9/');
+SELECT event_bridge.create_credential('sweep_tok', 'token', '{"header": "X-Auth-Token", "value": "hunter2"}');
+SELECT event_bridge.create_credential('sweep_unused', 'webhook', '{"secret": "whsec_' || repeat('A', 32) || '"}');
+SELECT event_bridge.create_connector('sweep_c', 'sweep', 'http://127.0.0.1:9/', credential => 'sweep_tok');
 SELECT event_bridge.stop_connector('sweep_c');
 
 CREATE TEMP TABLE fingerprint AS
@@ -15,7 +17,9 @@ SELECT (SELECT count(*) FROM event_bridge.streams) AS streams,
        (SELECT count(*) FROM event_bridge.shards) AS shards,
        (SELECT count(*) FROM event_bridge.connectors) AS connectors,
        (SELECT string_agg(connector_name || ':' || version || ':' || stopped, ',') FROM event_bridge.connectors) AS connector_versions,
-       (SELECT count(*) FROM event_bridge.connector_shards) AS connector_shards;
+       (SELECT count(*) FROM event_bridge.connector_shards) AS connector_shards,
+       (SELECT string_agg(credential_name || ':' || secret || ':' || coalesce(rotated_at::text, ''), ',')
+          FROM event_bridge.credential_secrets) AS credentials;
 
 -- Valid arguments, by type, and the bad values to try in their place.
 CREATE TEMP TABLE good (fn text, pos int, val text);
@@ -33,7 +37,8 @@ INSERT INTO good VALUES
   ('create_connector', 11, $$'{}'$$), ('create_connector', 12, '6291456'),
   ('create_connector', 13, $$'fixed'$$), ('create_connector', 14, $$'5 minutes'::interval$$),
   ('create_connector', 15, $$'dead_letter'$$), ('create_connector', 16, $$'1 hour'::interval$$),
-  ('create_connector', 17, 'true'),
+  ('create_connector', 17, 'true'), ('create_connector', 18, $$'http'$$),
+  ('create_connector', 19, $$'sweep_tok'$$), ('create_connector', 20, $$'sync'$$),
   ('alter_connector', 1, $$'sweep_c'$$), ('alter_connector', 2, $$'http://127.0.0.1:9/'$$),
   ('alter_connector', 3, $$'datahub'$$), ('alter_connector', 4, '10'),
   ('alter_connector', 5, $$'0'::interval$$), ('alter_connector', 6, $$'1 second'::interval$$),
@@ -41,7 +46,13 @@ INSERT INTO good VALUES
   ('alter_connector', 9, $$'{}'$$), ('alter_connector', 10, '6291456'),
   ('alter_connector', 11, $$'fixed'$$), ('alter_connector', 12, $$'5 minutes'::interval$$),
   ('alter_connector', 13, $$'dead_letter'$$), ('alter_connector', 14, $$'1 hour'::interval$$),
-  ('alter_connector', 15, 'true'),
+  ('alter_connector', 15, 'true'), ('alter_connector', 16, $$'http'$$),
+  ('alter_connector', 17, $$'sweep_tok'$$), ('alter_connector', 18, $$'sync'$$),
+  ('create_credential', 1, $$'sweep_tok2'$$), ('create_credential', 2, $$'token'$$),
+  ('create_credential', 3, $$'{"header": "X-Auth-Token", "value": "hunter2"}'$$),
+  ('alter_credential', 1, $$'sweep_tok'$$),
+  ('alter_credential', 2, $$'{"header": "X-Auth-Token", "value": "hunter3"}'$$),
+  ('drop_credential', 1, $$'sweep_unused'$$),
   ('skip_batch', 1, $$'sweep_c'$$), ('skip_batch', 2, '0'),
   ('redeliver_dead_letters', 1, $$'sweep_c'$$), ('redeliver_dead_letters', 2, $$ARRAY['0:1']$$),
   ('purge_dead_letters', 1, $$'sweep_c'$$), ('purge_dead_letters', 2, $$'1 day'::interval$$),
@@ -82,12 +93,15 @@ INSERT INTO allowed VALUES
   ('create_connector', 9, 'huge'),        -- many retries
   ('alter_connector', 7, 'huge'),
   ('create_connector', 16, 'null'),       -- max_record_age NULL: no limit
+  ('create_connector', 19, 'null'),       -- credential NULL: none
+  ('alter_connector', 17, 'empty'),       -- credential '': none
+  ('create_credential', 1, 'unknown'),
   ('create_connector', 16, 'huge'),       -- a long max_record_age
   ('alter_connector', 14, 'huge'),
   ('redeliver_dead_letters', 2, 'null'),  -- NULL: all of them
   ('purge_dead_letters', 2, 'huge');      -- only the older ones
 -- alter_connector: NULL leaves a setting as it is.
-INSERT INTO allowed SELECT 'alter_connector', g, 'null' FROM generate_series(2, 15) g;
+INSERT INTO allowed SELECT 'alter_connector', g, 'null' FROM generate_series(2, 18) g;
 
 CREATE TEMP TABLE outcome (fn text, pos int, kind text, sqlstate text, message text);
 
@@ -144,6 +158,8 @@ SELECT fn, pos, kind, sqlstate, left(message, 90) AS message
  WHERE NOT EXISTS (SELECT FROM allowed a WHERE (a.fn, a.pos, a.kind) = (o.fn, o.pos, o.kind))
  ORDER BY fn, pos, kind;
 SELECT count(*) AS internal_errors FROM outcome WHERE sqlstate LIKE 'XX%';
+-- No refusal quotes a secret.
+SELECT count(*) AS errors_with_secret FROM outcome WHERE message LIKE '%hunter%';
 SELECT fn, pos, kind, sqlstate, message FROM outcome o
  WHERE EXISTS (SELECT FROM allowed a WHERE (a.fn, a.pos, a.kind) = (o.fn, o.pos, o.kind))
  ORDER BY fn, pos, kind;
@@ -156,20 +172,23 @@ SELECT event_bridge.create_connector('secret_c', 'sweep', 'http://user:hunter2@1
 SELECT event_bridge.create_connector('x', 'sweep', 'ftp://user:hunter2@127.0.0.1:9/');
 SELECT count(*) AS views_with_secret
   FROM (SELECT row_to_json(c)::text AS j FROM event_bridge.connector_status c
-        UNION ALL SELECT row_to_json(s)::text FROM event_bridge.shard_status s) v
+        UNION ALL SELECT row_to_json(s)::text FROM event_bridge.shard_status s
+        UNION ALL SELECT row_to_json(cr)::text FROM event_bridge.credentials cr) v
  WHERE j LIKE '%hunter2%';
 SELECT event_bridge.drop_connector('secret_c');
 
 -- Nothing changed.
-SELECT f = (SELECT row(streams, shards, connectors, connector_versions, connector_shards)::text
+SELECT f = (SELECT row(streams, shards, connectors, connector_versions, connector_shards, credentials)::text
               FROM (SELECT (SELECT count(*) FROM event_bridge.streams) AS streams,
                            (SELECT count(*) FROM event_bridge.shards) AS shards,
                            (SELECT count(*) FROM event_bridge.connectors) AS connectors,
                            (SELECT string_agg(connector_name || ':' || version || ':' || stopped, ',')
                               FROM event_bridge.connectors) AS connector_versions,
-                           (SELECT count(*) FROM event_bridge.connector_shards) AS connector_shards) now)
+                           (SELECT count(*) FROM event_bridge.connector_shards) AS connector_shards,
+                           (SELECT string_agg(credential_name || ':' || secret || ':' || coalesce(rotated_at::text, ''), ',')
+                              FROM event_bridge.credential_secrets) AS credentials) now)
        AS catalog_unchanged
-  FROM (SELECT row(streams, shards, connectors, connector_versions, connector_shards)::text AS f FROM fingerprint) x;
+  FROM (SELECT row(streams, shards, connectors, connector_versions, connector_shards, credentials)::text AS f FROM fingerprint) x;
 
 -- Without privilege, every function is refused.
 CREATE ROLE eb_sweep_nobody;

@@ -47,6 +47,8 @@ PG_FUNCTION_INFO_V1(event_bridge_check_admin);
 PG_FUNCTION_INFO_V1(event_bridge_check_readable);
 PG_FUNCTION_INFO_V1(event_bridge_may_read_record);
 PG_FUNCTION_INFO_V1(event_bridge_hide_statement);
+PG_FUNCTION_INFO_V1(event_bridge_caller);
+PG_FUNCTION_INFO_V1(event_bridge_check_credential_use);
 
 /* What the hook knows of a function, kept with its call cache. */
 typedef struct HookedFunction
@@ -180,6 +182,41 @@ event_bridge_check_admin(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied to manage event_bridge streams and connectors"),
 				 errhint("Only superusers and members of role \"event_bridge_admin\" may do this.")));
+	PG_RETURN_VOID();
+}
+
+/* The caller, as the owner of what it creates (a credential). */
+Datum
+event_bridge_caller(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_OID(eb_api_caller());
+}
+
+/*
+ * Refuses a caller that may not use a credential: a credential is used by
+ * members of the role that created it and by superusers only, so that no
+ * other admin can send it to an endpoint of theirs.  Arguments: the
+ * credential's owner and name.
+ */
+Datum
+event_bridge_check_credential_use(PG_FUNCTION_ARGS)
+{
+	Oid			owner = PG_GETARG_OID(0);
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	Oid			caller = eb_api_caller();
+
+	if (!superuser_arg(caller) && !is_member_of_role(caller, owner))
+	{
+		char	   *owner_name = GetUserNameFromId(owner, true);
+
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for credential \"%s\"", name),
+				 owner_name ?
+				 errdetail("Only members of role \"%s\", which created it, and superusers may use or change it.",
+						   owner_name) :
+				 errdetail("The role that created it no longer exists; only superusers may use or change it.")));
+	}
 	PG_RETURN_VOID();
 }
 

@@ -2,8 +2,9 @@
  *
  * connector_api.c
  *	  SQL-callable C functions behind the PL/pgSQL connector API: the check
- *	  of an endpoint URL, the delivery worker's wake-up at commit, and event
- *	  bodies built from given records, for tests.
+ *	  of an endpoint URL, the delivery worker's wake-up at commit, and, for
+ *	  tests, event bodies built from given records and request signatures
+ *	  made from given inputs.
  *
  * IDENTIFICATION
  *	  src/connector_api.c
@@ -23,10 +24,12 @@
 #include "event_bridge.h"
 #include "format.h"
 #include "http.h"
+#include "signing.h"
 
 PG_FUNCTION_INFO_V1(event_bridge_check_endpoint);
 PG_FUNCTION_INFO_V1(event_bridge_wake_delivery);
 PG_FUNCTION_INFO_V1(event_bridge_format_batch);
+PG_FUNCTION_INFO_V1(event_bridge_signature);
 
 /*
  * Refuses an endpoint that is not an http or https URL.  Errors name the
@@ -146,4 +149,90 @@ event_bridge_format_batch(PG_FUNCTION_ARGS)
 	initStringInfo(&body);
 	format_body(&body, &batch);
 	PG_RETURN_TEXT_P(cstring_to_text_with_len(body.data, body.len));
+}
+
+/*
+ * The signature the delivery worker would make, from given inputs, for
+ * byte-exact tests against the platforms' own signers.  algorithm: 'acs3'
+ * or 'sdk-hmac' (the Authorization header of a POST of body to path?query
+ * with the given signed "name:value" headers; date is X-Sdk-Date), or
+ * 'webhook' (webhook-signature: key_id is the message id, date the
+ * timestamp, secret the whsec_ secret).
+ */
+Datum
+event_bridge_signature(PG_FUNCTION_ARGS)
+{
+	char	   *algorithm;
+	text	   *body_text;
+	char	   *key_id;
+	char	   *secret;
+	char	   *date;
+	char	   *result;
+
+	for (int i = 0; i < PG_NARGS(); i++)
+		if (PG_ARGISNULL(i))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("arguments of _signature must not be null")));
+	algorithm = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	body_text = PG_GETARG_TEXT_PP(4);
+	key_id = text_to_cstring(PG_GETARG_TEXT_PP(5));
+	secret = text_to_cstring(PG_GETARG_TEXT_PP(6));
+	date = text_to_cstring(PG_GETARG_TEXT_PP(7));
+
+	if (strcmp(algorithm, "webhook") == 0)
+	{
+		uint8		key[64];
+		int			len = eb_webhook_key(secret, key, sizeof(key));
+
+		if (len <= 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("secret is not \"whsec_\" and base64")));
+		result = eb_webhook_signature(key, len, key_id, strtoll(date, NULL, 10),
+									  VARDATA_ANY(body_text), VARSIZE_ANY_EXHDR(body_text));
+	}
+	else if (strcmp(algorithm, "acs3") == 0 || strcmp(algorithm, "sdk-hmac") == 0)
+	{
+		CanonicalRequest req;
+		Datum	   *lines;
+		bool	   *nulls;
+		int			n = array_arg(fcinfo, 3, TEXTOID, &lines, &nulls);
+		char		hash[EB_SHA256_HEX_LEN + 1];
+
+		req.method = "POST";
+		req.query = text_to_cstring(PG_GETARG_TEXT_PP(2));
+		req.headers = palloc(sizeof(SignedHeader) * Max(n, 1));
+		req.nheaders = n;
+		for (int i = 0; i < n; i++)
+		{
+			char	   *line = nulls[i] ? "" : TextDatumGetCString(lines[i]);
+			char	   *colon = strchr(line, ':');
+
+			if (colon == NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("a signed header must be \"name:value\"")));
+			*colon = '\0';
+			req.headers[i].name = line;
+			req.headers[i].value = colon + 1;
+		}
+		eb_sha256_hex(VARDATA_ANY(body_text), VARSIZE_ANY_EXHDR(body_text), hash);
+		req.payload_hash = hash;
+		if (strcmp(algorithm, "acs3") == 0)
+		{
+			req.path = text_to_cstring(PG_GETARG_TEXT_PP(1));
+			result = eb_acs3_authorization(&req, key_id, secret);
+		}
+		else
+		{
+			req.path = eb_canonical_path(text_to_cstring(PG_GETARG_TEXT_PP(1)));
+			result = eb_sdk_hmac_authorization(&req, date, key_id, secret);
+		}
+	}
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown signature algorithm \"%s\"", algorithm)));
+	PG_RETURN_TEXT_P(cstring_to_text(result));
 }

@@ -171,9 +171,20 @@ send_batch(Shard *sh)
 {
 	Connector  *c = sh->connector;
 
+	char	   *id = psprintf("msg_%d_%d_%d_" INT64_FORMAT "_" INT64_FORMAT, c->connector_id,
+							  sh->generation, sh->shard_id, sh->first_sequence, sh->last_sequence);
+	int			nsigned;
+	char	  **signed_headers = target_headers(&c->target, id, sh->body.data, sh->body.len,
+												GetCurrentTimestamp(), &nsigned);
+	char	  **headers = palloc(sizeof(char *) * (c->nheaders + nsigned));
+
+	/* Signed afresh for every attempt; the connector's own headers first. */
+	memcpy(headers, c->headers, sizeof(char *) * c->nheaders);
+	memcpy(headers + c->nheaders, signed_headers, sizeof(char *) * nsigned);
+
 	/* The answer is read with the settings the batch was sent with. */
 	http_request_keep_body(sh->request, c->partial_batch_response ? EB_PARTIAL_RESPONSE_MAX : 0);
-	http_request_start(sh->request, &c->endpoint, c->headers, c->nheaders,
+	http_request_start(sh->request, &c->target.endpoint, headers, c->nheaders + nsigned,
 					   sh->body.data, sh->body.len, c->timeout_ms);
 	sh->in_flight = true;
 }

@@ -22,6 +22,7 @@
 #include "event_bridge.h"
 #include "format.h"
 #include "http.h"
+#include "target.h"
 
 /* Milliseconds from 1970-01-01 to PostgreSQL's epoch, 2000-01-01. */
 #define EB_EPOCH_OFFSET_MS \
@@ -100,7 +101,7 @@ struct Connector
 	char	   *name;
 	int32		stream_id;
 	char	   *stream_name;
-	HttpEndpoint endpoint;
+	Target		target;			/* the endpoint, and how attempts are signed */
 	char	  **headers;		/* "Name: value" lines */
 	int			nheaders;
 	EbFormat	format;

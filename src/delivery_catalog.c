@@ -68,8 +68,10 @@ static EbStatement statements[NUM_STATEMENTS] = {
 		" c.stopped, c.version, c.max_request_bytes, c.error, c.retry_strategy,"
 		" ceil(extract(epoch FROM c.max_retry_interval) * 1000)::bigint,"
 		" c.on_failure, floor(extract(epoch FROM c.max_record_age) * 1000)::bigint,"
-		" c.partial_batch_response"
+		" c.partial_batch_response, c.target, c.invocation = 'async',"
+		" cr.provider, cr.key_id, cr.secret, cr.session_token, cr.region"
 		" FROM event_bridge.connectors c JOIN event_bridge.streams s ON s.stream_id = c.stream_id"
+		" LEFT JOIN event_bridge.credential_secrets cr ON cr.credential_id = c.credential_id"
 		" WHERE c.connector_id = $1",
 		1, {INT4OID}
 	},
@@ -309,6 +311,7 @@ load_connector(Connector *c)
 	char	   *endpoint;
 	char	   *format;
 	const char *problem;
+	Credential	credential;
 	bool		had_error;
 	uint64		n;
 
@@ -353,11 +356,17 @@ load_connector(Connector *c)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
 				 errmsg("unknown event format \"%s\"", format)));
-	problem = http_parse_endpoint(endpoint, &c->endpoint);
+	credential.provider = column_text(0, 24);
+	credential.key_id = column_text(0, 25);
+	credential.secret = column_text(0, 26);
+	credential.session_token = column_text(0, 27);
+	credential.region = column_text(0, 28);
+	problem = target_prepare(column_text(0, 22), endpoint, column_bool(0, 23), &credential,
+							 &c->target);
 	if (problem != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("the endpoint is not a valid URL: %s", problem)));
+				 errmsg("the connector's target cannot be used: %s", problem)));
 	if (c->shards != NULL && c->nshards != column_int32(0, 4))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
@@ -800,7 +809,7 @@ delivery_record_failure(Shard *sh, const HttpOutcome *o, FailureAction action, b
 
 /*
  * What a failed attempt says (DESIGN 9.3).  Transient: no whole answer, 408, 425,
- * 429 or 5xx, retried.  Endpoint: 3xx, 401, 403, 404, 410, the endpoint or
+ * 429, 5xx, or a function error in a 2xx (target.c), retried.  Endpoint: 3xx, 401, 403, 404, 410, the endpoint or
  * its credentials are wrong and no retry helps.  Record: any other 4xx, the
  * function refused what it was sent.
  */
@@ -816,8 +825,11 @@ failure_class(const HttpOutcome *o)
 {
 	long		status = o->status;
 
-	/* No whole answer (a reset, a cut-off body, a timeout): transient. */
-	if (!o->answered)
+	/*
+	 * No whole answer (a reset, a cut-off body, a timeout), or the platform
+	 * ran the function and the function failed: transient.
+	 */
+	if (!o->answered || o->function_error)
 		return FAILURE_TRANSIENT;
 	if (status == 0 || status == 408 || status == 425 || status == 429 || status >= 500)
 		return FAILURE_TRANSIENT;

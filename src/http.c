@@ -53,6 +53,8 @@ struct HttpRequest
 	StringInfoData body;		/* what is kept, in http_context; data NULL: nothing */
 	bool		body_cut;		/* the body was longer than body_keep */
 	char		retry_after[64];	/* the Retry-After header's value, or "" */
+	char		error_headers[EB_HTTP_ERROR_HEADERS][64];	/* "name:" each, or "" */
+	char		function_error[128];	/* "name: value" of one that said so, or "" */
 	char		error[CURL_ERROR_SIZE];
 };
 
@@ -83,6 +85,20 @@ static WaitEventSet *wait_set = NULL;
 
 /* Requests that failed before libcurl got them, to be reported as finished. */
 static HttpRequest *not_started = NULL;
+
+/* A part of a parsed URL, palloc'd; "" if it has none. */
+static char *
+url_part(CURLU *u, CURLUPart what)
+{
+	char	   *part;
+	char	   *copy;
+
+	if (curl_url_get(u, what, &part, 0) != CURLUE_OK)
+		return pstrdup("");
+	copy = pstrdup(part);
+	curl_free(part);
+	return copy;
+}
 
 /*
  * Parses an endpoint URL into endpoint, with the userinfo taken out of the
@@ -119,6 +135,17 @@ http_parse_endpoint(const char *url, HttpEndpoint *endpoint)
 	if (curl_url_get(u, CURLUPART_SCHEME, &part, 0) == CURLUE_OK)
 	{
 		endpoint->scheme = pstrdup(part);
+		curl_free(part);
+	}
+	endpoint->host = url_part(u, CURLUPART_HOST);
+	endpoint->path = url_part(u, CURLUPART_PATH);
+	endpoint->query = url_part(u, CURLUPART_QUERY);
+	if (curl_url_get(u, CURLUPART_PORT, &part, 0) == CURLUE_OK)
+	{
+		/* libcurl leaves the scheme's own port out of the Host header. */
+		if (!((strcmp(part, "80") == 0 && endpoint->scheme && strcmp(endpoint->scheme, "http") == 0) ||
+			  (strcmp(part, "443") == 0 && endpoint->scheme && strcmp(endpoint->scheme, "https") == 0)))
+			endpoint->host = psprintf("%s:%s", endpoint->host, part);
 		curl_free(part);
 	}
 
@@ -210,28 +237,49 @@ write_callback(char *data, size_t size, size_t nmemb, void *userdata)
 	return n;
 }
 
-/* Keeps the value of a Retry-After header; ignores the others. */
+/*
+ * If a header line (not NUL-terminated) has the given name ("name:", any
+ * case), copies its trimmed value into value (size bytes, cut to fit) and
+ * returns true.
+ */
+static bool
+header_value(const char *data, size_t n, const char *name, char *value, size_t size)
+{
+	size_t		name_len = strlen(name);
+	size_t		start = name_len;
+	size_t		end = n;
+
+	if (n <= name_len || pg_strncasecmp(data, name, name_len) != 0)
+		return false;
+	while (start < end && (data[start] == ' ' || data[start] == '\t'))
+		start++;
+	while (end > start && (data[end - 1] == '\r' || data[end - 1] == '\n' ||
+						   data[end - 1] == ' '))
+		end--;
+	end = Min(end, start + size - 1);
+	memcpy(value, data + start, end - start);
+	value[end - start] = '\0';
+	return true;
+}
+
+/* Keeps the values of Retry-After and of a function error header. */
 static size_t
 header_callback(char *data, size_t size, size_t nitems, void *userdata)
 {
 	HttpRequest *request = (HttpRequest *) userdata;
 	size_t		n = size * nitems;
-	const char *name = "retry-after:";
-	size_t		name_len = strlen(name);
+	char		value[64];
 
-	if (n > name_len && pg_strncasecmp(data, name, name_len) == 0)
+	if (header_value(data, n, "retry-after:", request->retry_after, sizeof(request->retry_after)))
+		return n;
+	for (int i = 0; i < EB_HTTP_ERROR_HEADERS && request->function_error[0] == '\0'; i++)
 	{
-		size_t		start = name_len;
-		size_t		end = n;
-
-		while (start < end && (data[start] == ' ' || data[start] == '\t'))
-			start++;
-		while (end > start && (data[end - 1] == '\r' || data[end - 1] == '\n' ||
-							   data[end - 1] == ' '))
-			end--;
-		end = Min(end, start + sizeof(request->retry_after) - 1);
-		memcpy(request->retry_after, data + start, end - start);
-		request->retry_after[end - start] = '\0';
+		if (request->error_headers[i][0] == '\0' ||
+			!header_value(data, n, request->error_headers[i], value, sizeof(value)))
+			continue;
+		if (strcmp(value, "0") != 0 && pg_strcasecmp(value, "false") != 0)
+			snprintf(request->function_error, sizeof(request->function_error), "%s %s",
+					 request->error_headers[i], value);
 	}
 	return n;
 }
@@ -396,14 +444,28 @@ http_request_start(HttpRequest *request, const HttpEndpoint *endpoint,
 	http_request_forget_body(request);
 	request->body_cut = false;
 	request->retry_after[0] = '\0';
+	request->function_error[0] = '\0';
+	for (int i = 0; i < EB_HTTP_ERROR_HEADERS; i++)
+	{
+		request->error_headers[i][0] = '\0';
+		if (endpoint->error_headers[i] != NULL)
+			snprintf(request->error_headers[i], sizeof(request->error_headers[i]), "%s:",
+					 endpoint->error_headers[i]);
+	}
 	request->error[0] = '\0';
 
 	for (int i = 0; i < nheaders; i++)
 		content_type |= (pg_strncasecmp(headers[i], "content-type:", 13) == 0);
-	list = curl_slist_append(list, "Expect:");	/* no 100-continue round trip */
-	for (int i = 0; list != NULL && i < nheaders; i++)
+	/*
+	 * No 100-continue round trip.  Not with SigV4: libcurl 7.88 would sign
+	 * the removed header as if it were sent empty.  libcurl adds Expect only
+	 * to bodies over 1 MB, and does not sign it.
+	 */
+	if (endpoint->aws_sigv4 == NULL)
+		list = curl_slist_append(list, "Expect:");
+	for (int i = 0; i < nheaders && (list != NULL || i == 0); i++)
 		list = curl_slist_append(list, headers[i]);
-	if (list != NULL && !content_type)
+	if ((list != NULL || nheaders == 0) && !content_type)
 		list = curl_slist_append(list, "Content-Type: application/json");
 	if (list == NULL)
 	{
@@ -416,6 +478,10 @@ http_request_start(HttpRequest *request, const HttpEndpoint *endpoint,
 	curl_easy_setopt(easy, CURLOPT_URL, endpoint->url);
 	curl_easy_setopt(easy, CURLOPT_USERNAME, endpoint->username);
 	curl_easy_setopt(easy, CURLOPT_PASSWORD, endpoint->password);
+	/* Setting CURLOPT_AWS_SIGV4 makes it the authentication; unset, Basic. */
+	curl_easy_setopt(easy, CURLOPT_AWS_SIGV4, endpoint->aws_sigv4);
+	if (endpoint->aws_sigv4 == NULL)
+		curl_easy_setopt(easy, CURLOPT_HTTPAUTH, (long) CURLAUTH_BASIC);
 	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, list);
 	curl_easy_setopt(easy, CURLOPT_POSTFIELDS, body);
 	curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) body_len);
@@ -492,6 +558,14 @@ http_next_finished(HttpOutcome *outcome)
 				sizeof(outcome->error));
 	else if (!outcome->ok)
 		snprintf(outcome->error, sizeof(outcome->error), "HTTP status %ld", outcome->status);
+	else if (request->function_error[0] != '\0')
+	{
+		/* The platform ran the function, and the function failed. */
+		outcome->ok = false;
+		outcome->function_error = true;
+		snprintf(outcome->error, sizeof(outcome->error), "HTTP status %ld with %s",
+				 outcome->status, request->function_error);
+	}
 	memcpy(outcome->response, request->response, request->response_len + 1);
 	outcome->body = NULL;
 	outcome->body_len = 0;

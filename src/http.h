@@ -19,6 +19,9 @@
 /* Bytes of a response body kept for the attempts log. */
 #define EB_HTTP_RESPONSE_KEEP	256
 
+/* The most headers that can say a function failed (HttpEndpoint). */
+#define EB_HTTP_ERROR_HEADERS	2
+
 /* Bytes of an error text, libcurl's CURL_ERROR_SIZE. */
 #define EB_HTTP_ERROR_SIZE		256
 
@@ -32,6 +35,17 @@ typedef struct HttpEndpoint
 	char	   *scheme;			/* lower case; NULL if the URL has none */
 	char	   *username;		/* NULL: none */
 	char	   *password;		/* NULL: none */
+	char	   *host;			/* as the Host header says it: with a port that is not the scheme's */
+	char	   *path;			/* percent-encoded as sent; "/" at least */
+	char	   *query;			/* without "?"; "" for none */
+
+	/* Set by the caller, not by http_parse_endpoint: */
+	char	   *aws_sigv4;		/* libcurl signs with username and password; NULL: no */
+	/*
+	 * A 2xx with one of these headers, of a value other than "0" or
+	 * "false", is a function error; NULL: none.
+	 */
+	const char *error_headers[EB_HTTP_ERROR_HEADERS];
 } HttpEndpoint;
 
 /* One reusable request slot; it keeps its libcurl handle and connection. */
@@ -46,6 +60,7 @@ typedef struct HttpOutcome
 	char		error[EB_HTTP_ERROR_SIZE];	/* "" when ok */
 	char		response[EB_HTTP_RESPONSE_KEEP + 1];	/* start of the body */
 	int64		retry_after_ms; /* what a Retry-After header asked for; -1: none */
+	bool		function_error; /* a 2xx with the endpoint's error_header: not ok */
 	/* The whole body, if the request was asked to keep it (http_request_keep_body). */
 	const char *body;			/* NULL: not kept; valid until the request starts again */
 	size_t		body_len;

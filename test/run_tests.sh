@@ -43,6 +43,12 @@ if [ "$what" != regress ] && git -C "$EB_ROOT" cat-file -e "$EB_RELEASE_0_1^{com
     make -C "$release/src" -s PG_CONFIG="$PG_BIN/pg_config" DESTDIR="$release" install >/dev/null
     export EB_RELEASE_0_1_INSTALL="$release"
 fi
+# The platforms' official signing code, which test/signing/endpoint.js
+# checks every signed request with (pinned in test/package-lock.json).
+if [ "$what" != regress ]; then
+    rm -rf "$work/test/node_modules"
+    (cd "$work/test" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+fi
 chown -R "$EB_USER" "$work"
 cd "$work"
 

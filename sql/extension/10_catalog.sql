@@ -90,6 +90,35 @@ SELECT pg_catalog.pg_extension_config_dump('event_bridge.stream_id_seq', '');
 -- counting instead of handing out eventIds a consumer has already seen.
 SELECT pg_catalog.pg_extension_config_dump('event_bridge.shards', '');
 
+/* Credentials (see 45_credentials.sql). */
+
+/*
+ * One row per credential: what signs or authenticates a connector's
+ * requests.  secret and session_token are secrets: only the extension's
+ * owner reads this table, and the credentials view shows key_id (an access
+ * key id or a header name, never a secret).  owner is the role that created
+ * the credential; only its members (and superusers) may use it in a
+ * connector, so that no other admin can point it at an endpoint of theirs.
+ */
+CREATE TABLE event_bridge.credential_secrets (
+    credential_id   int PRIMARY KEY,
+    credential_name text NOT NULL UNIQUE,
+    provider        text NOT NULL
+                    CHECK (provider IN ('aliyun', 'huaweicloud', 'aws', 'webhook', 'token')),
+    owner           regrole NOT NULL,
+    key_id          text,
+    secret          text NOT NULL,
+    session_token   text,
+    region          text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    rotated_at      timestamptz
+);
+CREATE SEQUENCE event_bridge.credential_id_seq AS int OWNED BY event_bridge.credential_secrets.credential_id;
+COMMENT ON TABLE event_bridge.credential_secrets IS
+    'Credentials that sign or authenticate connectors'' requests; readable by the extension''s owner only';
+SELECT pg_catalog.pg_extension_config_dump('event_bridge.credential_secrets', '');
+SELECT pg_catalog.pg_extension_config_dump('event_bridge.credential_id_seq', '');
+
 /* Connectors (see 40_connectors.sql). */
 
 /*
@@ -121,7 +150,11 @@ CREATE TABLE event_bridge.connectors (
     max_retry_interval interval NOT NULL DEFAULT '5 minutes',
     on_failure     text NOT NULL DEFAULT 'suspend' CHECK (on_failure IN ('suspend', 'dead_letter')),
     max_record_age interval,
-    partial_batch_response boolean NOT NULL DEFAULT false
+    partial_batch_response boolean NOT NULL DEFAULT false,
+    target         text NOT NULL DEFAULT 'http'
+                   CHECK (target IN ('http', 'fc', 'functiongraph', 'lambda')),
+    credential_id  int REFERENCES event_bridge.credential_secrets,
+    invocation     text NOT NULL DEFAULT 'sync' CHECK (invocation IN ('sync', 'async'))
 );
 CREATE SEQUENCE event_bridge.connector_id_seq AS int OWNED BY event_bridge.connectors.connector_id;
 COMMENT ON TABLE event_bridge.connectors IS

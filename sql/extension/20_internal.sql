@@ -43,6 +43,20 @@ AS 'MODULE_PATHNAME', 'event_bridge_may_read_record';
 COMMENT ON FUNCTION event_bridge._may_read_record(regclass[], text) IS
     'Internal: may the caller see a kept record of table_name: a superuser, or a role that may read every table of the stream while table_name is still one of them?';
 
+CREATE OR REPLACE FUNCTION event_bridge._caller()
+RETURNS regrole
+LANGUAGE C STABLE
+AS 'MODULE_PATHNAME', 'event_bridge_caller';
+COMMENT ON FUNCTION event_bridge._caller() IS
+    'Internal: the role that called the API function running, whose rights it checks';
+
+CREATE OR REPLACE FUNCTION event_bridge._check_credential_use(owner regrole, credential_name text)
+RETURNS void
+LANGUAGE C STABLE STRICT
+AS 'MODULE_PATHNAME', 'event_bridge_check_credential_use';
+COMMENT ON FUNCTION event_bridge._check_credential_use(regrole, text) IS
+    'Internal: refuses a caller that is neither a superuser nor a member of the role that created the credential';
+
 CREATE OR REPLACE FUNCTION event_bridge._hide_statement()
 RETURNS void
 LANGUAGE C VOLATILE
@@ -114,6 +128,40 @@ AS 'MODULE_PATHNAME', 'event_bridge_check_endpoint';
 COMMENT ON FUNCTION event_bridge._check_endpoint(text) IS
     'Internal: refuses an endpoint that is not an http or https URL, without quoting it';
 
+CREATE OR REPLACE FUNCTION event_bridge._check_target(
+    target     text,
+    endpoint   text,
+    invocation text,
+    provider   text,
+    region     text)
+RETURNS void
+LANGUAGE C IMMUTABLE
+AS 'MODULE_PATHNAME', 'event_bridge_check_target';
+COMMENT ON FUNCTION event_bridge._check_target(text, text, text, text, text) IS
+    'Internal: refuses a target whose endpoint, invocation or credential provider (NULL: none) do not go together, without quoting the endpoint';
+
+/* Refuses a header name that is not an HTTP token, or that frames the request. */
+CREATE OR REPLACE FUNCTION event_bridge._check_header_name(name text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF name !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$' THEN
+        RAISE EXCEPTION 'invalid header name "%"', name
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A header name is a token of letters, digits and !#$%&''*+.^_`|~-.';
+    END IF;
+    IF lower(name) IN ('content-length', 'transfer-encoding', 'connection', 'expect') THEN
+        RAISE EXCEPTION 'header "%" cannot be set', name
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'event_bridge sets the headers that frame the request itself.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION event_bridge._check_header_name(text) IS
+    'Internal: refuses a header name that is not an HTTP token or that frames the request';
+
 CREATE OR REPLACE FUNCTION event_bridge._wake_delivery()
 RETURNS void
 LANGUAGE C VOLATILE
@@ -137,6 +185,21 @@ LANGUAGE C IMMUTABLE
 AS 'MODULE_PATHNAME', 'event_bridge_format_batch';
 COMMENT ON FUNCTION event_bridge._format_batch(text, text, text, text, int, bigint[], bigint[], text[], text[], bigint) IS
     'Internal: the HTTP body the delivery worker sends for a batch of records, for tests';
+
+CREATE OR REPLACE FUNCTION event_bridge._signature(
+    algorithm text,
+    path      text,
+    query     text,
+    headers   text[],
+    body      text,
+    key_id    text,
+    secret    text,
+    date      text)
+RETURNS text
+LANGUAGE C IMMUTABLE
+AS 'MODULE_PATHNAME', 'event_bridge_signature';
+COMMENT ON FUNCTION event_bridge._signature(text, text, text, text[], text, text, text, text) IS
+    'Internal: a request signature (acs3, sdk-hmac, webhook) made from given inputs as the delivery worker makes it, for tests';
 
 
 /*

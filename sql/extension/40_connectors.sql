@@ -26,7 +26,11 @@ CREATE OR REPLACE FUNCTION event_bridge._check_connector_settings(
     retry_strategy     text,
     max_retry_interval interval,
     on_failure         text,
-    max_record_age     interval)
+    max_record_age     interval,
+    target             text,
+    invocation         text,
+    provider           text,
+    region             text)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -36,6 +40,12 @@ DECLARE
     hj jsonb;
 BEGIN
     PERFORM event_bridge._check_endpoint(endpoint);
+    IF invocation NOT IN ('sync', 'async') THEN
+        RAISE EXCEPTION 'unknown invocation "%"', invocation
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'invocation is sync (the function''s answer acknowledges the batch) or async (the platform queues the batch and answers 202).';
+    END IF;
+    PERFORM event_bridge._check_target(target, endpoint, invocation, provider, region);
     IF format NOT IN ('datahub', 'dis') THEN
         RAISE EXCEPTION 'unknown event format "%"', format
             USING ERRCODE = 'invalid_parameter_value',
@@ -104,11 +114,7 @@ BEGIN
                   HINT = 'Pass headers like ''{"X-Auth-Token": "..."}''.';
     END IF;
     FOR h IN SELECT e.key, e.value FROM jsonb_each(hj) e ORDER BY e.key LOOP
-        IF h.key !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$' THEN
-            RAISE EXCEPTION 'invalid header name "%"', h.key
-                USING ERRCODE = 'invalid_parameter_value',
-                      DETAIL = 'A header name is a token of letters, digits and !#$%&''*+.^_`|~-.';
-        END IF;
+        PERFORM event_bridge._check_header_name(h.key);
         IF jsonb_typeof(h.value) <> 'string' THEN
             RAISE EXCEPTION 'value of header "%" must be a JSON string', h.key
                 USING ERRCODE = 'invalid_parameter_value',
@@ -118,18 +124,52 @@ BEGIN
             RAISE EXCEPTION 'value of header "%" must not contain a line break', h.key
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
-        IF lower(h.key) IN ('content-length', 'transfer-encoding', 'connection', 'expect') THEN
-            RAISE EXCEPTION 'header "%" cannot be set', h.key
+        -- What a platform target signs is set by event_bridge alone.
+        IF target <> 'http' AND (lower(h.key) IN ('content-type', 'host', 'authorization')
+                                 OR lower(h.key) ~ '^x-(acs|sdk|amz|fc)-') THEN
+            RAISE EXCEPTION 'header "%" cannot be set for target %', h.key, target
                 USING ERRCODE = 'invalid_parameter_value',
-                      DETAIL = 'event_bridge sets the headers that frame the request itself.';
+                      DETAIL = 'event_bridge sets the headers that sign the request itself.';
         END IF;
     END LOOP;
 
     RETURN hj;
 END
 $$;
-COMMENT ON FUNCTION event_bridge._check_connector_settings(text, text, int, interval, interval, int, interval, text, int, text, interval, text, interval) IS
+COMMENT ON FUNCTION event_bridge._check_connector_settings(text, text, int, interval, interval, int, interval, text, int, text, interval, text, interval, text, text, text, text) IS
     'Internal: refuses connector settings out of range, and returns the headers parsed';
+
+/*
+ * Finds the credential a connector is to use and checks that the caller may
+ * use it; a NULL name is no credential (a row of NULLs).
+ */
+CREATE OR REPLACE FUNCTION event_bridge._use_credential(
+    credential_name   text,
+    OUT credential_id int,
+    OUT provider      text,
+    OUT region        text)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    owner regrole;
+BEGIN
+    IF credential_name IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT cs.credential_id, cs.provider, cs.region, cs.owner INTO credential_id, provider, region, owner
+      FROM event_bridge.credential_secrets cs WHERE cs.credential_name = _use_credential.credential_name
+       FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'credential "%" does not exist', credential_name
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Create it with event_bridge.create_credential.';
+    END IF;
+    PERFORM event_bridge._check_credential_use(owner, credential_name);
+END
+$$;
+COMMENT ON FUNCTION event_bridge._use_credential(text) IS
+    'Internal: finds a credential for a connector and checks that the caller may use it';
 
 CREATE OR REPLACE FUNCTION event_bridge.create_connector(
     connector_name text,
@@ -148,7 +188,10 @@ CREATE OR REPLACE FUNCTION event_bridge.create_connector(
     max_retry_interval interval DEFAULT '5 minutes',
     on_failure     text     DEFAULT 'suspend',
     max_record_age interval DEFAULT NULL,
-    partial_batch_response boolean DEFAULT false)
+    partial_batch_response boolean DEFAULT false,
+    target         text     DEFAULT 'http',
+    credential     text     DEFAULT NULL,
+    invocation     text     DEFAULT 'sync')
 RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -160,6 +203,7 @@ DECLARE
     cid      int;
     start_ms bigint := event_bridge._start_ms(start_time);
     hj       jsonb;
+    cr       record;
 BEGIN
     PERFORM event_bridge._hide_statement();
     PERFORM event_bridge._check_admin();
@@ -168,10 +212,11 @@ BEGIN
        OR batch_size IS NULL OR batch_window IS NULL OR retry_interval IS NULL
        OR max_retries IS NULL OR timeout IS NULL OR headers IS NULL
        OR max_request_bytes IS NULL OR retry_strategy IS NULL OR max_retry_interval IS NULL
-       OR on_failure IS NULL OR partial_batch_response IS NULL THEN
+       OR on_failure IS NULL OR partial_batch_response IS NULL OR target IS NULL
+       OR invocation IS NULL THEN
         RAISE EXCEPTION 'arguments of create_connector must not be null'
             USING ERRCODE = 'null_value_not_allowed',
-                  DETAIL = 'Only start_time (then the earliest retained record) and max_record_age (then no limit) may be null.';
+                  DETAIL = 'Only start_time (then the earliest retained record), max_record_age (then no limit) and credential (then none) may be null.';
     END IF;
     IF connector_name !~ '^[A-Za-z_][A-Za-z0-9_.-]{0,127}$' THEN
         RAISE EXCEPTION 'invalid connector name "%"', connector_name
@@ -189,17 +234,20 @@ BEGIN
         RAISE EXCEPTION 'connector "%" already exists', connector_name
             USING ERRCODE = 'duplicate_object';
     END IF;
+    cr := event_bridge._use_credential(credential);
     hj := event_bridge._check_connector_settings(endpoint, format, batch_size, batch_window,
         retry_interval, max_retries, timeout, headers, max_request_bytes, retry_strategy,
-        max_retry_interval, on_failure, max_record_age);
+        max_retry_interval, on_failure, max_record_age, target, invocation, cr.provider, cr.region);
 
     cid := nextval('event_bridge.connector_id_seq');
     INSERT INTO event_bridge.connectors (connector_id, connector_name, stream_id, endpoint, format,
         batch_size, batch_window, retry_interval, max_retries, timeout, headers, max_request_bytes,
-        retry_strategy, max_retry_interval, on_failure, max_record_age, partial_batch_response)
+        retry_strategy, max_retry_interval, on_failure, max_record_age, partial_batch_response,
+        target, credential_id, invocation)
     VALUES (cid, connector_name, s.stream_id, endpoint, format,
         batch_size, batch_window, retry_interval, max_retries, timeout, hj, max_request_bytes,
-        retry_strategy, max_retry_interval, on_failure, max_record_age, partial_batch_response);
+        retry_strategy, max_retry_interval, on_failure, max_record_age, partial_batch_response,
+        target, cr.credential_id, invocation);
     INSERT INTO event_bridge.connector_shards (connector_id, shard_id, delivered_sequence, skip_before)
     SELECT cid, g, event_bridge._start_sequence(s.stream_id, g, start_ms) - 1, coalesce(start_ms, 0)
       FROM generate_series(0, s.shard_count - 1) g;
@@ -210,8 +258,8 @@ EXCEPTION
             USING ERRCODE = 'duplicate_object';
 END
 $$;
-COMMENT ON FUNCTION event_bridge.create_connector(text, text, text, timestamptz, text, int, interval, interval, int, interval, text, int, text, interval, text, interval, boolean) IS
-    'Creates a connector that POSTs the records of a stream appended from start_time on to an http(s) endpoint, in order per shard, in the datahub or dis event format, retrying failed batches by retry_strategy and then suspending the shard or dead-lettering the failing records (on_failure)';
+COMMENT ON FUNCTION event_bridge.create_connector(text, text, text, timestamptz, text, int, interval, interval, int, interval, text, int, text, interval, text, interval, boolean, text, text, text) IS
+    'Creates a connector that POSTs the records of a stream appended from start_time on to an http(s) endpoint or a function platform (target, signed with credential), in order per shard, in the datahub or dis event format, retrying failed batches by retry_strategy and then suspending the shard or dead-lettering the failing records (on_failure)';
 
 CREATE OR REPLACE FUNCTION event_bridge.alter_connector(
     connector_name     text,
@@ -228,7 +276,10 @@ CREATE OR REPLACE FUNCTION event_bridge.alter_connector(
     max_retry_interval interval DEFAULT NULL,
     on_failure         text     DEFAULT NULL,
     max_record_age     interval DEFAULT NULL,
-    partial_batch_response boolean DEFAULT NULL)
+    partial_batch_response boolean DEFAULT NULL,
+    target             text     DEFAULT NULL,
+    credential         text     DEFAULT NULL,
+    invocation         text     DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -239,13 +290,23 @@ DECLARE
     cid int;
     c   record;
     hj  jsonb;
+    cr  record;
 BEGIN
     PERFORM event_bridge._hide_statement();
     cid := event_bridge._lock_connector(alter_connector.connector_name);
-    SELECT co.*, st.tables INTO c
+    SELECT co.*, st.tables, cs.credential_name INTO c
       FROM event_bridge.connectors co JOIN event_bridge.streams st ON st.stream_id = co.stream_id
+      LEFT JOIN event_bridge.credential_secrets cs ON cs.credential_id = co.credential_id
      WHERE co.connector_id = cid;
     PERFORM event_bridge._check_readable(c.tables);
+    -- '' removes the credential.  Whoever sends a credential somewhere new must be allowed to use it.
+    IF alter_connector.credential IS NOT NULL OR alter_connector.endpoint IS NOT NULL
+       OR alter_connector.target IS NOT NULL THEN
+        cr := event_bridge._use_credential(nullif(coalesce(alter_connector.credential, c.credential_name), ''));
+    ELSE
+        SELECT cs.credential_id, cs.provider, cs.region INTO cr
+          FROM event_bridge.credential_secrets cs WHERE cs.credential_id = c.credential_id;
+    END IF;
     hj := event_bridge._check_connector_settings(
         coalesce(alter_connector.endpoint, c.endpoint),
         coalesce(alter_connector.format, c.format),
@@ -259,7 +320,10 @@ BEGIN
         coalesce(alter_connector.retry_strategy, c.retry_strategy),
         coalesce(alter_connector.max_retry_interval, c.max_retry_interval),
         coalesce(alter_connector.on_failure, c.on_failure),
-        nullif(coalesce(alter_connector.max_record_age, c.max_record_age), interval '0'));
+        nullif(coalesce(alter_connector.max_record_age, c.max_record_age), interval '0'),
+        coalesce(alter_connector.target, c.target),
+        coalesce(alter_connector.invocation, c.invocation),
+        cr.provider, cr.region);
     UPDATE event_bridge.connectors co
        SET endpoint = coalesce(alter_connector.endpoint, co.endpoint),
            format = coalesce(alter_connector.format, co.format),
@@ -277,13 +341,16 @@ BEGIN
            max_record_age = nullif(coalesce(alter_connector.max_record_age, co.max_record_age),
                                    interval '0'),
            partial_batch_response = coalesce(alter_connector.partial_batch_response,
-                                             co.partial_batch_response)
+                                             co.partial_batch_response),
+           target = coalesce(alter_connector.target, co.target),
+           credential_id = cr.credential_id,
+           invocation = coalesce(alter_connector.invocation, co.invocation)
      WHERE co.connector_id = cid;
     PERFORM event_bridge._wake_delivery();
 END
 $$;
-COMMENT ON FUNCTION event_bridge.alter_connector(text, text, text, int, interval, interval, int, interval, text, int, text, interval, text, interval, boolean) IS
-    'Changes a connector''s settings (NULL: unchanged; max_record_age ''0'': no limit); its offsets are kept, and a batch in flight finishes under the old settings';
+COMMENT ON FUNCTION event_bridge.alter_connector(text, text, text, int, interval, interval, int, interval, text, int, text, interval, text, interval, boolean, text, text, text) IS
+    'Changes a connector''s settings (NULL: unchanged; max_record_age ''0'': no limit; credential '''': none); its offsets are kept, and a batch in flight finishes under the old settings';
 
 CREATE OR REPLACE FUNCTION event_bridge.stop_connector(name text)
 RETURNS void

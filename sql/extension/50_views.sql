@@ -98,7 +98,11 @@ SELECT c.connector_name,
        sum(ss.dead_letters)::bigint AS dead_letters,
        c.on_failure,
        c.max_record_age,
-       c.partial_batch_response
+       c.partial_batch_response,
+       c.target,
+       (SELECT cs.credential_name FROM event_bridge.credential_secrets cs
+         WHERE cs.credential_id = c.credential_id) AS credential,
+       c.invocation
   FROM event_bridge.connectors c
   JOIN event_bridge.streams s ON s.stream_id = c.stream_id
   JOIN event_bridge.shard_status ss ON ss.connector_name = c.connector_name
@@ -143,3 +147,17 @@ SELECT c.connector_name,
  WHERE event_bridge._may_read_record(s.tables, d.table_name);
 COMMENT ON VIEW event_bridge.dead_letters IS
     'Records that connectors with on_failure dead_letter gave up on, with the last status and error; a row shows only to roles that may read every table of its stream, while its table is one of them';
+
+/* Credentials without their secrets: key_id is an access key id or a header name. */
+CREATE OR REPLACE VIEW event_bridge.credentials AS
+SELECT cr.credential_name,
+       cr.provider,
+       cr.key_id,
+       cr.owner,
+       cr.created_at,
+       cr.rotated_at,
+       ARRAY(SELECT co.connector_name FROM event_bridge.connectors co
+              WHERE co.credential_id = cr.credential_id ORDER BY 1) AS connectors
+  FROM event_bridge.credential_secrets cr;
+COMMENT ON VIEW event_bridge.credentials IS
+    'One row per credential: its provider, key_id (the access key id or the token''s header name, never a secret), the role that created it, when it was created and last rotated, and the connectors that use it';

@@ -21,8 +21,8 @@ GRANT EXECUTE ON FUNCTION
     event_bridge.get_records(text, int, bigint, int),
     event_bridge.wait_for_capture(interval),
     event_bridge.recover_capture(),
-    event_bridge.create_connector(text, text, text, timestamptz, text, int, interval, interval, int, interval, text, int, text, interval, text, interval, boolean),
-    event_bridge.alter_connector(text, text, text, int, interval, interval, int, interval, text, int, text, interval, text, interval, boolean),
+    event_bridge.create_connector(text, text, text, timestamptz, text, int, interval, interval, int, interval, text, int, text, interval, text, interval, boolean, text, text, text),
+    event_bridge.alter_connector(text, text, text, int, interval, interval, int, interval, text, int, text, interval, text, interval, boolean, text, text, text),
     event_bridge.stop_connector(text),
     event_bridge.start_connector(text),
     event_bridge.resume_connector(text),
@@ -30,7 +30,10 @@ GRANT EXECUTE ON FUNCTION
     event_bridge.drop_connector(text),
     event_bridge.skip_batch(text, int),
     event_bridge.redeliver_dead_letters(text, text[]),
-    event_bridge.purge_dead_letters(text, interval)
+    event_bridge.purge_dead_letters(text, interval),
+    event_bridge.create_credential(text, text, text),
+    event_bridge.alter_credential(text, text),
+    event_bridge.drop_credential(text)
 TO event_bridge_admin;
 
 GRANT SELECT ON
@@ -38,7 +41,8 @@ GRANT SELECT ON
     event_bridge.connector_status,
     event_bridge.shard_status,
     event_bridge.connector_attempts_log,
-    event_bridge.dead_letters
+    event_bridge.dead_letters,
+    event_bridge.credentials
 TO event_bridge_admin;
 
 GRANT EXECUTE ON FUNCTION

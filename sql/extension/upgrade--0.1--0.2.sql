@@ -66,3 +66,36 @@ CREATE INDEX dead_letter_records_redeliver ON event_bridge.dead_letter_records
     (connector_id, shard_id, sequence) WHERE redeliver;
 COMMENT ON TABLE event_bridge.dead_letter_records IS
     'Records that connectors with on_failure dead_letter gave up on, with their last status and error';
+
+/* Targets and credentials (DESIGN 9.4). */
+/*
+ * One row per credential: what signs or authenticates a connector's
+ * requests.  secret and session_token are secrets: only the extension's
+ * owner reads this table, and the credentials view shows key_id (an access
+ * key id or a header name, never a secret).  owner is the role that created
+ * the credential; only its members (and superusers) may use it in a
+ * connector, so that no other admin can point it at an endpoint of theirs.
+ */
+CREATE TABLE event_bridge.credential_secrets (
+    credential_id   int PRIMARY KEY,
+    credential_name text NOT NULL UNIQUE,
+    provider        text NOT NULL
+                    CHECK (provider IN ('aliyun', 'huaweicloud', 'aws', 'webhook', 'token')),
+    owner           regrole NOT NULL,
+    key_id          text,
+    secret          text NOT NULL,
+    session_token   text,
+    region          text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    rotated_at      timestamptz
+);
+CREATE SEQUENCE event_bridge.credential_id_seq AS int OWNED BY event_bridge.credential_secrets.credential_id;
+COMMENT ON TABLE event_bridge.credential_secrets IS
+    'Credentials that sign or authenticate connectors'' requests; readable by the extension''s owner only';
+SELECT pg_catalog.pg_extension_config_dump('event_bridge.credential_secrets', '');
+SELECT pg_catalog.pg_extension_config_dump('event_bridge.credential_id_seq', '');
+ALTER TABLE event_bridge.connectors
+    ADD COLUMN target text NOT NULL DEFAULT 'http'
+               CHECK (target IN ('http', 'fc', 'functiongraph', 'lambda')),
+    ADD COLUMN credential_id int REFERENCES event_bridge.credential_secrets,
+    ADD COLUMN invocation text NOT NULL DEFAULT 'sync' CHECK (invocation IN ('sync', 'async'));

@@ -12,11 +12,13 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep time);
 
-our @EXPORT = qw(check_dead_letter_order start_receiver stop_receiver receiver_log wait_for_log
+our @EXPORT = qw(check_dead_letter_order start_receiver start_signing_endpoint stop_receiver
+  receiver_log wait_for_log
   acked_ids acked_by_shard check_shard_order wait_delivered
   run_checker checker_ok);
 
 my $receiver_py = "$FindBin::RealBin/../receiver.py";
+my $endpoint_js = "$FindBin::RealBin/../signing/endpoint.js";
 my $checker_py = "$FindBin::RealBin/../check_invariants.py";
 
 # Receivers started and not stopped yet: stopped when the test ends, also
@@ -31,7 +33,8 @@ END
 }
 
 # Starts test/receiver.py on 127.0.0.1 and waits until it listens.  Options:
-# port (0 = a free one), log (a file to append to), args (more arguments).
+# port (0 = a free one), log (a file to append to), args (more arguments),
+# program (the command before the arguments, python3 receiver.py by default).
 # Returns {pid, port, log}.
 sub start_receiver
 {
@@ -39,7 +42,7 @@ sub start_receiver
 	my $dir = PostgreSQL::Test::Utils::tempdir();
 	my $log = $opt{log} // "$dir/receiver.jsonl";
 	my $port_file = "$dir/port";
-	my @cmd = ('python3', $receiver_py, '--port', $opt{port} // 0,
+	my @cmd = (@{ $opt{program} // [ 'python3', $receiver_py ] }, '--port', $opt{port} // 0,
 		'--port-file', $port_file, '--log', $log, @{ $opt{args} // [] });
 
 	my $pid = fork();
@@ -58,6 +61,19 @@ sub start_receiver
 	close $fh;
 	chomp $port;
 	return { pid => $pid, port => $port, log => $log };
+}
+
+# Starts test/signing/endpoint.js, which verifies every request of a
+# platform with its official signing code, accepting the secrets in the
+# JSON array of the file keys (re-read at every request).  Options as
+# start_receiver's.  Returns {pid, port, log, keys}.
+sub start_signing_endpoint
+{
+	my ($platform, $keys, %opt) = @_;
+	my $r = start_receiver(%opt, program => [ 'node', $endpoint_js ],
+		args => [ '--platform', $platform, '--keys', $keys, @{ $opt{args} // [] } ]);
+	$r->{keys} = $keys;
+	return $r;
 }
 
 # Stops a receiver and waits until its port is free.
@@ -107,7 +123,8 @@ sub wait_for_log
 
 # Event ids of the records acknowledged by a 2xx, in arrival order; only
 # those of one path (e.g. '/dis') if given.  A 2xx that listed
-# batchItemFailures acknowledged only the records before the first listed.
+# batchItemFailures acknowledged only the records before the first listed;
+# a 2xx that said the function failed (test/signing/endpoint.js) none.
 sub acked_ids
 {
 	my ($entries, $path) = @_;
@@ -118,6 +135,7 @@ sub acked_ids
 		  unless defined $e->{status}
 		  && $e->{status} >= 200
 		  && $e->{status} < 300
+		  && ($e->{fault} // '') ne 'function-error'
 		  && (!defined $path || $e->{path} eq $path);
 		my %failed = map { $_ => 1 } @{ $e->{item_failures} // [] };
 		for my $id (@{ $e->{event_ids} })
