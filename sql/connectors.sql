@@ -156,16 +156,18 @@ SELECT event_bridge._format_batch('datahub', 'shop', 'orders', 'cn-hangzhou', 0,
     1463000123500);
 -- DIS: zero-padded ShardID, base64 data, string sequence numbers, the
 -- partition key (empty when the row has none), millis_behind_latest from
--- the last record, and a base64 cursor "<shard>:<next sequence>".
+-- the last record, and a cursor shaped as DIS's: the unpadded base64 of an
+-- iterator naming the stream, the shard, the cursor type and the next sequence.
 SELECT event_bridge._format_batch('dis', 'shop', 'orders', 'cn-north-4', 3,
     '{9,10}', '{1463000123000,1463000123001}', '{7,NULL}',
     ARRAY['["1","I","42","shop","public.orders","1463000122999","N","Y","7","a"]',
           '["2","D","42","shop","public.orders","1463000123000","Y","N","8","b"]'],
     1463000123500) AS body \gset
 SELECT :'body' AS body;
-SELECT convert_from(decode(b #>> '{Message,next_partition_cursor}', 'base64'), 'UTF8') AS cursor,
+SELECT convert_from(decode(rpad(c, (length(c) + 3) / 4 * 4, '='), 'base64'), 'UTF8') AS cursor,
+       c LIKE '%=' AS padded,
        convert_from(decode(r->>'data', 'base64'), 'UTF8')::jsonb = (r->>'data_expected')::jsonb AS data_matches
-  FROM (SELECT :'body'::jsonb AS b) x,
+  FROM (SELECT :'body'::jsonb AS b, :'body'::jsonb #>> '{Message,next_partition_cursor}' AS c) x,
        LATERAL (SELECT (b #> '{Message,records,0}') || jsonb_build_object('data_expected',
                 '["1","I","42","shop","public.orders","1463000122999","N","Y","7","a"]') AS r) y;
 -- Names and text are escaped as JSON; non-ASCII text stays UTF-8.

@@ -12,8 +12,11 @@
  *	  as a JSON string.
  * dis: Huawei FunctionGraph DIS trigger.  Each record is {"partition_key",
  *	  "data", "sequence_number"}, where data is the base64 of the JSON array
- *	  and sequence_number a string.  next_partition_cursor is the base64 of
- *	  "<shard>:<next sequence>", an opaque position after the batch.
+ *	  and sequence_number a string.  next_partition_cursor is the position
+ *	  after the batch as DIS's cursors are (its sample event shows one): the
+ *	  unpadded base64 of {"getIteratorParam":{"stream-name","partition-id",
+ *	  "cursor-type":"AT_SEQUENCE_NUMBER","starting-sequence-number":"<next
+ *	  sequence>"},"generateTimestamp":<ms>}.
  *
  * Bodies are UTF-8 whatever the database encoding.
  *
@@ -277,11 +280,26 @@ static void
 format_dis(StringInfo out, const FormatBatch *b)
 {
 	const FormatRecord *last = &b->records[b->nrecords - 1];
-	char	   *cursor = psprintf("%d:" INT64_FORMAT, b->shard_id, last->sequence + 1);
+	StringInfoData cursor;
+	const char *utf8;
+
+	/* The position after the batch, as DIS's own cursors say it. */
+	initStringInfo(&cursor);
+	appendStringInfoString(&cursor, "{\"getIteratorParam\":{\"stream-name\":");
+	escape_json(&cursor, b->stream);
+	appendStringInfo(&cursor, ",\"partition-id\":\"shardId-%010d\","
+					 "\"cursor-type\":\"AT_SEQUENCE_NUMBER\","
+					 "\"starting-sequence-number\":\"" INT64_FORMAT "\"},"
+					 "\"generateTimestamp\":" INT64_FORMAT "}",
+					 b->shard_id, last->sequence + 1, b->now_ms);
+	utf8 = to_utf8(cursor.data);
 
 	appendStringInfo(out, "{\"ShardID\":\"shardId-%010d\","
 					 "\"Message\":{\"next_partition_cursor\":\"", b->shard_id);
-	append_base64(out, cursor, strlen(cursor));
+	append_base64(out, utf8, strlen(utf8));
+	/* Unpadded, as in DIS's sample. */
+	while (out->data[out->len - 1] == '=')
+		out->data[--out->len] = '\0';
 	appendStringInfoString(out, "\",\"records\":[");
 	for (int i = 0; i < b->nrecords; i++)
 	{

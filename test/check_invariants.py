@@ -67,7 +67,8 @@ Invariants (ids in brackets, as in --json):
                counted as not verifiable.  With bodies in the log (receiver
                --keep-body) the data strings are compared byte for byte, and
                the envelope is checked too: eventSourceARN and region;
-               ShardID, next_partition_cursor, partition_key, StreamName.
+               ShardID, next_partition_cursor (DIS's iterator JSON naming the
+               stream, shard and next sequence), partition_key, StreamName.
   [aborted]    --forbid-substring S (e.g. a marker the load writes only in
                transactions or savepoints it rolls back) appears in no
                delivered record and in no stored record of the database.
@@ -491,6 +492,15 @@ def parse_ids(e):
     return out
 
 
+def decode_cursor(cursor):
+    """A DIS next_partition_cursor (unpadded base64 of a JSON object), decoded; None if it is not one."""
+    try:
+        doc = json.loads(base64.b64decode(cursor + "=" * (-len(cursor) % 4), validate=True))
+        return doc if isinstance(doc, dict) else None
+    except (ValueError, TypeError):
+        return None
+
+
 def body_key(e, conn):
     """What must be equal between two sendings of the same batch."""
     if conn.format == "datahub" or "body" not in e:
@@ -498,6 +508,10 @@ def body_key(e, conn):
     try:
         doc = json.loads(e["body"])
         doc["Message"].pop("millis_behind_latest", None)
+        cursor = decode_cursor(doc["Message"].get("next_partition_cursor"))
+        if cursor is not None:
+            cursor.pop("generateTimestamp", None)
+            doc["Message"]["next_partition_cursor"] = cursor
         return json.dumps(doc, sort_keys=True)
     except (ValueError, KeyError, TypeError, AttributeError):
         return e.get("body_sha256")
@@ -528,7 +542,9 @@ def check_envelope(e, conn, ids, recs, ctx, where):
         return
     msg = doc.get("Message") or {}
     last = ids[-1][1]
-    want_cursor = base64.b64encode(f"{shard}:{last + 1}".encode()).decode()
+    want_cursor = {"stream-name": conn.stream_name, "partition-id": "shardId-%010d" % shard,
+                   "cursor-type": "AT_SEQUENCE_NUMBER", "starting-sequence-number": str(last + 1)}
+    cursor = decode_cursor(msg.get("next_partition_cursor") or "")
     problems = []
     if doc.get("ShardID") != "shardId-%010d" % shard:
         problems.append(f"ShardID {doc.get('ShardID')!r}")
@@ -536,9 +552,12 @@ def check_envelope(e, conn, ids, recs, ctx, where):
         problems.append(f"StreamName {doc.get('StreamName')!r}")
     if doc.get("Tag") != "latest":
         problems.append(f"Tag {doc.get('Tag')!r}")
-    if msg.get("next_partition_cursor") != want_cursor:
-        problems.append(f"next_partition_cursor {msg.get('next_partition_cursor')!r}, "
-                        f"not base64 of {shard}:{last + 1}")
+    if (cursor is None or cursor.get("getIteratorParam") != want_cursor
+            or not isinstance(cursor.get("generateTimestamp"), int)
+            or msg["next_partition_cursor"].endswith("=")):
+        problems.append(f"next_partition_cursor {msg.get('next_partition_cursor')!r} decodes to "
+                        f"{cursor!r}, not the unpadded base64 of {{\"getIteratorParam\": "
+                        f"{want_cursor!r}, \"generateTimestamp\": <ms>}}")
     mbl = msg.get("millis_behind_latest")
     if not (isinstance(mbl, str) and mbl.isdigit()):
         problems.append(f"millis_behind_latest {mbl!r}")

@@ -142,18 +142,21 @@ is($datahub_mismatches, '0', 'every DataHub body is byte-exact');
 my $dis_mismatches = $node->safe_psql('postgres', qq{
 	WITH b (shard, first_seq, last_seq, sha, t_ms) AS (VALUES @{[batches_sql('/dis')]}),
 	parts AS (
-	    SELECT b.*, x.head, x.tail, x.last_time
+	    SELECT b.*, x.head, x.cursor, x.records, x.tail, x.last_time
 	      FROM b, LATERAL (
 	        SELECT '{"ShardID":"shardId-' || lpad(b.shard::text, 10, '0')
-	               || '","Message":{"next_partition_cursor":"'
-	               || encode(convert_to(b.shard || ':' || (b.last_seq + 1), 'UTF8'), 'base64')
-	               || '","records":['
+	               || '","Message":{"next_partition_cursor":"' AS head,
+	               '{"getIteratorParam":{"stream-name":"orders","partition-id":"shardId-'
+	               || lpad(b.shard::text, 10, '0')
+	               || '","cursor-type":"AT_SEQUENCE_NUMBER","starting-sequence-number":"'
+	               || (b.last_seq + 1) || '"},"generateTimestamp":' AS cursor,
+	               '","records":['
 	               || string_agg('{"partition_key":' || to_json(coalesce(r.partition_key, ''))::text
 	                             || ',"data":"'
 	                             || translate(encode(convert_to(r.data, 'UTF8'), 'base64'), E'\\n', '')
 	                             || '","sequence_number":"' || r.sequence || '"}',
 	                             ',' ORDER BY r.sequence)
-	               || '],"millis_behind_latest":"' AS head,
+	               || '],"millis_behind_latest":"' AS records,
 	               '"},"Tag":"latest","StreamName":"orders"}' AS tail,
 	               max(r.system_time) AS last_time
 	          FROM event_bridge.records r
@@ -161,7 +164,11 @@ my $dis_mismatches = $node->safe_psql('postgres', qq{
 	SELECT count(*) FROM parts p
 	 WHERE NOT EXISTS (
 	       SELECT FROM generate_series(0, greatest(p.t_ms - p.last_time + 1, 0)) m
-	        WHERE encode(sha256(convert_to(p.head || m || p.tail, 'UTF8')), 'hex') = p.sha)});
+	        WHERE encode(sha256(convert_to(p.head
+	              -- the cursor, made when the body was: its generateTimestamp is the send time
+	              || rtrim(translate(encode(convert_to(p.cursor || (p.last_time + m) || '}', 'UTF8'),
+	                                        'base64'), E'\\n', ''), '=')
+	              || p.records || m || p.tail, 'UTF8')), 'hex') = p.sha)});
 is($dis_mismatches, '0', 'every DIS body is byte-exact');
 
 # The status views agree with what the endpoint counted.
