@@ -412,6 +412,7 @@ Q -c "CHECKPOINT" >/dev/null
 SYNC_US_DLV=$(sync_write_us)
 echo "   a synchronous 8 kB write takes $SYNC_US_DLV µs now"
 
+declare -A SIGN_PLAIN SIGN_DLV
 # deliver_run PORT URL SHARDS BATCH [STREAM [OPTIONS]]: a connector from the
 # earliest record of the stream's backlog (d1 or d4 by SHARDS); delivered/s
 # between the first and the last receipt, until everything arrived or
@@ -457,6 +458,51 @@ SQL
 POISON_CLEAN=$(deliver_run "$RECV_PORT" "$URL" 4 100 dp)
 POISON_DLV=$(deliver_run "$POISON_PORT" "http://127.0.0.1:$POISON_PORT/fc" 4 100 dp ", on_failure => 'dead_letter'")
 echo "   4 shards, batch_size 100, 1 % poison records: $POISON_DLV events/s acknowledged (all accepted: $POISON_CLEAN)"
+
+SIGN_SECRET="whsec_$(printf '%032d' 0 | base64 -w0)"
+# Signed invocations (batch_size 100, 4 shards): each target signs every
+# request as its platform wants (the endpoint takes any path and does not
+# check); each beside an unsigned http run just before it.
+Q <<SQL >/dev/null
+SELECT event_bridge.create_credential('b_ali', 'aliyun', '{"access_key_id": "LTAI_BENCH", "access_key_secret": "s"}');
+SELECT event_bridge.create_credential('b_hw', 'huaweicloud', '{"access_key": "HWAK_BENCH", "secret_key": "s"}');
+SELECT event_bridge.create_credential('b_aws', 'aws', '{"access_key_id": "AKID_BENCH", "secret_access_key": "s", "region": "us-east-1"}');
+SELECT event_bridge.create_credential('b_hook', 'webhook', '{"secret": "$SIGN_SECRET"}');
+SQL
+declare -A SIGN_PATH=(
+    [fc]="/2023-03-30/functions/f/invocations|target => 'fc', credential => 'b_ali'"
+    [functiongraph]="/v2/p/fgs/functions/urn:fss:r:p:function:default:f:latest/invocations|target => 'functiongraph', credential => 'b_hw'"
+    [lambda]="/2015-03-31/functions/f/invocations|target => 'lambda', credential => 'b_aws'"
+    [webhook]="/hook|credential => 'b_hook'")
+for t in fc functiongraph lambda webhook; do
+    SIGN_PLAIN[$t]=$(deliver_run "$RECV_PORT" "$URL" 4 100)
+    SIGN_DLV[$t]=$(deliver_run "$RECV_PORT" "http://127.0.0.1:$RECV_PORT${SIGN_PATH[$t]%%|*}" 4 100 d4 ", ${SIGN_PATH[$t]#*|}")
+    echo "   4 shards, batch_size 100, signed for $t: ${SIGN_DLV[$t]} events/s (unsigned http just before: ${SIGN_PLAIN[$t]})"
+done
+# What signing one request costs: the signature of a 100-record body
+# (~20 kB, as the runs above send), minus the same loop without it.  The
+# body is a value in memory, as in the worker; g keeps each call apart.
+SIGN_BODY=$(Q -At -c "SELECT length(event_bridge._format_batch('datahub', 'db', 's', 'r', 0,
+    array_agg(g::bigint), array_agg(g::bigint), array_agg(NULL::text),
+    array_agg('[\"' || g || '\",\"I\",\"1\",\"db\",\"public.t\",\"1\",\"N\",\"Y\",\"' || g || '\",\"' || repeat('x', 120) || '\"]'), 0))
+    FROM generate_series(1, 100) g")
+SIGN_N=5000
+sign_ms() {   # sign_ms EXPR: milliseconds of SIGN_N evaluations of EXPR, with b a body of SIGN_BODY bytes
+    Q -At <<SQL | tail -1
+SELECT count($1) FROM (SELECT repeat('x', $SIGN_BODY) AS b) sb, generate_series(1, 500) g;   -- warm up
+SELECT extract(epoch FROM clock_timestamp()) \gset t0_
+SELECT count($1) FROM (SELECT repeat('x', $SIGN_BODY) AS b) sb, generate_series(1, $SIGN_N) g;
+SELECT round(((extract(epoch FROM clock_timestamp()) - :t0_extract) * 1000)::numeric, 1);
+SQL
+}
+SIGN_BASE=$(sign_ms "length(g || 'x')")
+SIGN_ACS3=$(sign_ms "event_bridge._signature('acs3', '/2023-03-30/functions/f/invocations', '', ARRAY['host:h', 'content-type:application/json', 'x-acs-date:' || g], b, 'k', 's', '')")
+SIGN_HW=$(sign_ms "event_bridge._signature('sdk-hmac', '/v2/p/fgs/functions/urn:fss:r:p:function:default:f:latest/invocations', '', ARRAY['host:h', 'content-type:application/json'], b, 'k', 's', g::text)")
+SIGN_HOOK=$(sign_ms "event_bridge._signature('webhook', '', '', '{}', b, 'msg_1', '$SIGN_SECRET', g::text)")
+for v in ACS3 HW HOOK; do
+    eval "SIGN_US_$v=\$(calc '%.1f' \"(\$SIGN_$v - \$SIGN_BASE) * 1000 / \$SIGN_N\")"
+done
+echo "   signing one request of $SIGN_BODY bytes: ACS3 $SIGN_US_ACS3 µs, SDK-HMAC $SIGN_US_HW µs, Standard Webhooks $SIGN_US_HOOK µs"
 
 # The whole pipeline: WAL written while capture is held back, then capture
 # and delivery (batch_size 100, 4 shards) run together until the last receipt.
@@ -735,6 +781,10 @@ for shards in 1 4; do
     done
 done
 row "3. delivered with 1 % poison records (400, on_failure dead_letter), batch_size 100, 4 shards" "$(fmt $POISON_DLV) events/s" "the same records, all accepted $(fmt $POISON_CLEAN)" "$(ratio $POISON_DLV $POISON_CLEAN)" ""
+for t in fc functiongraph lambda webhook; do
+    row "3. delivered signed for $t, batch_size 100, 4 shards" "$(fmt "${SIGN_DLV[$t]}") events/s" "unsigned http just before $(fmt "${SIGN_PLAIN[$t]}")" "$(ratio "${SIGN_DLV[$t]}" "${SIGN_PLAIN[$t]}")" ""
+done
+row "3. signing one request of $(fmt "$SIGN_BODY") bytes (100 records)" "ACS3 $SIGN_US_ACS3 µs, SDK-HMAC $SIGN_US_HW µs, webhook $SIGN_US_HOOK µs" "" "" ""
 row "3. pipeline: WAL -> capture -> delivery, batch_size 100, 4 shards, $(fmt $PIPE_ROWS) rows" "$(fmt $PIPE) events/s" "capture (2, bulk) $(fmt $CAP_bulk_EB)" "$(ratio $PIPE $CAP_bulk_EB)" ""
 for shards in 1 4; do
     for batch in 1 100 1000; do
