@@ -42,10 +42,12 @@ listen_addresses = ''
 CONF
 eb_as_user pg_ctl -D "$DIR/data" -l "$DIR/server.log" -w start >/dev/null
 
-echo "== starting a local function endpoint (test/receiver.py)"
+# The function endpoint verifies Standard Webhooks signatures with this secret.
+HOOK_SECRET="whsec_$(head -c 32 /dev/urandom | base64 -w0)"
+echo "== starting a local function endpoint (test/receiver.py), which checks signatures"
 eb_spawn_as_user "$DIR/receiver.pid" python3 "$EB_ROOT/test/receiver.py" --port 0 \
     --port-file "$DIR/receiver.port" --log "$DIR/received.jsonl" --print --keep-body \
-    > "$DIR/received.txt" 2>&1
+    --webhook-secret "$HOOK_SECRET" > "$DIR/received.txt" 2>&1
 for _ in $(seq 100); do [ -s "$DIR/receiver.port" ] && break; sleep 0.1; done
 ENDPOINT="http://127.0.0.1:$(cat "$DIR/receiver.port")/invoke"
 
@@ -56,8 +58,8 @@ run "CREATE EXTENSION event_bridge"
 run "CREATE TABLE orders (id int PRIMARY KEY, customer text, amount numeric(10,2));
 ALTER TABLE orders REPLICA IDENTITY FULL"
 run "SELECT event_bridge.create_stream('orders', ARRAY['orders']::regclass[], shard_count => 2)"
-run "SELECT event_bridge.create_connector('orders_fc', 'orders', '$ENDPOINT',
-       headers => '{\"X-Auth-Token\": \"demo-secret\"}')"
+run "SELECT event_bridge.create_credential('orders_hook', 'webhook', '{\"secret\": \"$HOOK_SECRET\"}')"
+run "SELECT event_bridge.create_connector('orders_fc', 'orders', '$ENDPOINT', credential => 'orders_hook')"
 run "INSERT INTO orders VALUES (1, 'alice', 10.50), (2, 'bob', 20.00), (3, 'carol', 30.00)"
 run "UPDATE orders SET amount = 12.00 WHERE id = 1"
 run "DELETE FROM orders WHERE id = 2"
@@ -72,15 +74,16 @@ run "SELECT event_id, operation, data FROM event_bridge.get_records('orders', 0,
 UNION ALL
 SELECT event_id, operation, data FROM event_bridge.get_records('orders', 1, 0)"
 echo
-echo "== the function received (eventId, operation, table, image, columns):"
+echo "== the function received (each request's webhook-id, then eventId, operation, table, image, columns):"
 grep -v '^receiver:' "$DIR/received.txt"
 echo
 echo "== the first request body, as the function got it:"
 python3 -c 'import json, sys; print(json.dumps(json.loads(json.loads(open(sys.argv[1]).readline())["body"]), indent=1))' "$DIR/received.jsonl"
 run "SELECT * FROM event_bridge.stream_status"
 run "SELECT connector_name, stream_name, endpoint, state, delivered, pending, lag_ms, last_event_id,
-       failures, last_error, last_http_status, header_names
+       failures, last_error, last_http_status, target, credential
   FROM event_bridge.connector_status"
+run "SELECT * FROM event_bridge.credentials"
 run "SELECT connector_name, shard_id, state, delivered_sequence, next_sequence, pending, failures, last_error
   FROM event_bridge.shard_status ORDER BY shard_id"
 
@@ -108,7 +111,7 @@ as_ops() { echo; echo "ops=> $1"; psql -X -h "$DIR" -p "$PORT" -U ops -d postgre
 as_ops "SELECT connector_name, state, delivered FROM event_bridge.connector_status"
 as_ops "SELECT * FROM event_bridge.get_records('orders', 0, 0)"
 as_ops "SELECT count(*) AS dead_letters_ops_may_see FROM event_bridge.dead_letters"
-as_ops "SELECT headers FROM event_bridge.connectors"
+as_ops "SELECT secret FROM event_bridge.credential_secrets"
 echo
 echo "== a captured table must stay logged"
 run "ALTER TABLE orders SET UNLOGGED" || true

@@ -74,8 +74,14 @@ order; cut-off requests do not count):
 4 of the data array, the columns follow its eight metadata fields), else
 "<event_id>  <data>".
 --keep-body adds the raw request body to each log line as "body".
+--webhook-secret whsec_... verifies every POST's Standard Webhooks headers
+(webhook-id, webhook-timestamp within 5 minutes, webhook-signature "v1,"
+base64 HMAC-SHA256 of "id.timestamp.body"), decided before any fault: a
+request that fails is answered 401 (fault "bad-signature"); the log line
+gets "webhook_id" and, with --print, a line "<webhook-id>: signature
+verified".
 """
-import argparse, base64, hashlib, http.server, json, os, random
+import argparse, base64, hashlib, hmac, http.server, json, os, random
 import signal, socket, struct, sys, threading, time
 
 ARGS = None                     # parsed command line, set in main()
@@ -218,6 +224,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
         finally:
             self.connection.settimeout(None)   # idle keep-alive may wait
 
+    def webhook_problem(self, body):
+        """Why the Standard Webhooks headers do not verify, or None."""
+        msg_id = self.headers.get("webhook-id", "")
+        stamp = self.headers.get("webhook-timestamp", "")
+        if not msg_id or not stamp.isdigit():
+            return "no webhook-id or webhook-timestamp"
+        if abs(time.time() - int(stamp)) > 300:
+            return "webhook-timestamp is more than 5 minutes away"
+        key = base64.b64decode(ARGS.webhook_secret.removeprefix("whsec_"))
+        mac = hmac.new(key, f"{msg_id}.{stamp}.".encode() + body, hashlib.sha256).digest()
+        want = "v1," + base64.b64encode(mac).decode()
+        given = self.headers.get("webhook-signature", "").split(" ")
+        return None if any(hmac.compare_digest(want, g) for g in given) else "signature mismatch"
+
     def do_POST(self):
         t_ms = time.time() * 1000.0
         body, error = self.read_body()
@@ -226,6 +246,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except Exception:              # odd shapes, e.g. records not objects
             fmt, shard, recs, texts = "unknown", None, [], []
         poisoned = [] if error else poison_ids(recs, texts)
+        bad_signature = None if error or not ARGS.webhook_secret else self.webhook_problem(body)
         entry = {"t_ms": t_ms, "path": self.path, "format": fmt,
                  "status": None, "fault": None, "shard": shard,
                  "event_ids": [r["event_id"] for r in recs],
@@ -234,12 +255,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
                  "records": recs}
         if ARGS.keep_body:
             entry["body"] = body.decode("utf-8", "replace")
+        if ARGS.webhook_secret:
+            entry["webhook_id"] = self.headers.get("webhook-id")
         acked = len(recs)              # records a 2xx acknowledges
         with LOCK:                     # decide, count and log atomically
             # Poison first: it neither counts for --fail-first nor draws.
-            fault = None if error else "poison" if poisoned else choose_fault()
+            fault = (None if error else "bad-signature" if bad_signature
+                     else "poison" if poisoned else choose_fault())
             if error:
                 entry["error"] = error
+            elif fault == "bad-signature":
+                entry["status"], entry["fault"], entry["error"] = 401, fault, bad_signature
             elif fault == "poison" and ARGS.partial_response:
                 entry["status"], entry["fault"] = 200, "item-failures"
                 entry["item_failures"] = poisoned
@@ -260,6 +286,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 STATE["ids"].update(entry["event_ids"][:acked])
             STATE["log"].write(json.dumps(entry) + "\n")
             STATE["log"].flush()
+            if ARGS.print and ARGS.webhook_secret:
+                print(f"{entry['webhook_id']}: " + (bad_signature or "signature verified"), flush=True)
             if ARGS.print:
                 for r in recs:
                     print(f"{r['event_id']}  {summary(r['data'])}", flush=True)
@@ -289,6 +317,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             failures = [{"itemIdentifier": i} for i in poisoned]
             self.reply(200, json.dumps({"batchItemFailures": failures}).encode(),
                        "application/json")
+        elif fault == "bad-signature":
+            self.reply_status(401, f"{bad_signature}\n".encode())
         elif fault == "poison":
             shown = ", ".join(map(str, poisoned[:5])) + (", ..." if len(poisoned) > 5 else "")
             self.reply_status(entry["status"], f"poison record(s) {shown}\n".encode())
@@ -342,6 +372,8 @@ def main():
                    help="the status of poison requests (default 400)")
     p.add_argument("--partial-response", action="store_true",
                    help="answer poison requests 200 with batchItemFailures")
+    p.add_argument("--webhook-secret", metavar="WHSEC",
+                   help="verify Standard Webhooks signatures made with this secret")
     p.add_argument("--reply-body", help="the body of 200 replies (default {\"ok\":true})")
     ARGS = p.parse_args()
     if ARGS.partial_response and not (ARGS.poison or ARGS.poison_event_id):
