@@ -732,12 +732,18 @@ def check_resend(where, e, conn, sh, seqs, res, args):
             # The answer was lost, and a retry failed since: the worker may
             # cut the records anew (bisection), from its offset on.
             st["bisected_resends"] += 1
-        elif args.disruptions is not None and cur[0] in prev_ids \
-                and all(q in prev_ids for q in cur if q in sh.acked):
+        elif args.disruptions is not None and (
+                (cur[0] in prev_ids and all(q in prev_ids for q in cur if q in sh.acked))
+                or cur[0] == prev_ids[-1] + 1):
             # A crash lost the answer of a half of a bisected batch: after
             # the restart the failed batch is read and bisected again, so
-            # the half's records come back cut differently.  A window must
-            # lie between (checked at the end, as for a batch acked twice).
+            # the half's records come back cut differently.  Or a crash
+            # lost the offset of a batch acked just before it: after the
+            # restart the batch is read again, extended, and if that
+            # fails it is bisected, so a later half (starting right after
+            # the latest answered one) repeats records acked before the
+            # crash.  A window must lie between (checked at the end, as
+            # for a batch acked twice).
             st["bisected_resends"] += 1
             first_t = min(sh.answered_at.get(q, prev_t) for q in cur if q in sh.answered)
             conn.acked_twice.append((first_t, e.get("t_ms") or 0, where, shard,
