@@ -31,6 +31,11 @@ UPDATE products SET price = 21 WHERE id = 2;
 INSERT INTO shop.stock VALUES (1);
 ALTER SCHEMA shop RENAME TO store;
 INSERT INTO store.stock VALUES (2);
+-- ADD COLUMN: later records carry it; DROP COLUMN: later records lack it.
+ALTER TABLE store.stock ADD COLUMN qty int;
+INSERT INTO store.stock VALUES (3, 30);
+ALTER TABLE store.stock DROP COLUMN qty;
+INSERT INTO store.stock VALUES (4);
 -- SET UNLOGGED of a captured table is refused: its changes would go unseen.
 ALTER TABLE other SET UNLOGGED;
 SELECT relpersistence FROM pg_class WHERE oid = 'other'::regclass;
@@ -48,6 +53,12 @@ SELECT event_bridge.wait_for_capture();
 SELECT * FROM show();
 SELECT stream_name, tables, records, capture_state FROM event_bridge.stream_status;
 SELECT tables FROM event_bridge.streams;
+-- Each record names its table's version: the columns the record carries
+-- (names and types, in data order) and the key.  DDL makes a new version;
+-- a shape seen before (stock without qty again) keeps its version.
+SELECT r.sequence, r.table_name, r.table_version, v.columns, v.key_columns
+  FROM event_bridge.records r JOIN event_bridge.table_versions v USING (table_version)
+ ORDER BY r.sequence;
 
 DROP EXTENSION event_bridge;
 DROP FUNCTION show();

@@ -74,9 +74,12 @@ extern void capture_restore_sequence(CaptureStore *store, int32 stream_id, int32
 									 int64 next_sequence);
 extern int64 capture_next_record_id(CaptureStore *store);
 extern void capture_catalog_changed(CaptureStore *store);
+extern int64 capture_table_version(CaptureStore *store, const char *table_name,
+								   const char *columns, const char *key_columns);
 extern void capture_append(CaptureStore *store, CaptureStream *stream, int32 shard_id,
 						   int64 record_id, char operation, const char *table_name,
-						   const char *key, int keylen, const char *data, int datalen);
+						   int64 table_version, const char *key, int keylen,
+						   const char *data, int datalen);
 
 /* capture_store.c, called by the worker */
 extern CaptureStore *capture_store_create(EbDatabase *db, Oid records_relid);

@@ -54,6 +54,7 @@ typedef struct PendingHeader
 	int32		shard_id;
 	int64		sequence;
 	int64		record_id;
+	int64		table_version;
 	char		operation;
 	int32		table_len;
 	int32		key_len;		/* -1: no key */
@@ -75,13 +76,28 @@ typedef enum RecordsColumn
 	RC_TABLE_NAME,
 	RC_PARTITION_KEY,
 	RC_DATA,
+	RC_TABLE_VERSION,
 	RC_NUM
 } RecordsColumn;
 
 static const char *const records_columns[RC_NUM] = {
 	"stream_id", "shard_id", "sequence", "system_time", "record_id",
-	"operation", "table_name", "partition_key", "data"
+	"operation", "table_name", "partition_key", "data", "table_version"
 };
+
+/*
+ * A shape of a captured table (event_bridge.table_versions): its name, and
+ * its columns and key as JSON text, written as jsonb writes them, so that
+ * the ones loaded from the catalog compare equal with the decoder's.
+ */
+typedef struct TableVersion
+{
+	int64		id;
+	char	   *table_name;
+	char	   *columns;
+	char	   *key_columns;
+	bool		stored;			/* in the catalog, or stored at the next flush */
+} TableVersion;
 
 struct CaptureStore
 {
@@ -91,6 +107,8 @@ struct CaptureStore
 	List	   *streams;		/* CaptureStream */
 	uint64		streams_generation; /* bumped when the set of streams changes */
 	int64		next_record_id;
+	List	   *versions;		/* TableVersion; a few per table, one per shape */
+	int64		next_version;
 	bool		state_dirty;	/* something to store besides records */
 	bool		catalog_changed;	/* a decoded transaction changed catalogs */
 
@@ -142,6 +160,17 @@ static EbStatement select_shards = {
 
 static EbStatement select_record_id = {
 	"SELECT next_record_id FROM event_bridge.capture_state", 0
+};
+
+static EbStatement select_versions = {
+	"SELECT table_version, table_name, columns::text, key_columns::text"
+	"  FROM event_bridge.table_versions", 0
+};
+
+static EbStatement insert_version = {
+	"INSERT INTO event_bridge.table_versions (table_version, table_name, columns, key_columns)"
+	" VALUES ($1, $2, $3::jsonb, $4::jsonb)",
+	4, {INT8OID, TEXTOID, TEXTOID, TEXTOID}
 };
 
 /* ---------------------------------------------------------------------
@@ -305,10 +334,40 @@ spill_pending(CaptureStore *store)
 	MemoryContextSwitchTo(old);
 }
 
+/*
+ * The version of a table of this name, columns and key (JSON text as jsonb
+ * writes it): a known one, or a new one, stored with the next flush.
+ */
+int64
+capture_table_version(CaptureStore *store, const char *table_name, const char *columns,
+					  const char *key_columns)
+{
+	ListCell   *lc;
+	TableVersion *v;
+	MemoryContext old;
+
+	foreach(lc, store->versions)
+	{
+		v = (TableVersion *) lfirst(lc);
+		if (strcmp(v->table_name, table_name) == 0 && strcmp(v->columns, columns) == 0 &&
+			strcmp(v->key_columns, key_columns) == 0)
+			return v->id;
+	}
+	old = MemoryContextSwitchTo(store->context);
+	v = palloc0(sizeof(TableVersion));
+	v->id = store->next_version++;
+	v->table_name = pstrdup(table_name);
+	v->columns = pstrdup(columns);
+	v->key_columns = pstrdup(key_columns);
+	store->versions = lappend(store->versions, v);
+	MemoryContextSwitchTo(old);
+	return v->id;
+}
+
 /* Queues one record; called by the plugin in commit order. */
 void
 capture_append(CaptureStore *store, CaptureStream *stream, int32 shard_id,
-			   int64 record_id, char operation, const char *table_name,
+			   int64 record_id, char operation, const char *table_name, int64 table_version,
 			   const char *key, int keylen, const char *data, int datalen)
 {
 	PendingHeader h;
@@ -317,6 +376,7 @@ capture_append(CaptureStore *store, CaptureStream *stream, int32 shard_id,
 	h.shard_id = shard_id;
 	h.sequence = stream->next_sequence[shard_id]++;
 	h.record_id = record_id;
+	h.table_version = table_version;
 	h.operation = operation;
 	h.table_len = strlen(table_name);
 	h.key_len = key ? keylen : -1;
@@ -416,6 +476,45 @@ capture_store_load(CaptureStore *store)
 	if (eb_run(&select_record_id, NULL, NULL) != 1)
 		elog(ERROR, "could not read event_bridge capture state");
 	store->next_record_id = DatumGetInt64(eb_result(0, 1, &isnull));
+
+	store->next_version = 1;
+	n = eb_run(&select_versions, NULL, NULL);
+	for (uint64 i = 0; i < n; i++)
+	{
+		MemoryContext old = MemoryContextSwitchTo(store->context);
+		TableVersion *v = palloc0(sizeof(TableVersion));
+
+		v->id = DatumGetInt64(eb_result(i, 1, &isnull));
+		v->table_name = TextDatumGetCString(eb_result(i, 2, &isnull));
+		v->columns = TextDatumGetCString(eb_result(i, 3, &isnull));
+		v->key_columns = TextDatumGetCString(eb_result(i, 4, &isnull));
+		v->stored = true;
+		store->versions = lappend(store->versions, v);
+		store->next_version = Max(store->next_version, v->id + 1);
+		MemoryContextSwitchTo(old);
+	}
+}
+
+/* Stores the table versions that records of this flush name for the first time. */
+static void
+store_versions(CaptureStore *store)
+{
+	ListCell   *lc;
+
+	foreach(lc, store->versions)
+	{
+		TableVersion *v = (TableVersion *) lfirst(lc);
+		Datum		values[4];
+
+		if (v->stored)
+			continue;
+		values[0] = Int64GetDatum(v->id);
+		values[1] = CStringGetTextDatum(v->table_name);
+		values[2] = CStringGetTextDatum(v->columns);
+		values[3] = CStringGetTextDatum(v->key_columns);
+		eb_run(&insert_version, values, NULL);
+		v->stored = true;
+	}
 }
 
 /* Inserts the records described by some slots, and their index entries. */
@@ -608,6 +707,7 @@ insert_pending(CaptureStore *store, int64 system_time)
 			p += h.key_len;
 		}
 		set_column(store, slot, RC_DATA, PointerGetDatum(cstring_to_text_with_len(p, h.data_len)));
+		set_column(store, slot, RC_TABLE_VERSION, Int64GetDatum(h.table_version));
 		ExecStoreVirtualTuple(slot);
 
 		if (++n == EB_INSERT_BATCH)
@@ -766,6 +866,7 @@ capture_store_flush(CaptureStore *store, XLogRecPtr upto)
 
 	now_ms = (GetCurrentTimestamp() / 1000) +
 		((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000);
+	store_versions(store);
 	if (store->pending_count > 0)
 		insert_pending(store, now_ms);
 	store_state(store);

@@ -79,6 +79,9 @@ typedef struct RelInfo
 	char	   *name;			/* schema.table */
 	char	   *name_json;		/* the same as a JSON string */
 	char		replident;
+	char	   *columns_json;	/* [{"name": ..., "type": ...}, ...] as jsonb writes it */
+	char	   *keys_json;		/* ["key column", ...] */
+	int64		version;		/* the store's table version; 0: not asked yet */
 	int			natts;
 	FmgrInfo   *out;			/* output function per attribute */
 	int			nkeys;
@@ -167,6 +170,8 @@ relinfo_build(RelInfo *ri, Relation rel)
 	ri->replident = rel->rd_rel->relreplident;
 	ri->natts = desc->natts;
 	ri->out = palloc0(sizeof(FmgrInfo) * desc->natts);
+	initStringInfo(&json);
+	appendStringInfoChar(&json, '[');
 	for (int i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
@@ -177,7 +182,15 @@ relinfo_build(RelInfo *ri, Relation rel)
 			continue;
 		getTypeOutputInfo(att->atttypid, &typoutput, &typisvarlena);
 		fmgr_info_cxt(typoutput, &ri->out[i], ri->context);
+		appendStringInfoString(&json, json.len > 1 ? ", {\"name\": " : "{\"name\": ");
+		escape_json(&json, NameStr(att->attname));
+		appendStringInfoString(&json, ", \"type\": ");
+		escape_json(&json, format_type_with_typemod(att->atttypid, att->atttypmod));
+		appendStringInfoChar(&json, '}');
 	}
+	appendStringInfoChar(&json, ']');
+	ri->columns_json = json.data;
+	ri->version = 0;
 
 	/* The key: replica identity index, else primary key, else none. */
 	(void) RelationGetIndexList(rel);
@@ -191,8 +204,19 @@ relinfo_build(RelInfo *ri, Relation rel)
 	ri->nkeys = 0;
 	ri->keys = palloc(sizeof(AttrNumber) * Max(1, bms_num_members(keyattrs)));
 	attno = -1;
+	initStringInfo(&json);
+	appendStringInfoChar(&json, '[');
 	while ((attno = bms_next_member(keyattrs, attno)) >= 0)
-		ri->keys[ri->nkeys++] = attno + FirstLowInvalidHeapAttributeNumber;
+	{
+		AttrNumber	key = attno + FirstLowInvalidHeapAttributeNumber;
+
+		ri->keys[ri->nkeys++] = key;
+		if (json.len > 1)
+			appendStringInfoString(&json, ", ");
+		escape_json(&json, NameStr(TupleDescAttr(desc, key - 1)->attname));
+	}
+	appendStringInfoChar(&json, ']');
+	ri->keys_json = json.data;
 
 	MemoryContextSwitchTo(old);
 	ri->valid = true;
@@ -427,8 +451,11 @@ emit(LogicalDecodingContext *ctx, CaptureStream *stream, const char *key,
 
 		if (key != NULL && stream->shard_count > 1)
 			shard = hash_bytes((const unsigned char *) key, keylen) % stream->shard_count;
+		if (ri->version == 0)
+			ri->version = capture_table_version(st->target->store, ri->name, ri->columns_json,
+												ri->keys_json);
 		capture_append(st->target->store, stream, shard, record_id, operation, ri->name,
-					   key, keylen, data->data, data->len);
+					   ri->version, key, keylen, data->data, data->len);
 	}
 	else
 	{

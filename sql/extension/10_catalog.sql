@@ -51,10 +51,30 @@ CREATE TABLE event_bridge.records (
     table_name    text NOT NULL,
     partition_key text,
     data          text NOT NULL,
-    PRIMARY KEY (stream_id, shard_id, sequence)
+    PRIMARY KEY (stream_id, shard_id, sequence),
+    table_version bigint
 );
 COMMENT ON TABLE event_bridge.records IS
     'TUPLE records of every stream, per shard in gapless sequence order';
+
+/*
+ * One row per shape of a captured table: its name, its columns (names and
+ * types, in the order the record's data array has them after the eight
+ * metadata fields) and its key columns.  The capture worker adds a version,
+ * in the transaction that stores the records naming it
+ * (records.table_version), when it decodes a change of a table whose shape
+ * it has not stored: DDL makes a new version.  Records captured by 0.1 name
+ * none.
+ */
+CREATE TABLE event_bridge.table_versions (
+    table_version bigint PRIMARY KEY,
+    table_name    text NOT NULL,
+    columns       jsonb NOT NULL,
+    key_columns   jsonb NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE event_bridge.table_versions IS
+    'The shapes of captured tables (name, columns, key) that records name';
 
 /*
  * Capture state of this database: the next record id (field 0 of every

@@ -99,3 +99,15 @@ ALTER TABLE event_bridge.connectors
                CHECK (target IN ('http', 'fc', 'functiongraph', 'lambda')),
     ADD COLUMN credential_id int REFERENCES event_bridge.credential_secrets,
     ADD COLUMN invocation text NOT NULL DEFAULT 'sync' CHECK (invocation IN ('sync', 'async'));
+
+/* Column names per table version (DESIGN 9.5). */
+ALTER TABLE event_bridge.records ADD COLUMN table_version bigint;
+CREATE TABLE event_bridge.table_versions (
+    table_version bigint PRIMARY KEY,
+    table_name    text NOT NULL,
+    columns       jsonb NOT NULL,
+    key_columns   jsonb NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE event_bridge.table_versions IS
+    'The shapes of captured tables (name, columns, key) that records name';

@@ -57,6 +57,11 @@ ok(wait_capture($node, 'db1'), 'db1: captured after crash');
 is($node->safe_psql('db1', 'SELECT records FROM event_bridge.stream_status'), '40',
 	'db1: every change once after a crash');
 is(shard_gaps($node, 'db1', 's'), '', 'db1: sequences gapless after a crash');
+is($node->safe_psql('db1', q{
+	SELECT count(DISTINCT r.table_version) || ' ' || count(*) FILTER (WHERE r.table_version IS NULL)
+	       || ' ' || (SELECT count(*) FROM event_bridge.table_versions)
+	  FROM event_bridge.records r}),
+	'1 0 1', 'db1: a restart and a crash keep the table version that every record names');
 unlike(slurp_file($node->logfile), qr/cannot read pg_class without having selected a database/,
 	'the launcher starts cleanly after a restart and a crash');
 
