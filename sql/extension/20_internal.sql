@@ -162,6 +162,20 @@ $$;
 COMMENT ON FUNCTION event_bridge._check_header_name(text) IS
     'Internal: refuses a header name that is not an HTTP token or that frames the request';
 
+CREATE OR REPLACE FUNCTION event_bridge._check_filter(filter jsonb)
+RETURNS void
+LANGUAGE C IMMUTABLE STRICT
+AS 'MODULE_PATHNAME', 'event_bridge_check_filter';
+COMMENT ON FUNCTION event_bridge._check_filter(jsonb) IS
+    'Internal: refuses a connector filter (EventGrid''s event-rule syntax) that is not one, naming the part at fault';
+
+CREATE OR REPLACE FUNCTION event_bridge._filter_matches(filter jsonb, event jsonb)
+RETURNS boolean
+LANGUAGE C IMMUTABLE STRICT
+AS 'MODULE_PATHNAME', 'event_bridge_filter_matches';
+COMMENT ON FUNCTION event_bridge._filter_matches(jsonb, jsonb) IS
+    'Internal: does an event {"eventId","op","table","before","after"} match a connector filter, as the delivery worker decides; for tests';
+
 CREATE OR REPLACE FUNCTION event_bridge._wake_delivery()
 RETURNS void
 LANGUAGE C VOLATILE
