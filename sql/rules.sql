@@ -93,4 +93,39 @@ SELECT event_bridge._check_filter(jsonb_build_object('op',
 -- A good filter passes.
 SELECT event_bridge._check_filter('{"op": [{"op": "StringIn", "values": ["INSERT"]}], "after": {"amount": [{"op": "NumberGreaterThan", "value": 0}]}}');
 
+-- Transforms: EventGrid's TransForm object, what each makes of an event.
+SELECT ev.name, t.transform ->> 'type' AS type, event_bridge._transform_event(t.transform, ev.event)
+  FROM (VALUES (1, '{"type": "ORIGINAL"}'::jsonb),
+               (2, '{"type": "CONSTANT", "value": "{\"ping\": 1}"}'),
+               (3, '{"type": "CONSTANT", "value": "ping"}'),
+               (4, jsonb_build_object('type', 'VARIABLE',
+                     'value', '{"id": "$.after.id", "who": "$.after.status", "op": "$.op", "row": "$.after", "tag": "$.after.tags[1]", "from": "$[''before''][''status'']", "src": "pg"}',
+                     'template', '{"id": ${id}, "who": "${who}", "op": "${op}", "row": ${row}, "tag": ${tag}, "from": ${from}, "src": "${src}", "say": "status \"${who}\" of ${row}"}'))
+       ) t(n, transform)
+  CROSS JOIN ev WHERE ev.name IN ('insert', 'update') ORDER BY t.n, ev.name;
+-- Bad transforms: each refused, naming the part at fault.
+-- an unknown type
+SELECT event_bridge._check_transform('{"type": "TEMPLATE"}');
+-- CONSTANT without value
+SELECT event_bridge._check_transform('{"type": "CONSTANT"}');
+-- VARIABLE value that is not JSON
+SELECT event_bridge._check_transform('{"type": "VARIABLE", "value": "{id: $.after.id}", "template": "{}"}');
+-- a variable name EventGrid refuses
+SELECT event_bridge._check_transform('{"type": "VARIABLE", "value": "{\"HC.id\": \"$.after.id\"}", "template": "{}"}');
+-- a nested variable
+SELECT event_bridge._check_transform('{"type": "VARIABLE", "value": "{\"id\": {\"a\": 1}}", "template": "{}"}');
+-- a JSONPath that is not supported
+SELECT event_bridge._check_transform('{"type": "VARIABLE", "value": "{\"ids\": \"$..id\"}", "template": "{}"}');
+SELECT event_bridge._check_transform('{"type": "VARIABLE", "value": "{\"ids\": \"$.after[*]\"}", "template": "{}"}');
+-- a template naming an undefined variable
+SELECT event_bridge._check_transform('{"type": "VARIABLE", "value": "{\"id\": \"$.after.id\"}", "template": "{\"id\": ${ID}}"}');
+-- a template that is not JSON once rendered
+SELECT event_bridge._check_transform('{"type": "VARIABLE", "value": "{\"id\": \"$.after.id\"}", "template": "My id is ${id}"}');
+-- 101 variables
+SELECT event_bridge._check_transform(jsonb_build_object('type', 'VARIABLE', 'template', '{}',
+    'value', (SELECT jsonb_object_agg('v' || g, '$.op') FROM generate_series(1, 101) g)::text));
+-- a template over 2048 characters
+SELECT event_bridge._check_transform(jsonb_build_object('type', 'VARIABLE', 'value', '{}',
+    'template', '"' || repeat('x', 2050) || '"'));
+
 DROP EXTENSION event_bridge;

@@ -34,6 +34,20 @@
  * Limits, EventGrid's: at most 5 conditions per field, 5 levels of nesting,
  * 2048 bytes of filter text; and at most 10 fields in all.
  *
+ * A connector's transform is EventGrid's TransForm object: {"type":
+ * "ORIGINAL"} sends the event as it is; {"type": "CONSTANT", "value": "..."}
+ * sends the value (as JSON if it is JSON, else as a JSON string) in place
+ * of each event; {"type": "VARIABLE", "value": "<a JSON object as a
+ * string>", "template": "..."} takes each variable's value from the event
+ * (an expression starting with "$" is a JSONPath: $, .name, ['name'],
+ * [index]; any other is a constant string) and renders the template with
+ * ${name} replaced.  The template must be JSON once rendered: a value goes
+ * in as JSON (a string quoted, a missing value as null), or, inside a JSON
+ * string of the template, as string content (a missing value as nothing).
+ * EventGrid's limits: at most 100 variables, named [A-Za-z0-9][A-Za-z0-9._-]
+ * up to 64 characters and not starting with "HC."; expressions up to 1024
+ * characters; a template up to 2048.
+ *
  * IDENTIFICATION
  *	  src/rules.c
  *
@@ -41,19 +55,28 @@
  */
 #include "postgres.h"
 
+#include "common/jsonapi.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
+#include "utils/json.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
 
 PG_FUNCTION_INFO_V1(event_bridge_check_filter);
 PG_FUNCTION_INFO_V1(event_bridge_filter_matches);
+PG_FUNCTION_INFO_V1(event_bridge_check_transform);
+PG_FUNCTION_INFO_V1(event_bridge_transform_event);
 
 #define EB_FILTER_MAX_CONDITIONS	5
 #define EB_FILTER_MAX_DEPTH			5
 #define EB_FILTER_MAX_FIELDS		10
 #define EB_FILTER_MAX_BYTES			2048
+#define EB_TRANSFORM_MAX_VARIABLES	100
+#define EB_TRANSFORM_MAX_NAME		64
+#define EB_TRANSFORM_MAX_EXPRESSION	1024
+#define EB_TRANSFORM_MAX_TEMPLATE	2048
 
 /* The operators, and what each takes and tests. */
 typedef enum OperandKind
@@ -523,4 +546,359 @@ event_bridge_filter_matches(PG_FUNCTION_ARGS)
 
 	check_filter(filter);
 	PG_RETURN_BOOL(filter_matches(filter, PG_GETARG_JSONB_P(1)));
+}
+
+/* ---------------------------------------------------------------------
+ * Transforms
+ * ------------------------------------------------------------------- */
+
+/* Refuses a transform, naming the part at fault. */
+static void
+pg_attribute_noreturn()
+refuse_transform(const char *part, const char *problem, const char *hint)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid transform %s: %s", part, problem),
+			 hint ? errhint("%s", hint) : 0));
+}
+
+/* A string member of an object, as a C string, or NULL if missing or not a string. */
+static char *
+member_string(JsonbContainer *object, const char *key)
+{
+	JsonbValue *v = member(object, key);
+
+	return v && v->type == jbvString ? pnstrdup(v->val.string.val, v->val.string.len) : NULL;
+}
+
+/* Is text valid JSON? */
+static bool
+is_json(const char *text)
+{
+	JsonLexContext *lex = makeJsonLexContextCstringLen(unconstify(char *, text), strlen(text),
+													   GetDatabaseEncoding(), false);
+
+	return pg_parse_json(lex, &nullSemAction) == JSON_SUCCESS;
+}
+
+/*
+ * Follows a JSONPath of the supported subset ($, .name, ['name'], [n]) in
+ * an event.  Returns the value found, or NULL: missing.  With event NULL,
+ * only checks the path, returning NULL, or sets *bad to why it cannot be
+ * followed.
+ */
+static JsonbValue *
+follow_path(const char *path, JsonbContainer *event, const char **bad)
+{
+	const char *p = path + 1;
+	JsonbValue *cur = NULL;
+
+	if (event != NULL)
+	{
+		cur = palloc(sizeof(JsonbValue));
+		cur->type = jbvBinary;
+		cur->val.binary.data = event;
+		cur->val.binary.len = 0;
+	}
+	while (*p)
+	{
+		char	   *key = NULL;
+		long		index = -1;
+
+		if (*p == '.')
+		{
+			const char *start = ++p;
+
+			while (*p && *p != '.' && *p != '[')
+				p++;
+			if (p == start)
+			{
+				*bad = "an empty name after \".\" (\"..\" is not supported)";
+				return NULL;
+			}
+			key = pnstrdup(start, p - start);
+		}
+		else if (p[0] == '[' && p[1] == '\'')
+		{
+			const char *start = p + 2;
+			const char *end = strstr(start, "']");
+
+			if (end == NULL)
+			{
+				*bad = "an unclosed ['name']";
+				return NULL;
+			}
+			key = pnstrdup(start, end - start);
+			p = end + 2;
+		}
+		else if (p[0] == '[' && isdigit((unsigned char) p[1]))
+		{
+			char	   *end;
+
+			index = strtol(p + 1, &end, 10);
+			if (*end != ']')
+			{
+				*bad = "an index must be [digits]";
+				return NULL;
+			}
+			p = end + 1;
+		}
+		else
+		{
+			*bad = "only $, .name, ['name'] and [index] are supported (no wildcards, filters or slices)";
+			return NULL;
+		}
+		if (cur == NULL)
+			continue;
+		if (key != NULL && is_container(cur, false))
+			cur = getKeyJsonValueFromContainer(cur->val.binary.data, key, strlen(key), NULL);
+		else if (index >= 0 && is_container(cur, true) &&
+				 index < (long) JsonContainerSize(cur->val.binary.data))
+			cur = getIthJsonbValueFromContainer(cur->val.binary.data, (uint32) index);
+		else
+			cur = NULL;
+		if (cur == NULL)
+			return NULL;
+	}
+	return cur;
+}
+
+/* Is name a variable name EventGrid allows? */
+static bool
+valid_variable_name(const char *name, int len)
+{
+	if (len == 0 || len > EB_TRANSFORM_MAX_NAME || !isalnum((unsigned char) name[0]) ||
+		(len >= 3 && strncmp(name, "HC.", 3) == 0))
+		return false;
+	for (int i = 1; i < len; i++)
+		if (!isalnum((unsigned char) name[i]) && strchr("._-", name[i]) == NULL)
+			return false;
+	return true;
+}
+
+/*
+ * The variables of a VARIABLE transform, checked: a Jsonb object of names
+ * to expressions.
+ */
+static Jsonb *
+check_variables(const char *value)
+{
+	Jsonb	   *vars;
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	char	   *name = NULL;
+
+	if (!is_json(value))
+		refuse_transform("value", "not valid JSON",
+						 "The value of a VARIABLE transform is a JSON object as a string, like \"{\\\"id\\\": \\\"$.after.id\\\"}\".");
+	vars = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(value)));
+	if (!JB_ROOT_IS_OBJECT(vars))
+		refuse_transform("value", "not a JSON object", NULL);
+	if (JsonContainerSize(&vars->root) > EB_TRANSFORM_MAX_VARIABLES)
+		refuse_transform("value", psprintf("at most %d variables", EB_TRANSFORM_MAX_VARIABLES), NULL);
+	it = JsonbIteratorInit(&vars->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+		{
+			name = pnstrdup(v.val.string.val, v.val.string.len);
+			if (!valid_variable_name(v.val.string.val, v.val.string.len))
+				refuse_transform(psprintf("variable \"%s\"", name), "not a valid name",
+								 "A variable name is up to 64 letters, digits, \".\", \"_\" or \"-\", starts with a letter or digit and does not start with \"HC.\".");
+			continue;
+		}
+		if (tok != WJB_VALUE)
+			continue;
+		if (v.type != jbvString)
+			refuse_transform(psprintf("variable \"%s\"", name),
+							 psprintf("its expression must be a string, not %s", jsonb_type_name(&v)),
+							 NULL);
+		if (v.val.string.len > EB_TRANSFORM_MAX_EXPRESSION)
+			refuse_transform(psprintf("variable \"%s\"", name),
+							 psprintf("its expression is longer than %d characters",
+									  EB_TRANSFORM_MAX_EXPRESSION), NULL);
+		if (v.val.string.len > 0 && v.val.string.val[0] == '$')
+		{
+			const char *bad = NULL;
+
+			(void) follow_path(pnstrdup(v.val.string.val, v.val.string.len), NULL, &bad);
+			if (bad != NULL)
+				refuse_transform(psprintf("variable \"%s\"", name),
+								 psprintf("JSONPath \"%.*s\": %s", v.val.string.len,
+										  v.val.string.val, bad), NULL);
+		}
+	}
+	return vars;
+}
+
+/*
+ * Appends a variable's value: as JSON, or as the content of a JSON string
+ * (in_string).  A missing value is null, or nothing in a string.
+ */
+static void
+append_variable(StringInfo out, const JsonbValue *x, bool constant, bool in_string)
+{
+	StringInfoData json;
+
+	if (x == NULL || x->type == jbvNull)
+	{
+		if (!in_string)
+			appendStringInfoString(out, "null");
+		return;
+	}
+	initStringInfo(&json);
+	if (constant || x->type == jbvString)
+	{
+		char	   *s = pnstrdup(x->val.string.val, x->val.string.len);
+
+		escape_json(&json, s);
+	}
+	else if (x->type == jbvBinary)
+		(void) JsonbToCString(&json, x->val.binary.data, x->val.binary.len);
+	else if (x->type == jbvNumeric)
+		appendStringInfoString(&json, DatumGetCString(DirectFunctionCall1(numeric_out,
+																		  NumericGetDatum(x->val.numeric))));
+	else
+		appendStringInfoString(&json, x->val.boolean ? "true" : "false");
+
+	if (!in_string)
+		appendBinaryStringInfo(out, json.data, json.len);
+	else if (json.data[0] == '"')
+		appendBinaryStringInfo(out, json.data + 1, json.len - 2);
+	else
+	{
+		/* An object, array, number or boolean inside a string: its JSON text, escaped. */
+		StringInfoData esc;
+
+		initStringInfo(&esc);
+		escape_json(&esc, json.data);
+		appendBinaryStringInfo(out, esc.data + 1, esc.len - 2);
+	}
+}
+
+/*
+ * Renders a VARIABLE template for an event (NULL: every value missing, to
+ * check the template).  A ${name} that names no variable is refused.
+ */
+static void
+render_template(StringInfo out, const char *template, Jsonb *vars, JsonbContainer *event)
+{
+	bool		in_string = false;
+
+	for (const char *p = template; *p; p++)
+	{
+		if (p[0] == '$' && p[1] == '{')
+		{
+			const char *end = strchr(p + 2, '}');
+			JsonbValue *expr;
+			const char *bad = NULL;
+
+			if (end != NULL &&
+				(expr = getKeyJsonValueFromContainer(&vars->root, p + 2, end - p - 2, NULL)) != NULL)
+			{
+				char	   *e = pnstrdup(expr->val.string.val, expr->val.string.len);
+
+				if (e[0] == '$')
+					append_variable(out, event ? follow_path(e, event, &bad) : NULL, false, in_string);
+				else
+					append_variable(out, event ? expr : NULL, true, in_string);
+				p = end;
+				continue;
+			}
+			if (end != NULL && valid_variable_name(p + 2, end - p - 2))
+				refuse_transform("template", psprintf("${%.*s} names no variable", (int) (end - p - 2), p + 2),
+								 "Define it in the transform's value.");
+		}
+		if (*p == '"')
+			in_string = !in_string;
+		else if (*p == '\\' && in_string && p[1] != '\0')
+		{
+			appendStringInfoChar(out, *p++);
+		}
+		appendStringInfoChar(out, *p);
+	}
+}
+
+/*
+ * Checks a transform; returns its type (ORIGINAL, CONSTANT, VARIABLE).
+ * A VARIABLE template must render to JSON.
+ */
+static const char *
+check_transform(Jsonb *transform)
+{
+	char	   *type;
+	char	   *value;
+	char	   *template;
+	StringInfoData out;
+
+	if (!JB_ROOT_IS_OBJECT(transform))
+		refuse_transform("", "a transform must be a JSON object",
+						 "A transform is like {\"type\": \"ORIGINAL\"}.");
+	type = member_string(&transform->root, "type");
+	if (type == NULL || (strcmp(type, "ORIGINAL") != 0 && strcmp(type, "CONSTANT") != 0 &&
+						 strcmp(type, "VARIABLE") != 0))
+		refuse_transform("type", "must be ORIGINAL, CONSTANT or VARIABLE", NULL);
+	value = member_string(&transform->root, "value");
+	template = member_string(&transform->root, "template");
+	if (strcmp(type, "CONSTANT") == 0 &&
+		(value == NULL || strlen(value) > EB_TRANSFORM_MAX_EXPRESSION))
+		refuse_transform("value", psprintf("a CONSTANT transform needs \"value\", a string of at most %d characters",
+										   EB_TRANSFORM_MAX_EXPRESSION), NULL);
+	if (strcmp(type, "VARIABLE") != 0)
+		return type;
+	if (value == NULL)
+		refuse_transform("value", "a VARIABLE transform needs \"value\", its variables as a JSON object in a string", NULL);
+	if (template == NULL || strlen(template) > EB_TRANSFORM_MAX_TEMPLATE)
+		refuse_transform("template", psprintf("a VARIABLE transform needs \"template\", a string of at most %d characters",
+											  EB_TRANSFORM_MAX_TEMPLATE), NULL);
+	initStringInfo(&out);
+	render_template(&out, template, check_variables(value), NULL);
+	if (!is_json(out.data))
+		refuse_transform("template", "not JSON once its variables are put in",
+						 "A function gets a JSON array of the transformed events, so a template is JSON, like {\"id\": ${id}, \"who\": \"${name}\"}.");
+	return type;
+}
+
+/* Appends what a transform makes of an event (one element of the body's array). */
+static void
+transform_event(StringInfo out, Jsonb *transform, Jsonb *event)
+{
+	char	   *type = member_string(&transform->root, "type");
+	char	   *value = member_string(&transform->root, "value");
+
+	if (strcmp(type, "ORIGINAL") == 0)
+		(void) JsonbToCString(out, &event->root, VARSIZE(event));
+	else if (strcmp(type, "CONSTANT") == 0)
+	{
+		if (is_json(value))
+			appendStringInfoString(out, value);
+		else
+			escape_json(out, value);
+	}
+	else
+		render_template(out, member_string(&transform->root, "template"),
+						check_variables(value), &event->root);
+}
+
+/* SQL: refuses a transform that is not one, saying where. */
+Datum
+event_bridge_check_transform(PG_FUNCTION_ARGS)
+{
+	(void) check_transform(PG_GETARG_JSONB_P(0));
+	PG_RETURN_VOID();
+}
+
+/* SQL: what a transform makes of an event, as the delivery worker would; for tests. */
+Datum
+event_bridge_transform_event(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *transform = PG_GETARG_JSONB_P(0);
+	StringInfoData out;
+
+	(void) check_transform(transform);
+	initStringInfo(&out);
+	transform_event(&out, transform, PG_GETARG_JSONB_P(1));
+	PG_RETURN_TEXT_P(cstring_to_text(out.data));
 }

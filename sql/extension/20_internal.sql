@@ -176,6 +176,20 @@ AS 'MODULE_PATHNAME', 'event_bridge_filter_matches';
 COMMENT ON FUNCTION event_bridge._filter_matches(jsonb, jsonb) IS
     'Internal: does an event {"eventId","op","table","before","after"} match a connector filter, as the delivery worker decides; for tests';
 
+CREATE OR REPLACE FUNCTION event_bridge._check_transform(transform jsonb)
+RETURNS void
+LANGUAGE C IMMUTABLE STRICT
+AS 'MODULE_PATHNAME', 'event_bridge_check_transform';
+COMMENT ON FUNCTION event_bridge._check_transform(jsonb) IS
+    'Internal: refuses a connector transform (EventGrid''s TransForm object) that is not one, naming the part at fault';
+
+CREATE OR REPLACE FUNCTION event_bridge._transform_event(transform jsonb, event jsonb)
+RETURNS text
+LANGUAGE C IMMUTABLE STRICT
+AS 'MODULE_PATHNAME', 'event_bridge_transform_event';
+COMMENT ON FUNCTION event_bridge._transform_event(jsonb, jsonb) IS
+    'Internal: what a connector transform makes of an event, as the delivery worker would; for tests';
+
 CREATE OR REPLACE FUNCTION event_bridge._wake_delivery()
 RETURNS void
 LANGUAGE C VOLATILE
