@@ -135,15 +135,23 @@ static const Operator operators[] = {
  * Checking a filter
  * ------------------------------------------------------------------- */
 
-/* Refuses a filter, naming where in it the problem is. */
+/* Refuses a rule ("filter", "transform"), naming where in it the problem is. */
+static void
+pg_attribute_noreturn()
+refuse_rule(const char *rule, const char *where, const char *problem, const char *hint)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid %s %s: %s", rule, where, problem),
+			 hint ? errhint("%s", hint) : 0));
+}
+
+/* Refuses a filter, naming the path in it at fault. */
 static void
 pg_attribute_noreturn()
 refuse(const char *path, const char *problem, const char *hint)
 {
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("invalid filter at \"%s\": %s", path, problem),
-			 hint ? errhint("%s", hint) : 0));
+	refuse_rule("filter", psprintf("at \"%s\"", path), problem, hint);
 }
 
 static const char *
@@ -557,10 +565,7 @@ static void
 pg_attribute_noreturn()
 refuse_transform(const char *part, const char *problem, const char *hint)
 {
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("invalid transform %s: %s", part, problem),
-			 hint ? errhint("%s", hint) : 0));
+	refuse_rule("transform", part, problem, hint);
 }
 
 /* A string member of an object, as a C string, or NULL if missing or not a string. */
