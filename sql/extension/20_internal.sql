@@ -190,6 +190,13 @@ AS 'MODULE_PATHNAME', 'event_bridge_transform_event';
 COMMENT ON FUNCTION event_bridge._transform_event(jsonb, jsonb) IS
     'Internal: what a connector transform makes of an event, as the delivery worker would; for tests';
 
+CREATE OR REPLACE FUNCTION event_bridge._check_row_filter(table_name regclass, row_filter text)
+RETURNS text
+LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'event_bridge_check_row_filter';
+COMMENT ON FUNCTION event_bridge._check_row_filter(regclass, text) IS
+    'Internal: refuses a capture row filter that a PostgreSQL 15 publication would refuse for the table, or that uses a column outside its replica identity; returns the expression tree';
+
 CREATE OR REPLACE FUNCTION event_bridge._wake_delivery()
 RETURNS void
 LANGUAGE C VOLATILE
