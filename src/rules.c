@@ -174,6 +174,13 @@ jsonb_type_name(const JsonbValue *v)
 	}
 }
 
+/* The JSON type a String or Number operator tests. */
+static enum jbvType
+operand_type(const Operator *o)
+{
+	return o->operand == OPERAND_STRINGS ? jbvString : jbvNumeric;
+}
+
 static const Operator *
 find_operator(const JsonbValue *name)
 {
@@ -265,7 +272,7 @@ check_condition(const char *path, JsonbValue *cond)
 
 				if (o->operand == OPERAND_RANGES)
 					check_range(path, v);
-				else if (v->type != (o->operand == OPERAND_STRINGS ? jbvString : jbvNumeric))
+				else if (v->type != operand_type(o))
 					refuse(path, psprintf("the values of %s must be %s, not %s", o->name,
 										  o->operand == OPERAND_STRINGS ? "strings" : "numbers",
 										  jsonb_type_name(v)), NULL);
@@ -423,7 +430,7 @@ test_scalar(const Operator *o, JsonbContainer *cond, const JsonbValue *x)
 {
 	JsonbValue *values;
 
-	if (x->type != (o->operand == OPERAND_STRINGS ? jbvString : jbvNumeric))
+	if (x->type != operand_type(o))
 		return false;
 	if (o->operand == OPERAND_NUMBER)
 		return test_one(o, x, member(cond, "value"));
@@ -442,8 +449,6 @@ static bool
 condition_holds(JsonbContainer *cond, const JsonbValue *x)
 {
 	const Operator *o = find_operator(member(cond, "op"));
-	bool		any = false;
-	bool		typed = false;
 
 	if (o->test == TEST_NULL)
 		return (x == NULL || x->type == jbvNull) != o->negated;
@@ -456,26 +461,20 @@ condition_holds(JsonbContainer *cond, const JsonbValue *x)
 	{
 		JsonbContainer *arr = x->val.binary.data;
 		uint32		n = JsonContainerSize(arr);
+		bool		any = false;
+		bool		all_typed = true;
 
 		for (uint32 i = 0; i < n; i++)
 		{
 			JsonbValue *e = getIthJsonbValueFromContainer(arr, i);
 
-			typed = typed || e->type == (o->operand == OPERAND_STRINGS ? jbvString : jbvNumeric);
+			all_typed = all_typed && e->type == operand_type(o);
 			any = any || test_scalar(o, cond, e);
 		}
-		/* An array holds for a Not operator only if all its elements are of its type. */
-		if (o->negated)
-		{
-			for (uint32 i = 0; i < n; i++)
-				if (getIthJsonbValueFromContainer(arr, i)->type !=
-					(o->operand == OPERAND_STRINGS ? jbvString : jbvNumeric))
-					return false;
-			return n > 0 && !any;
-		}
-		return any;
+		/* A Not operator holds for an array of its type none of whose elements holds. */
+		return o->negated ? n > 0 && all_typed && !any : any;
 	}
-	if (x->type != (o->operand == OPERAND_STRINGS ? jbvString : jbvNumeric))
+	if (x->type != operand_type(o))
 		return false;
 	return test_scalar(o, cond, x) != o->negated;
 }
