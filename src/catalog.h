@@ -17,7 +17,7 @@
 #include "access/tupdesc.h"
 #include "executor/spi.h"
 
-#define EB_MAX_STATEMENT_ARGS	12
+#define EB_MAX_STATEMENT_ARGS	16
 
 /*
  * A statement a worker runs: its text (every table qualified; the workers'

@@ -19,8 +19,13 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "commands/dbcommands.h"
+#include "executor/spi.h"
+#include "funcapi.h"
 #include "utils/lsyscache.h"
 
+#include "catalog.h"
+#include "event.h"
 #include "event_bridge.h"
 #include "format.h"
 #include "http.h"
@@ -30,6 +35,7 @@ PG_FUNCTION_INFO_V1(event_bridge_check_endpoint);
 PG_FUNCTION_INFO_V1(event_bridge_wake_delivery);
 PG_FUNCTION_INFO_V1(event_bridge_format_batch);
 PG_FUNCTION_INFO_V1(event_bridge_signature);
+PG_FUNCTION_INFO_V1(event_bridge_event_body);
 
 /*
  * Refuses an endpoint that is not an http or https URL.  Errors name the
@@ -112,10 +118,12 @@ event_bridge_format_batch(PG_FUNCTION_ARGS)
 					 errmsg("arguments of _format_batch must not be null")));
 
 	format = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	if (!format_by_name(format, &batch.format))
+	if (!format_by_name(format, &batch.format) ||
+		(batch.format != EB_FORMAT_DATAHUB && batch.format != EB_FORMAT_DIS))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("unknown event format \"%s\"", format)));
+				 errmsg("_format_batch makes datahub and dis bodies, not \"%s\"", format),
+				 errhint("Named formats read table versions: use _event_body.")));
 	batch.database = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	batch.stream = text_to_cstring(PG_GETARG_TEXT_PP(2));
 	batch.region = text_to_cstring(PG_GETARG_TEXT_PP(3));
@@ -142,6 +150,7 @@ event_bridge_format_batch(PG_FUNCTION_ARGS)
 		records[i].system_time = DatumGetInt64(times[i]);
 		records[i].partition_key = key_nulls[i] ? NULL : TextDatumGetCString(keys[i]);
 		records[i].data = TextDatumGetCString(data[i]);
+		records[i].table_version = -1;
 	}
 	batch.nrecords = n;
 	batch.records = records;
@@ -235,4 +244,94 @@ event_bridge_signature(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("unknown signature algorithm \"%s\"", algorithm)));
 	PG_RETURN_TEXT_P(cstring_to_text(result));
+}
+
+/* A stream's records in a range of one shard, for _event_body. */
+static EbStatement range_statement = {
+	"SELECT r.sequence, r.system_time, r.partition_key, r.data, r.table_version"
+	" FROM event_bridge.records r JOIN event_bridge.streams s ON s.stream_id = r.stream_id"
+	" WHERE s.stream_name = $1 AND r.shard_id = $2 AND r.sequence BETWEEN $3 AND $4"
+	" ORDER BY r.sequence",
+	4, {TEXTOID, INT4OID, INT8OID, INT8OID}
+};
+
+/*
+ * The body the delivery worker would make of a stream's records from_sequence
+ * to to_sequence of one shard, in a format, with a filter and a transform
+ * (NULL: none), for byte-exact tests: (body, records it holds, events,
+ * filtered records).  body is NULL when there are no events.
+ */
+Datum
+event_bridge_event_body(PG_FUNCTION_ARGS)
+{
+	EventBatch	b = {0};
+	EventBody	result;
+	Datum		args[4];
+	FormatRecord *records;
+	char	   *format;
+	uint64		n;
+	StringInfoData body;
+	TupleDesc	desc;
+	Datum		values[4];
+	bool		nulls[4] = {false, false, false, false};
+	MemoryContext caller;
+
+	for (int i = 0; i < 5; i++)
+		if (PG_ARGISNULL(i))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("only filter and transform of _event_body may be null")));
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "_event_body must return a record");
+	format = text_to_cstring(PG_GETARG_TEXT_PP(4));
+	if (!format_by_name(format, &b.batch.format))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown event format \"%s\"", format)));
+	if (!PG_ARGISNULL(5))
+	{
+		b.filter = PG_GETARG_JSONB_P(5);
+		rules_check_filter(b.filter);
+	}
+	if (!PG_ARGISNULL(6))
+		b.transform = rules_prepare_transform(PG_GETARG_JSONB_P(6));
+	b.max_bytes = PG_ARGISNULL(7) ? 6291456 : (size_t) Max(PG_GETARG_INT32(7), 1);
+	b.batch.database = get_database_name(MyDatabaseId);
+	b.batch.stream = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	b.batch.region = eb_region;
+	b.batch.shard_id = PG_GETARG_INT32(1);
+
+	caller = CurrentMemoryContext;
+	SPI_connect();
+	/* What is made here outlives SPI_finish. */
+	MemoryContextSwitchTo(caller);
+	for (int i = 0; i < 4; i++)
+		args[i] = PG_GETARG_DATUM(i);
+	n = eb_run(&range_statement, args, NULL);
+	records = palloc(sizeof(FormatRecord) * Max(n, 1));
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+		Datum		d;
+
+		records[i].sequence = DatumGetInt64(eb_result(i, 1, &isnull));
+		records[i].system_time = DatumGetInt64(eb_result(i, 2, &isnull));
+		d = eb_result(i, 3, &isnull);
+		records[i].partition_key = isnull ? NULL : TextDatumGetCString(d);
+		records[i].data = TextDatumGetCString(eb_result(i, 4, &isnull));
+		d = eb_result(i, 5, &isnull);
+		records[i].table_version = isnull ? -1 : DatumGetInt64(d);
+	}
+	b.batch.nrecords = (int) n;
+	b.batch.records = records;
+	initStringInfo(&body);
+	event_body(&body, &b, &result);
+	SPI_finish();
+
+	values[0] = CStringGetTextDatum(body.data);
+	nulls[0] = (body.len == 0);
+	values[1] = Int32GetDatum(result.consumed);
+	values[2] = Int32GetDatum(result.nevents);
+	values[3] = Int32GetDatum(result.nfiltered);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
 }

@@ -95,6 +95,8 @@ delivery_drop_batch(Shard *sh)
 	sh->has_batch = false;
 	sh->redelivery = false;
 	sh->sequences = NULL;
+	sh->nfiltered = 0;
+	sh->filtered = NULL;
 	sh->not_before = 0;
 	MemoryContextReset(sh->batch_context);
 	memset(&sh->body, 0, sizeof(sh->body));

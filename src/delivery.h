@@ -20,6 +20,7 @@
 #include "utils/timestamp.h"
 
 #include "event_bridge.h"
+#include "event.h"
 #include "format.h"
 #include "http.h"
 #include "target.h"
@@ -75,6 +76,8 @@ typedef struct Shard
 	int64		first_sequence;
 	int64		last_sequence;
 	int			nrecords;
+	int			nfiltered;		/* of them, left out by the connector's filter */
+	int64	   *filtered;		/* their sequences, in order (in batch_context) */
 	bool		redelivery;		/* dead letters sent again (redeliver_dead_letters) */
 	int64	   *sequences;		/* of a redelivery, which may have gaps */
 	StringInfoData body;		/* in batch_context */
@@ -105,6 +108,9 @@ struct Connector
 	char	  **headers;		/* "Name: value" lines */
 	int			nheaders;
 	EbFormat	format;
+	Jsonb	   *filter;			/* NULL: none */
+	RuleTransform *transform;	/* NULL: ORIGINAL */
+	bool		named_events;	/* bodies are made by event.c (format, filter or transform) */
 	int			batch_size;
 	int64		batch_window_ms;
 	int64		retry_interval_ms;
@@ -171,7 +177,7 @@ extern int64 delivery_retry_delay_ms(Connector *c, int failures, int64 retry_aft
 
 /* delivery_catalog.c */
 extern void delivery_sync_connectors(DeliveryWorker *w);
-extern void delivery_skip_records(Shard *sh, int64 last_skipped);
+extern void delivery_skip_records(Shard *sh, int64 last_skipped, int filtered);
 extern void delivery_record_outcome(Shard *sh, const HttpOutcome *o);
 extern void delivery_record_failure(Shard *sh, const HttpOutcome *o, FailureAction action,
 									bool named);

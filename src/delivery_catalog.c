@@ -69,7 +69,8 @@ static EbStatement statements[NUM_STATEMENTS] = {
 		" ceil(extract(epoch FROM c.max_retry_interval) * 1000)::bigint,"
 		" c.on_failure, floor(extract(epoch FROM c.max_record_age) * 1000)::bigint,"
 		" c.partial_batch_response, c.target, c.invocation = 'async',"
-		" cr.provider, cr.key_id, cr.secret, cr.session_token, cr.region"
+		" cr.provider, cr.key_id, cr.secret, cr.session_token, cr.region,"
+		" c.filter, c.transform"
 		" FROM event_bridge.connectors c JOIN event_bridge.streams s ON s.stream_id = c.stream_id"
 		" LEFT JOIN event_bridge.credential_secrets cr ON cr.credential_id = c.credential_id"
 		" WHERE c.connector_id = $1",
@@ -84,9 +85,10 @@ static EbStatement statements[NUM_STATEMENTS] = {
 		1, {INT4OID}
 	},
 	[STMT_SKIP] = {
-		"UPDATE event_bridge.connector_shards SET delivered_sequence = $4"
+		"UPDATE event_bridge.connector_shards SET delivered_sequence = $4,"
+		" filtered = filtered + $5"
 		" WHERE connector_id = $1 AND shard_id = $2 AND position_generation = $3",
-		4, {INT4OID, INT4OID, INT4OID, INT8OID}
+		5, {INT4OID, INT4OID, INT4OID, INT8OID, INT4OID}
 	},
 	/*
 	 * A success moves the offset and logs the attempt in one statement: the
@@ -94,8 +96,8 @@ static EbStatement statements[NUM_STATEMENTS] = {
 	 */
 	[STMT_SUCCESS] = {
 		"WITH s AS (UPDATE event_bridge.connector_shards SET delivered_sequence = $4,"
-		" delivered = delivered + $5, failures = 0, retry_last_sequence = NULL,"
-		" next_attempt_at = NULL, attempts = attempts + 1, last_attempt_at = $6, last_http_status = $7,"
+		" delivered = delivered + $5, filtered = filtered + $13, failures = 0,"
+		" retry_last_sequence = NULL, next_attempt_at = NULL, attempts = attempts + 1, last_attempt_at = $6, last_http_status = $7,"
 		" last_success_at = $6, last_event_id = $8"
 		" WHERE connector_id = $1 AND shard_id = $2 AND position_generation = $3"
 		" RETURNING attempts),"
@@ -106,8 +108,8 @@ static EbStatement statements[NUM_STATEMENTS] = {
 		" attempted_at, duration_ms, first_sequence, last_sequence, http_status, response)"
 		" SELECT $1, $2, attempts, $9, $10, $11, $4, $7, $12 FROM s"
 		" RETURNING attempt",
-		12, {INT4OID, INT4OID, INT4OID, INT8OID, INT4OID, TIMESTAMPTZOID, INT4OID, TEXTOID,
-		TIMESTAMPTZOID, FLOAT8OID, INT8OID, TEXTOID}
+		13, {INT4OID, INT4OID, INT4OID, INT8OID, INT4OID, TIMESTAMPTZOID, INT4OID, TEXTOID,
+		TIMESTAMPTZOID, FLOAT8OID, INT8OID, TEXTOID, INT4OID}
 	},
 	/*
 	 * A failure schedules the retry of the same batch, or suspends the shard
@@ -167,9 +169,10 @@ static EbStatement statements[NUM_STATEMENTS] = {
 	 */
 	[STMT_PARTIAL] = {
 		"UPDATE event_bridge.connector_shards SET delivered_sequence = $4,"
-		" delivered = delivered + $5, last_success_at = $6, last_event_id = $7, failures = 0"
+		" delivered = delivered + $5, last_success_at = $6, last_event_id = $7, failures = 0,"
+		" filtered = filtered + $8"
 		" WHERE connector_id = $1 AND shard_id = $2 AND position_generation = $3",
-		7, {INT4OID, INT4OID, INT4OID, INT8OID, INT4OID, TIMESTAMPTZOID, TEXTOID}
+		8, {INT4OID, INT4OID, INT4OID, INT8OID, INT4OID, TIMESTAMPTZOID, TEXTOID, INT4OID}
 	},
 	/*
 	 * Records $4..$5 become dead letters (_add_dead_letters) and the offset
@@ -178,12 +181,13 @@ static EbStatement statements[NUM_STATEMENTS] = {
 	 */
 	[STMT_DEAD_LETTER] = {
 		"WITH s AS (UPDATE event_bridge.connector_shards SET delivered_sequence = $5,"
-		" failures = 0, retry_last_sequence = NULL, next_attempt_at = NULL"
+		" failures = 0, retry_last_sequence = NULL, next_attempt_at = NULL,"
+		" filtered = filtered + cardinality($11)"
 		" WHERE connector_id = $1 AND shard_id = $2 AND position_generation = $3"
 		" RETURNING 1)"
-		" SELECT event_bridge._add_dead_letters($1, $10, $2, $4, $5, $6, $7, $8, $9) FROM s",
-		10, {INT4OID, INT4OID, INT4OID, INT8OID, INT8OID, TIMESTAMPTZOID, INT4OID, INT4OID,
-		TEXTOID, INT4OID}
+		" SELECT event_bridge._add_dead_letters($1, $10, $2, $4, $5, $6, $7, $8, $9, $11) FROM s",
+		11, {INT4OID, INT4OID, INT4OID, INT8OID, INT8OID, TIMESTAMPTZOID, INT4OID, INT4OID,
+		TEXTOID, INT4OID, INT8ARRAYOID}
 	},
 	/* Dead letters sent again and acknowledged leave. */
 	[STMT_REDELIVERED] = {
@@ -294,6 +298,43 @@ load_shard(Connector *c, uint64 i)
 }
 
 /*
+ * Reads a connector's filter and transform (columns 29 and 30 of
+ * STMT_CONNECTOR's row), checked again, and gives a cloudevents body its
+ * Content-Type.  Allocates in the current memory context.
+ */
+static void
+load_rules(Connector *c)
+{
+	bool		isnull;
+	Datum		d;
+
+	c->filter = NULL;
+	c->transform = NULL;
+	d = column(0, 29, &isnull);
+	if (!isnull)
+	{
+		c->filter = DatumGetJsonbPCopy(d);
+		rules_check_filter(c->filter);
+	}
+	d = column(0, 30, &isnull);
+	if (!isnull)
+		c->transform = rules_prepare_transform(DatumGetJsonbPCopy(d));
+	c->named_events = (c->format == EB_FORMAT_JSON || c->format == EB_FORMAT_CLOUDEVENTS ||
+					   c->filter != NULL || c->transform != NULL);
+
+	if (c->target.kind == TARGET_HTTP)
+	{
+		const char *type = event_content_type(c->format, c->transform != NULL);
+
+		for (int i = 0; i < c->nheaders; i++)
+			if (pg_strncasecmp(c->headers[i], "content-type:", 13) == 0)
+				return;
+		c->headers = repalloc(c->headers, sizeof(char *) * (c->nheaders + 1));
+		c->headers[c->nheaders++] = psprintf("Content-Type: %s", type);
+	}
+}
+
+/*
  * Reads a connector's configuration and shards from the catalog.  Returns
  * false if the connector no longer exists.  Must be called inside a
  * transaction.
@@ -367,6 +408,7 @@ load_connector(Connector *c)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
 				 errmsg("the connector's target cannot be used: %s", problem)));
+	load_rules(c);
 	if (c->shards != NULL && c->nshards != column_int32(0, 4))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
@@ -511,14 +553,15 @@ delivery_sync_connectors(DeliveryWorker *w)
 
 /* Moves a shard's offset over records it skips.  Must be called inside a transaction. */
 void
-delivery_skip_records(Shard *sh, int64 last_skipped)
+delivery_skip_records(Shard *sh, int64 last_skipped, int filtered)
 {
-	Datum		values[4];
+	Datum		values[5];
 
 	values[0] = Int32GetDatum(sh->connector->connector_id);
 	values[1] = Int32GetDatum(sh->shard_id);
 	values[2] = Int32GetDatum(sh->generation);
 	values[3] = Int64GetDatum(last_skipped);
+	values[4] = Int32GetDatum(filtered);
 	if (run(STMT_SKIP, values, NULL) == 1)
 		sh->delivered_sequence = last_skipped;
 	else
@@ -590,8 +633,8 @@ static void
 record_success(Shard *sh, const HttpOutcome *o)
 {
 	Connector  *c = sh->connector;
-	Datum		values[12];
-	char		nulls[12];
+	Datum		values[13];
+	char		nulls[13];
 	int64		attempt;
 
 	memset(nulls, ' ', sizeof(nulls));
@@ -599,7 +642,7 @@ record_success(Shard *sh, const HttpOutcome *o)
 	values[1] = Int32GetDatum(sh->shard_id);
 	values[2] = Int32GetDatum(sh->generation);
 	values[3] = Int64GetDatum(sh->last_sequence);
-	values[4] = Int32GetDatum(sh->nrecords);
+	values[4] = Int32GetDatum(sh->nrecords - sh->nfiltered);
 	values[5] = TimestampTzGetDatum(GetCurrentTimestamp());
 	values[6] = Int32GetDatum((int32) o->status);
 	nulls[6] = (o->status == 0) ? 'n' : ' ';
@@ -610,6 +653,7 @@ record_success(Shard *sh, const HttpOutcome *o)
 	values[10] = Int64GetDatum(sh->first_sequence);
 	values[11] = CStringGetTextDatum(o->response);
 	nulls[11] = (o->response[0] == '\0') ? 'n' : ' ';
+	values[12] = Int32GetDatum(sh->nfiltered);
 	if (run(STMT_SUCCESS, values, nulls) == 1)
 	{
 		sh->delivered_sequence = sh->last_sequence;
@@ -637,17 +681,25 @@ record_partial_success(Shard *sh, int acked)
 {
 	Connector  *c = sh->connector;
 	int64		last = sh->first_sequence + acked - 1;
-	Datum		values[7];
+	Datum		values[8];
+	int			filtered = 0;
+
+	/* The filtered records among the acknowledged ones count as filtered. */
+	while (filtered < sh->nfiltered && sh->filtered[filtered] <= last)
+		filtered++;
 
 	values[0] = Int32GetDatum(c->connector_id);
 	values[1] = Int32GetDatum(sh->shard_id);
 	values[2] = Int32GetDatum(sh->generation);
 	values[3] = Int64GetDatum(last);
-	values[4] = Int32GetDatum(acked);
+	values[4] = Int32GetDatum(acked - filtered);
 	values[5] = TimestampTzGetDatum(GetCurrentTimestamp());
 	values[6] = CStringGetTextDatum(psprintf("%d:" INT64_FORMAT, sh->shard_id, last));
+	values[7] = Int32GetDatum(filtered);
 	if (run(STMT_PARTIAL, values, NULL) != 1)
 		return false;
+	sh->nfiltered -= filtered;
+	sh->filtered += filtered;
 	sh->delivered_sequence = last;
 	sh->first_sequence = last + 1;
 	sh->nrecords -= acked;
@@ -665,8 +717,9 @@ void
 delivery_record_dead_letters(Shard *sh, const HttpOutcome *o, int attempts)
 {
 	Connector  *c = sh->connector;
-	Datum		values[10];
-	char		nulls[10];
+	Datum		values[11];
+	char		nulls[11];
+	Datum	   *filtered = palloc(sizeof(Datum) * Max(sh->nfiltered, 1));
 
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = Int32GetDatum(c->connector_id);
@@ -680,6 +733,11 @@ delivery_record_dead_letters(Shard *sh, const HttpOutcome *o, int attempts)
 	nulls[7] = (o->status == 0) ? 'n' : ' ';
 	values[8] = CStringGetTextDatum(o->error);
 	values[9] = Int32GetDatum(c->stream_id);
+	/* What the filter left out is no dead letter. */
+	for (int i = 0; i < sh->nfiltered; i++)
+		filtered[i] = Int64GetDatum(sh->filtered[i]);
+	values[10] = PointerGetDatum(construct_array(filtered, sh->nfiltered, INT8OID, 8, true,
+												 TYPALIGN_DOUBLE));
 	if (run(STMT_DEAD_LETTER, values, nulls) != 1)
 	{
 		c->version = -1;		/* reset meanwhile: reload */

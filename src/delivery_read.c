@@ -24,6 +24,7 @@
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 
@@ -36,9 +37,9 @@
  * columns a batch needs; find_records_table checks them.
  */
 static Oid	records_relid = InvalidOid;
-#define RECORDS_NATTS		4
+#define RECORDS_NATTS		5
 static const char *const records_columns[RECORDS_NATTS] = {
-	"sequence", "system_time", "partition_key", "data"
+	"sequence", "system_time", "partition_key", "data", "table_version"
 };
 static AttrNumber records_attnums[RECORDS_NATTS];
 
@@ -122,6 +123,8 @@ read_records(int32 stream_id, int32 shard_id, int64 after, int64 upto, int limit
 		d = slot_getattr(slot, records_attnums[2], &isnull);
 		r->partition_key = isnull ? NULL : TextDatumGetCString(d);
 		*bytes += r->partition_key ? strlen(r->partition_key) : 0;
+		d = slot_getattr(slot, records_attnums[4], &isnull);
+		r->table_version = isnull ? -1 : DatumGetInt64(d);
 		d = slot_getattr(slot, records_attnums[3], &isnull);
 		data_bytes = toast_raw_datum_size(d) - VARHDRSZ;
 		if (data_bytes > max_bytes)
@@ -230,6 +233,50 @@ fail_old_records(Shard *sh, const FormatRecord *records, int count, TimestampTz 
 						 epoch_ms(now) - records[0].system_time));
 }
 
+/* Builds in sh->body the body of a batch of named events (event.c). */
+static void
+build_events(Shard *sh, const FormatBatch *batch, EventBody *result)
+{
+	Connector  *c = sh->connector;
+	EventBatch	b;
+
+	b.batch = *batch;
+	b.filter = c->filter;
+	b.transform = c->transform;
+	b.max_bytes = c->max_request_bytes;
+	event_body(&sh->body, &b, result);
+}
+
+/*
+ * Builds the body of a batch of named events (event.c) in sh->body, and
+ * returns how many of the batch's records it holds; the filtered ones among
+ * them are kept in the shard.  A batch whose every record the filter left
+ * out moves the offset past them at once, with no body.  Must be called
+ * inside a transaction.
+ */
+static int
+read_events(Shard *sh, const FormatBatch *batch)
+{
+	Connector  *c = sh->connector;
+	EventBody	result;
+
+	build_events(sh, batch, &result);
+	if (result.nevents == 0)
+	{
+		if (result.consumed > 0)
+		{
+			delivery_skip_records(sh, batch->records[result.consumed - 1].sequence,
+								  result.nfiltered);
+			c->worker->turn_again = true;
+		}
+		return result.consumed;
+	}
+	sh->nfiltered = result.nfiltered;
+	sh->filtered = MemoryContextAlloc(sh->batch_context, sizeof(int64) * Max(result.nfiltered, 1));
+	memcpy(sh->filtered, result.filtered, sizeof(int64) * result.nfiltered);
+	return result.consumed;
+}
+
 /*
  * Reads the next batch of an idle shard and builds its body.  Leaves the
  * shard idle if there are no records yet, or if the batch window asks to
@@ -259,10 +306,21 @@ delivery_read_batch(Shard *sh, TimestampTz now)
 	}
 	whole = (sh->retry_last < 0 && sh->bisect_last < 0);
 
-	records = palloc(sizeof(FormatRecord) * limit);
+	/* One more: an event is not cut from an UPDATE's before image. */
+	records = palloc(sizeof(FormatRecord) * (limit + 1));
 	n = read_records(c->stream_id, sh->shard_id, sh->delivered_sequence, upto,
 					 limit, c->max_request_bytes, records, &full, &read_bytes,
 					 &big_bytes);
+	if (c->named_events && n > 0 && event_is_update_before(&records[n - 1]))
+	{
+		bool		more_full;
+		int64		more_bytes;
+
+		n += read_records(c->stream_id, sh->shard_id, records[n - 1].sequence, PG_INT64_MAX,
+						  1, c->max_request_bytes, &records[n], &more_full, &more_bytes,
+						  &big_bytes);
+		read_bytes += more_bytes;
+	}
 
 	/*
 	 * Fewer than asked for, and not for their size: every record there was
@@ -288,7 +346,7 @@ delivery_read_batch(Shard *sh, TimestampTz now)
 		first++;
 	if (first > 0)
 	{
-		delivery_skip_records(sh, records[first - 1].sequence);
+		delivery_skip_records(sh, records[first - 1].sequence, 0);
 		if (first == n)
 		{
 			c->worker->turn_again = (n == limit);
@@ -341,20 +399,29 @@ delivery_read_batch(Shard *sh, TimestampTz now)
 	batch.now_ms = epoch_ms(now);
 	batch.nrecords = n - first;
 	batch.records = records + first;
-	batch.nrecords = records_that_fit(c, &batch, read_bytes);
-	if (batch.nrecords == 0)
+	old = MemoryContextSwitchTo(sh->batch_context);
+	initStringInfo(&sh->body);
+	MemoryContextSwitchTo(old);
+	if (c->named_events)
+		batch.nrecords = read_events(sh, &batch);
+	else
 	{
-		fail_big_record(sh, &records[first], big_bytes, now);
+		batch.nrecords = records_that_fit(c, &batch, read_bytes);
+		if (batch.nrecords > 0)
+			format_body(&sh->body, &batch);
+	}
+	if (batch.nrecords == 0 || sh->body.len == 0)
+	{
+		/* Nothing to send: too big for any body, or every event filtered (read_events). */
+		MemoryContextReset(sh->batch_context);
+		memset(&sh->body, 0, sizeof(sh->body));
+		if (batch.nrecords == 0)
+			fail_big_record(sh, &records[first], big_bytes, now);
 		return;
 	}
 	if (batch.nrecords < n - first)
 		sh->drained = false;
 	n = first + batch.nrecords;
-
-	old = MemoryContextSwitchTo(sh->batch_context);
-	initStringInfo(&sh->body);
-	MemoryContextSwitchTo(old);
-	format_body(&sh->body, &batch);
 
 	sh->has_batch = true;
 	sh->first_sequence = records[first].sequence;
@@ -371,8 +438,8 @@ delivery_read_batch(Shard *sh, TimestampTz now)
  * within max_request_bytes, so that a huge dead letter is not read whole.
  */
 static EbStatement redelivery_statement = {
-	"SELECT x.sequence, x.system_time, x.partition_key, x.data, x.size"
-	" FROM (SELECT d.sequence, d.system_time, d.partition_key,"
+	"SELECT x.sequence, x.system_time, x.partition_key, x.data, x.size, x.table_version"
+	" FROM (SELECT d.sequence, d.system_time, d.partition_key, d.table_version,"
 	" CASE WHEN octet_length(d.data) <= $4 THEN d.data END AS data,"
 	" octet_length(d.data) AS size,"
 	" sum(octet_length(d.data)) OVER (ORDER BY d.sequence) - octet_length(d.data) AS before"
@@ -425,6 +492,8 @@ delivery_read_redelivery(Shard *sh, TimestampTz now)
 		r->data = isnull ? NULL : TextDatumGetCString(d);
 		read_bytes += DatumGetInt32(eb_result(i, 5, &isnull)) +
 			(r->partition_key ? strlen(r->partition_key) : 0);
+		d = eb_result(i, 6, &isnull);
+		r->table_version = isnull ? -1 : DatumGetInt64(d);
 	}
 
 	batch.format = c->format;
@@ -435,7 +504,23 @@ delivery_read_redelivery(Shard *sh, TimestampTz now)
 	batch.now_ms = epoch_ms(now);
 	batch.nrecords = (int) n;
 	batch.records = records;
-	batch.nrecords = records_that_fit(c, &batch, read_bytes);
+	old = MemoryContextSwitchTo(sh->batch_context);
+	initStringInfo(&sh->body);
+	MemoryContextSwitchTo(old);
+	if (c->named_events)
+	{
+		EventBody	result;
+
+		/* Those the filter leaves out are done with when the batch is. */
+		build_events(sh, &batch, &result);
+		batch.nrecords = result.consumed;
+	}
+	else
+	{
+		batch.nrecords = records_that_fit(c, &batch, read_bytes);
+		if (batch.nrecords > 0)
+			format_body(&sh->body, &batch);
+	}
 
 	/* The batch in hand; a first record too big for any body is alone in it. */
 	sh->redelivery = true;
@@ -457,11 +542,15 @@ delivery_read_redelivery(Shard *sh, TimestampTz now)
 		delivery_record_redelivery(sh, &o, 0, o.error);
 		return true;
 	}
+	if (sh->body.len == 0)
+	{
+		HttpOutcome o;
 
-	old = MemoryContextSwitchTo(sh->batch_context);
-	initStringInfo(&sh->body);
-	MemoryContextSwitchTo(old);
-	format_body(&sh->body, &batch);
+		/* The filter left every one out: they are done with. */
+		memset(&o, 0, sizeof(o));
+		delivery_record_redelivery(sh, &o, sh->nrecords, "");
+		return true;
+	}
 	sh->has_batch = true;
 	sh->not_before = 0;
 	return true;

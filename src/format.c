@@ -36,7 +36,7 @@
 #include "format.h"
 
 /* Names of EbFormat values, as create_connector accepts them. */
-static const char *const format_names[] = {"datahub", "dis"};
+static const char *const format_names[] = {"datahub", "dis", "json", "cloudevents"};
 
 /* Looks a format up by its SQL name; returns false for an unknown name. */
 bool
@@ -322,7 +322,7 @@ format_dis(StringInfo out, const FormatBatch *b)
 }
 
 /*
- * Appends the body of a batch of at least one record to out.  Allocates
+ * Appends the body of a datahub or dis batch of at least one record to out.  Allocates
  * temporary memory in the current memory context.
  */
 void
@@ -336,6 +336,13 @@ format_body(StringInfo out, const FormatBatch *batch)
 	else
 		format_datahub(out, batch);
 
+	format_convert_body(out, start);
+}
+
+/* Converts the body that starts at out->data[start] to UTF-8, if it is not. */
+void
+format_convert_body(StringInfo out, int start)
+{
 	if (needs_conversion())
 	{
 		char	   *utf8 = pg_server_to_any(out->data + start, out->len - start, PG_UTF8);

@@ -20,7 +20,9 @@
 typedef enum EbFormat
 {
 	EB_FORMAT_DATAHUB = 0,		/* Alibaba DataHub -> Function Compute */
-	EB_FORMAT_DIS				/* Huawei FunctionGraph DIS trigger */
+	EB_FORMAT_DIS,				/* Huawei FunctionGraph DIS trigger */
+	EB_FORMAT_JSON,				/* named events (event.c) */
+	EB_FORMAT_CLOUDEVENTS		/* CloudEvents 1.0, structured batch mode (event.c) */
 } EbFormat;
 
 /* One record, as a body needs it; the strings belong to the caller. */
@@ -30,6 +32,7 @@ typedef struct FormatRecord
 	int64		system_time;	/* epoch milliseconds */
 	const char *partition_key;	/* NULL: the row has no key */
 	const char *data;			/* the record's JSON array, as text */
+	int64		table_version;	/* -1: none (a record of 0.1) */
 } FormatRecord;
 
 /*
@@ -50,6 +53,7 @@ typedef struct FormatBatch
 
 extern bool format_by_name(const char *name, EbFormat *format);
 extern void format_body(StringInfo out, const FormatBatch *batch);
+extern void format_convert_body(StringInfo out, int start);
 /*
  * At most the bytes a record with data and key of these lengths adds to a
  * body of any format: six per byte (a \u escape; base64 of text converted

@@ -64,6 +64,8 @@
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
 
+#include "rules.h"
+
 PG_FUNCTION_INFO_V1(event_bridge_check_filter);
 PG_FUNCTION_INFO_V1(event_bridge_filter_matches);
 PG_FUNCTION_INFO_V1(event_bridge_check_transform);
@@ -884,6 +886,73 @@ transform_event(StringInfo out, Jsonb *transform, Jsonb *event)
 	else
 		render_template(out, member_string(&transform->root, "template"),
 						check_variables(value), &event->root);
+}
+
+/* A transform parsed once, for the delivery path. */
+struct RuleTransform
+{
+	bool		constant;		/* CONSTANT: body is the same for every event */
+	char	   *body;			/* CONSTANT: what each event becomes */
+	char	   *template;		/* VARIABLE */
+	Jsonb	   *vars;			/* VARIABLE: name -> expression */
+};
+
+/* Refuses a filter that is not one, naming the part at fault. */
+void
+rules_check_filter(Jsonb *filter)
+{
+	check_filter(filter);
+}
+
+/* Does an event match a filter that rules_check_filter accepted? */
+bool
+rules_filter_matches(Jsonb *filter, Jsonb *event)
+{
+	return filter_matches(filter, event);
+}
+
+/*
+ * Checks a transform and parses it once, in the current memory context;
+ * NULL for ORIGINAL, which leaves events as they are.
+ */
+RuleTransform *
+rules_prepare_transform(Jsonb *transform)
+{
+	const char *type = check_transform(transform);
+	RuleTransform *t;
+	StringInfoData out;
+
+	if (strcmp(type, "ORIGINAL") == 0)
+		return NULL;
+	t = palloc0(sizeof(RuleTransform));
+	if (strcmp(type, "CONSTANT") == 0)
+	{
+		t->constant = true;
+		initStringInfo(&out);
+		transform_event(&out, transform, NULL);
+		t->body = out.data;
+		return t;
+	}
+	t->template = member_string(&transform->root, "template");
+	t->vars = check_variables(member_string(&transform->root, "value"));
+	return t;
+}
+
+/* Does the transform read the event (else the event need not be parsed)? */
+bool
+rules_transform_reads_event(const RuleTransform *t)
+{
+	return t == NULL || !t->constant;
+}
+
+/* Appends what a prepared transform (not ORIGINAL) makes of an event. */
+void
+rules_transform_append(StringInfo out, const RuleTransform *t, Jsonb *event)
+{
+	if (t->constant)
+		appendStringInfoString(out, t->body);
+	else
+		render_template(out, t->template, t->vars, &event->root);
 }
 
 /* SQL: refuses a transform that is not one, saying where. */

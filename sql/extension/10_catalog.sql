@@ -153,7 +153,7 @@ CREATE TABLE event_bridge.connectors (
     connector_name text NOT NULL UNIQUE,
     stream_id      int NOT NULL REFERENCES event_bridge.streams ON DELETE CASCADE,
     endpoint       text NOT NULL,
-    format         text NOT NULL CHECK (format IN ('datahub', 'dis')),
+    format         text NOT NULL CHECK (format IN ('datahub', 'dis', 'json', 'cloudevents')),
     batch_size     int NOT NULL CHECK (batch_size BETWEEN 1 AND 10000),
     batch_window   interval NOT NULL,
     retry_interval interval NOT NULL,
@@ -174,7 +174,9 @@ CREATE TABLE event_bridge.connectors (
     target         text NOT NULL DEFAULT 'http'
                    CHECK (target IN ('http', 'fc', 'functiongraph', 'lambda')),
     credential_id  int REFERENCES event_bridge.credential_secrets,
-    invocation     text NOT NULL DEFAULT 'sync' CHECK (invocation IN ('sync', 'async'))
+    invocation     text NOT NULL DEFAULT 'sync' CHECK (invocation IN ('sync', 'async')),
+    filter         jsonb,
+    transform      jsonb
 );
 CREATE SEQUENCE event_bridge.connector_id_seq AS int OWNED BY event_bridge.connectors.connector_id;
 COMMENT ON TABLE event_bridge.connectors IS
@@ -211,6 +213,7 @@ CREATE TABLE event_bridge.connector_shards (
     last_error          text,
     last_error_at       timestamptz,
     next_attempt_at     timestamptz,
+    filtered            bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (connector_id, shard_id)
 );
 COMMENT ON TABLE event_bridge.connector_shards IS
@@ -262,6 +265,7 @@ CREATE TABLE event_bridge.dead_letter_records (
     http_status   int,
     error         text,
     redeliver     boolean NOT NULL DEFAULT false,
+    table_version bigint,
     PRIMARY KEY (connector_id, shard_id, sequence)
 );
 CREATE INDEX dead_letter_records_redeliver ON event_bridge.dead_letter_records

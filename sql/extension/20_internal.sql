@@ -190,6 +190,24 @@ AS 'MODULE_PATHNAME', 'event_bridge_transform_event';
 COMMENT ON FUNCTION event_bridge._transform_event(jsonb, jsonb) IS
     'Internal: what a connector transform makes of an event, as the delivery worker would; for tests';
 
+/* A connector filter as stored: the empty filter, which keeps every event, is none. */
+CREATE OR REPLACE FUNCTION event_bridge._stored_filter(filter jsonb)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT nullif(filter, '{}') $$;
+COMMENT ON FUNCTION event_bridge._stored_filter(jsonb) IS
+    'Internal: a connector filter as stored (NULL for {}, which keeps every event)';
+
+/* A connector transform as stored: ORIGINAL, which leaves events as they are, is none. */
+CREATE OR REPLACE FUNCTION event_bridge._stored_transform(transform jsonb)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT CASE WHEN transform ->> 'type' = 'ORIGINAL' THEN NULL ELSE transform END $$;
+COMMENT ON FUNCTION event_bridge._stored_transform(jsonb) IS
+    'Internal: a connector transform as stored (NULL for ORIGINAL, which leaves events as they are)';
+
 CREATE OR REPLACE FUNCTION event_bridge._check_row_filter(table_name regclass, row_filter text)
 RETURNS text
 LANGUAGE C VOLATILE STRICT
@@ -220,6 +238,24 @@ LANGUAGE C IMMUTABLE
 AS 'MODULE_PATHNAME', 'event_bridge_format_batch';
 COMMENT ON FUNCTION event_bridge._format_batch(text, text, text, text, int, bigint[], bigint[], text[], text[], bigint) IS
     'Internal: the HTTP body the delivery worker sends for a batch of records, for tests';
+
+CREATE OR REPLACE FUNCTION event_bridge._event_body(
+    stream_name   text,
+    shard_id      int,
+    from_sequence bigint,
+    to_sequence   bigint,
+    format        text,
+    filter        jsonb DEFAULT NULL,
+    transform     jsonb DEFAULT NULL,
+    max_bytes     int   DEFAULT 6291456,
+    OUT body      text,
+    OUT records   int,
+    OUT events    int,
+    OUT filtered  int)
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'event_bridge_event_body';
+COMMENT ON FUNCTION event_bridge._event_body(text, int, bigint, bigint, text, jsonb, jsonb, int) IS
+    'Internal: the HTTP body the delivery worker makes of a range of a shard''s records in a format, with a filter and a transform, and how many records it holds, events it has and records it left out; for tests';
 
 CREATE OR REPLACE FUNCTION event_bridge._signature(
     algorithm text,
@@ -369,7 +405,8 @@ CREATE OR REPLACE FUNCTION event_bridge._add_dead_letters(
     failed_at     timestamptz,
     attempts      int,
     http_status   int,
-    error         text)
+    error         text,
+    filtered      bigint[])
 RETURNS bigint
 LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -377,21 +414,23 @@ AS $$
     WITH added AS (
         INSERT INTO event_bridge.dead_letter_records AS d (connector_id, shard_id, sequence,
             system_time, record_id, operation, table_name, partition_key, data, failed_at,
-            attempts, http_status, error)
+            attempts, http_status, error, table_version)
         SELECT _add_dead_letters.connector_id, r.shard_id, r.sequence, r.system_time, r.record_id,
                r.operation, r.table_name, r.partition_key, r.data, _add_dead_letters.failed_at,
-               _add_dead_letters.attempts, _add_dead_letters.http_status, _add_dead_letters.error
+               _add_dead_letters.attempts, _add_dead_letters.http_status, _add_dead_letters.error,
+               r.table_version
           FROM event_bridge.records r
          WHERE r.stream_id = _add_dead_letters.stream_id AND r.shard_id = _add_dead_letters.shard_id
            AND r.sequence BETWEEN from_sequence AND to_sequence
+           AND r.sequence <> ALL (_add_dead_letters.filtered)
         ON CONFLICT ON CONSTRAINT dead_letter_records_pkey DO UPDATE
            SET failed_at = excluded.failed_at, attempts = d.attempts + excluded.attempts,
                http_status = excluded.http_status, error = excluded.error, redeliver = false
         RETURNING 1)
     SELECT count(*) FROM added
 $$;
-COMMENT ON FUNCTION event_bridge._add_dead_letters(int, int, int, bigint, bigint, timestamptz, int, int, text) IS
-    'Internal: copies a shard''s records into a connector''s dead letters with the outcome that failed them, returns how many';
+COMMENT ON FUNCTION event_bridge._add_dead_letters(int, int, int, bigint, bigint, timestamptz, int, int, text, bigint[]) IS
+    'Internal: copies a shard''s records, but those the connector''s filter left out, into a connector''s dead letters with the outcome that failed them, returns how many';
 
 /* A start time in epoch milliseconds (NULL stays NULL: the earliest retained). */
 CREATE OR REPLACE FUNCTION event_bridge._start_ms(start_time timestamptz)

@@ -30,7 +30,9 @@ CREATE OR REPLACE FUNCTION event_bridge._check_connector_settings(
     target             text,
     invocation         text,
     provider           text,
-    region             text)
+    region             text,
+    filter             jsonb,
+    transform          jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -46,10 +48,22 @@ BEGIN
                   HINT = 'invocation is sync (the function''s answer acknowledges the batch) or async (the platform queues the batch and answers 202).';
     END IF;
     PERFORM event_bridge._check_target(target, endpoint, invocation, provider, region);
-    IF format NOT IN ('datahub', 'dis') THEN
+    IF format NOT IN ('datahub', 'dis', 'json', 'cloudevents') THEN
         RAISE EXCEPTION 'unknown event format "%"', format
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'The formats are datahub (Alibaba Function Compute) and dis (Huawei FunctionGraph).';
+                  HINT = 'The formats are datahub (Alibaba Function Compute), dis (Huawei FunctionGraph), json (events with named columns) and cloudevents (CloudEvents 1.0).';
+    END IF;
+    IF filter IS NOT NULL AND filter <> '{}' THEN
+        PERFORM event_bridge._check_filter(filter);
+    END IF;
+    IF transform IS NOT NULL THEN
+        PERFORM event_bridge._check_transform(transform);
+        IF transform ->> 'type' <> 'ORIGINAL' AND format <> 'json' THEN
+            RAISE EXCEPTION 'a % transform needs format json', transform ->> 'type'
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = format('The body is a JSON array of the transformed json events, not %s events.', format),
+                      HINT = 'Pass format => ''json''.';
+        END IF;
     END IF;
     IF batch_size < 1 OR batch_size > 10000 THEN
         RAISE EXCEPTION 'batch_size % is out of range', batch_size
@@ -136,7 +150,7 @@ BEGIN
     RETURN hj;
 END
 $$;
-COMMENT ON FUNCTION event_bridge._check_connector_settings(text, text, int, interval, interval, int, interval, text, int, text, interval, text, interval, text, text, text, text) IS
+COMMENT ON FUNCTION event_bridge._check_connector_settings(text, text, int, interval, interval, int, interval, text, int, text, interval, text, interval, text, text, text, text, jsonb, jsonb) IS
     'Internal: refuses connector settings out of range, and returns the headers parsed';
 
 /*
@@ -191,7 +205,9 @@ CREATE OR REPLACE FUNCTION event_bridge.create_connector(
     partial_batch_response boolean DEFAULT false,
     target         text     DEFAULT 'http',
     credential     text     DEFAULT NULL,
-    invocation     text     DEFAULT 'sync')
+    invocation     text     DEFAULT 'sync',
+    filter         jsonb    DEFAULT NULL,
+    transform      jsonb    DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -216,7 +232,7 @@ BEGIN
        OR invocation IS NULL THEN
         RAISE EXCEPTION 'arguments of create_connector must not be null'
             USING ERRCODE = 'null_value_not_allowed',
-                  DETAIL = 'Only start_time (then the earliest retained record), max_record_age (then no limit) and credential (then none) may be null.';
+                  DETAIL = 'Only start_time (then the earliest retained record), max_record_age (then no limit), credential (then none), filter (then every event) and transform (then ORIGINAL) may be null.';
     END IF;
     IF connector_name !~ '^[A-Za-z_][A-Za-z0-9_.-]{0,127}$' THEN
         RAISE EXCEPTION 'invalid connector name "%"', connector_name
@@ -237,17 +253,19 @@ BEGIN
     cr := event_bridge._use_credential(credential);
     hj := event_bridge._check_connector_settings(endpoint, format, batch_size, batch_window,
         retry_interval, max_retries, timeout, headers, max_request_bytes, retry_strategy,
-        max_retry_interval, on_failure, max_record_age, target, invocation, cr.provider, cr.region);
+        max_retry_interval, on_failure, max_record_age, target, invocation, cr.provider, cr.region,
+        filter, transform);
 
     cid := nextval('event_bridge.connector_id_seq');
     INSERT INTO event_bridge.connectors (connector_id, connector_name, stream_id, endpoint, format,
         batch_size, batch_window, retry_interval, max_retries, timeout, headers, max_request_bytes,
         retry_strategy, max_retry_interval, on_failure, max_record_age, partial_batch_response,
-        target, credential_id, invocation)
+        target, credential_id, invocation, filter, transform)
     VALUES (cid, connector_name, s.stream_id, endpoint, format,
         batch_size, batch_window, retry_interval, max_retries, timeout, hj, max_request_bytes,
         retry_strategy, max_retry_interval, on_failure, max_record_age, partial_batch_response,
-        target, cr.credential_id, invocation);
+        target, cr.credential_id, invocation, event_bridge._stored_filter(filter),
+        event_bridge._stored_transform(transform));
     INSERT INTO event_bridge.connector_shards (connector_id, shard_id, delivered_sequence, skip_before)
     SELECT cid, g, event_bridge._start_sequence(s.stream_id, g, start_ms) - 1, coalesce(start_ms, 0)
       FROM generate_series(0, s.shard_count - 1) g;
@@ -258,8 +276,8 @@ EXCEPTION
             USING ERRCODE = 'duplicate_object';
 END
 $$;
-COMMENT ON FUNCTION event_bridge.create_connector(text, text, text, timestamptz, text, int, interval, interval, int, interval, text, int, text, interval, text, interval, boolean, text, text, text) IS
-    'Creates a connector that POSTs the records of a stream appended from start_time on to an http(s) endpoint or a function platform (target, signed with credential), in order per shard, in the datahub or dis event format, retrying failed batches by retry_strategy and then suspending the shard or dead-lettering the failing records (on_failure)';
+COMMENT ON FUNCTION event_bridge.create_connector(text, text, text, timestamptz, text, int, interval, interval, int, interval, text, int, text, interval, text, interval, boolean, text, text, text, jsonb, jsonb) IS
+    'Creates a connector that POSTs the records of a stream appended from start_time on to an http(s) endpoint or a function platform (target, signed with credential), in order per shard, in the datahub, dis, json or cloudevents event format, keeping the events that match filter and reshaped by transform (EventGrid''s rule syntax), retrying failed batches by retry_strategy and then suspending the shard or dead-lettering the failing records (on_failure)';
 
 CREATE OR REPLACE FUNCTION event_bridge.alter_connector(
     connector_name     text,
@@ -279,7 +297,9 @@ CREATE OR REPLACE FUNCTION event_bridge.alter_connector(
     partial_batch_response boolean DEFAULT NULL,
     target             text     DEFAULT NULL,
     credential         text     DEFAULT NULL,
-    invocation         text     DEFAULT NULL)
+    invocation         text     DEFAULT NULL,
+    filter             jsonb    DEFAULT NULL,
+    transform          jsonb    DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -323,7 +343,9 @@ BEGIN
         nullif(coalesce(alter_connector.max_record_age, c.max_record_age), interval '0'),
         coalesce(alter_connector.target, c.target),
         coalesce(alter_connector.invocation, c.invocation),
-        cr.provider, cr.region);
+        cr.provider, cr.region,
+        coalesce(alter_connector.filter, c.filter),
+        coalesce(alter_connector.transform, c.transform));
     UPDATE event_bridge.connectors co
        SET endpoint = coalesce(alter_connector.endpoint, co.endpoint),
            format = coalesce(alter_connector.format, co.format),
@@ -344,13 +366,16 @@ BEGIN
                                              co.partial_batch_response),
            target = coalesce(alter_connector.target, co.target),
            credential_id = cr.credential_id,
-           invocation = coalesce(alter_connector.invocation, co.invocation)
+           invocation = coalesce(alter_connector.invocation, co.invocation),
+           filter = event_bridge._stored_filter(coalesce(alter_connector.filter, co.filter)),
+           transform = event_bridge._stored_transform(coalesce(alter_connector.transform,
+                                                               co.transform))
      WHERE co.connector_id = cid;
     PERFORM event_bridge._wake_delivery();
 END
 $$;
-COMMENT ON FUNCTION event_bridge.alter_connector(text, text, text, int, interval, interval, int, interval, text, int, text, interval, text, interval, boolean, text, text, text) IS
-    'Changes a connector''s settings (NULL: unchanged; max_record_age ''0'': no limit; credential '''': none); its offsets are kept, and a batch in flight finishes under the old settings';
+COMMENT ON FUNCTION event_bridge.alter_connector(text, text, text, int, interval, interval, int, interval, text, int, text, interval, text, interval, boolean, text, text, text, jsonb, jsonb) IS
+    'Changes a connector''s settings (NULL: unchanged; max_record_age ''0'': no limit; credential '''': none; filter ''{}'': none; transform ''{"type": "ORIGINAL"}'': none); its offsets are kept, and a batch in flight finishes under the old settings';
 
 CREATE OR REPLACE FUNCTION event_bridge.stop_connector(name text)
 RETURNS void
@@ -488,7 +513,7 @@ BEGIN
     END IF;
     n := event_bridge._add_dead_letters(cid, sh.stream_id, sh.shard_id, sh.delivered_sequence + 1,
         sh.retry_last_sequence, now(), greatest(sh.failures, 1), sh.last_http_status,
-        coalesce(sh.last_error, 'skipped by skip_batch'));
+        coalesce(sh.last_error, 'skipped by skip_batch'), '{}');
     UPDATE event_bridge.connector_shards cs
        SET delivered_sequence = cs.retry_last_sequence,
            retry_last_sequence = NULL,

@@ -56,12 +56,13 @@ SELECT c.connector_name,
        CASE WHEN NOT (c.stopped OR cs.suspended OR c.error IS NOT NULL)
             THEN cs.next_attempt_at END AS next_attempt_at,
        (SELECT count(*) FROM event_bridge.dead_letter_records d
-         WHERE d.connector_id = c.connector_id AND d.shard_id = cs.shard_id) AS dead_letters
+         WHERE d.connector_id = c.connector_id AND d.shard_id = cs.shard_id) AS dead_letters,
+       cs.filtered
   FROM event_bridge.connectors c
   JOIN event_bridge.connector_shards cs ON cs.connector_id = c.connector_id
   JOIN event_bridge.shards h ON h.stream_id = c.stream_id AND h.shard_id = cs.shard_id;
 COMMENT ON VIEW event_bridge.shard_status IS
-    'One row per connector and shard: state, offset (delivered_sequence, -1 = none), the stream''s next sequence, pending records, consecutive failures, the last error, when a failed batch is retried, and the dead letters';
+    'One row per connector and shard: state, offset (delivered_sequence, -1 = none), the stream''s next sequence, pending records, consecutive failures, the last error, when a failed batch is retried, the dead letters, and the records the filter left out';
 
 CREATE OR REPLACE VIEW event_bridge.connector_status AS
 SELECT c.connector_name,
@@ -102,13 +103,16 @@ SELECT c.connector_name,
        c.target,
        (SELECT cs.credential_name FROM event_bridge.credential_secrets cs
          WHERE cs.credential_id = c.credential_id) AS credential,
-       c.invocation
+       c.invocation,
+       sum(ss.filtered)::bigint AS filtered,
+       c.filter,
+       c.transform
   FROM event_bridge.connectors c
   JOIN event_bridge.streams s ON s.stream_id = c.stream_id
   JOIN event_bridge.shard_status ss ON ss.connector_name = c.connector_name
  GROUP BY c.connector_id, s.stream_name;
 COMMENT ON VIEW event_bridge.connector_status IS
-    'One row per connector: state (RUNNING, STOPPED, SUSPENDED if any shard is), records delivered and pending, lag, the last success and the last error; header names but never their values';
+    'One row per connector: state (RUNNING, STOPPED, SUSPENDED if any shard is), records delivered, filtered out and pending, lag, the last success and the last error; header names but never their values';
 
 CREATE OR REPLACE VIEW event_bridge.connector_attempts_log AS
 SELECT c.connector_name, a.shard_id, a.attempt, a.attempted_at, a.duration_ms,

@@ -60,6 +60,7 @@ CREATE TABLE event_bridge.dead_letter_records (
     http_status   int,
     error         text,
     redeliver     boolean NOT NULL DEFAULT false,
+    table_version bigint,
     PRIMARY KEY (connector_id, shard_id, sequence)
 );
 CREATE INDEX dead_letter_records_redeliver ON event_bridge.dead_letter_records
@@ -111,3 +112,12 @@ CREATE TABLE event_bridge.table_versions (
 );
 COMMENT ON TABLE event_bridge.table_versions IS
     'The shapes of captured tables (name, columns, key) that records name';
+
+/* Connector rules and named formats (DESIGN 9.5). */
+ALTER TABLE event_bridge.connectors DROP CONSTRAINT connectors_format_check;
+ALTER TABLE event_bridge.connectors
+    ADD CONSTRAINT connectors_format_check
+        CHECK (format IN ('datahub', 'dis', 'json', 'cloudevents')),
+    ADD COLUMN filter jsonb,
+    ADD COLUMN transform jsonb;
+ALTER TABLE event_bridge.connector_shards ADD COLUMN filtered bigint NOT NULL DEFAULT 0;

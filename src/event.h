@@ -1,0 +1,50 @@
+/*-------------------------------------------------------------------------
+ *
+ * event.h
+ *	  Named events: a shard's TUPLE records read with their table version's
+ *	  column names and types, as the json and cloudevents formats, connector
+ *	  filters and transforms need them.
+ *
+ * IDENTIFICATION
+ *	  src/event.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef EVENT_BRIDGE_EVENT_H
+#define EVENT_BRIDGE_EVENT_H
+
+#include "postgres.h"
+
+#include "lib/stringinfo.h"
+#include "utils/jsonb.h"
+
+#include "format.h"
+#include "rules.h"
+
+/*
+ * A batch of records to turn into events (batch: consecutive records of one
+ * shard, each with its table version), and the connector's rules.
+ */
+typedef struct EventBatch
+{
+	FormatBatch batch;
+	Jsonb	   *filter;			/* NULL: every event is kept */
+	const RuleTransform *transform; /* NULL: ORIGINAL */
+	size_t		max_bytes;		/* no body is larger */
+} EventBatch;
+
+/* What event_body made of a batch. */
+typedef struct EventBody
+{
+	int			consumed;		/* the first records it is done with */
+	int			nevents;		/* events in the body; 0: no body */
+	int			nfiltered;		/* records of the consumed ones that the filter left out */
+	int64	   *filtered;		/* their sequences */
+} EventBody;
+
+extern bool event_is_update_before(const FormatRecord *r);
+extern void event_body(StringInfo out, const EventBatch *b, EventBody *result);
+extern const char *event_content_type(EbFormat format, bool transformed);
+extern void event_forget_tables(void);
+
+#endif							/* EVENT_BRIDGE_EVENT_H */
