@@ -248,6 +248,7 @@ class Shard:
         self.first = None          # first position (sequence)
         self.dead = set()          # sequences that are dead letters (the view, read once)
         self.dead_rows = []        # (sequence, event_id, data text) of those
+        self.filtered = set()      # stored sequences the connector's filter leaves out
         self.poison = set()        # stored sequences whose data holds a --poison string
         # log-derived
         self.answered_max = None   # highest answered sequence
@@ -273,7 +274,8 @@ class Connector:
     def __init__(self, row):
         (self.connector_id, self.name, self.stream_id, self.stream_name,
          endpoint, self.format, batch_size, timeout_ms, self.shard_count,
-         partial, self.on_failure) = row
+         partial, self.on_failure, self.filter) = row
+        self.filter = self.filter or None        # '' (NULL): keeps every event
         self.partial_response = partial == "t"   # honours batchItemFailures
         self.connector_id = int(self.connector_id)
         self.stream_id = int(self.stream_id)
@@ -327,14 +329,14 @@ def load_records(db, stream_id):
     """{(shard, seq): (system_time, record_id, partition_key, raw digest,
     canonical digest)} of a stream, plus per-shard storage facts."""
     recs = {}
-    for shard, seq, st, rid, pkey, data in db.rows(
+    for shard, seq, st, rid, pkey, data, op, table in db.rows(
             "SELECT shard_id, sequence, system_time, record_id,"
-            " partition_key, data FROM event_bridge.records"
+            " partition_key, data, operation, table_name FROM event_bridge.records"
             f" WHERE stream_id = {int(stream_id)} ORDER BY shard_id, sequence"):
         # psql --csv writes NULL as an empty unquoted field, '' as "" ;
         # both arrive as "" here, and both mean "no key" on the wire.
         recs[(int(shard), int(seq))] = (int(st), int(rid), pkey,
-                                        digest(data), data_digest(data))
+                                        digest(data), data_digest(data), op, table)
     return recs
 
 
@@ -389,10 +391,35 @@ def load_dead_letters(db, conns, args):
         for shard, seq in poison.get(c.stream_id, []):
             if int(shard) in c.shards:
                 c.shards[int(shard)].poison.add(int(seq))
+        if c.filter:
+            load_filtered(db, c)
         for sh in c.shards.values():
             if sh.first_exact:
                 sh.base = sh.ack_base = sh.first - 1
             advance(sh)
+
+
+def load_filtered(db, c):
+    """The stored records the connector's filter leaves out, per shard: those
+    of no event that event_bridge._event_body keeps (an UPDATE event holds
+    its before and after records, n and n + 1)."""
+    for shard, sh in c.shards.items():
+        stored = [int(q) for (q,) in db.rows(
+            "SELECT sequence FROM event_bridge.records"
+            f" WHERE stream_id = {c.stream_id} AND shard_id = {shard}")]
+        if not stored:
+            continue
+        body = db.all(
+            f"SELECT body FROM event_bridge._event_body({sql_literal(c.stream_name)}, {shard},"
+            f" {min(stored)}, {max(stored)}, 'json', {sql_literal(c.filter)}::jsonb,"
+            " max_bytes => 2147483647)")[0][0]
+        kept = set()
+        for ev in (json.loads(body)["events"] if body else []):
+            q = int(ev["eventId"].split(":")[1])
+            kept.add(q)
+            if ev["op"] == "UPDATE" and ev["before"] is not None and ev["after"] is not None:
+                kept.add(q + 1)
+        sh.filtered = set(stored) - kept
 
 
 def advance(sh):
@@ -404,7 +431,7 @@ def advance(sh):
         sh.ack_base = sh.acked_max
     for name in ("", "ack_"):
         top = getattr(sh, name + "base")
-        while top is not None and top + 1 in sh.dead:
+        while top is not None and (top + 1 in sh.dead or top + 1 in sh.filtered):
             top += 1
         setattr(sh, name + "reach", top)
 
@@ -503,8 +530,9 @@ def decode_cursor(cursor):
 
 def body_key(e, conn):
     """What must be equal between two sendings of the same batch."""
-    if conn.format == "datahub" or "body" not in e:
-        return e.get("body_sha256") if conn.format == "datahub" else None
+    exact = conn.format == "datahub" or conn.format in NAMED_FORMATS
+    if exact or "body" not in e:
+        return e.get("body_sha256") if exact else None
     try:
         doc = json.loads(e["body"])
         doc["Message"].pop("millis_behind_latest", None)
@@ -525,6 +553,15 @@ def check_envelope(e, conn, ids, recs, ctx, where):
         conn.fail("content", f"{where}: body is not JSON")
         return
     shard = ids[0][0]
+    if conn.format in NAMED_FORMATS:
+        source = f"/projects/{ctx['database']}/topics/{conn.stream_name}"
+        if conn.format == "json" and (doc.get("stream") != conn.stream_name
+                                      or doc.get("shard") != shard):
+            conn.fail("content", f"{where}: json envelope names stream {doc.get('stream')} "
+                      f"shard {doc.get('shard')}, not {conn.stream_name} {shard}")
+        if conn.format == "cloudevents" and any(ev.get("source") != source for ev in doc):
+            conn.fail("content", f"{where}: a CloudEvent's source is not {source}")
+        return
     if conn.format == "datahub":
         want_arn = f"/projects/{ctx['database']}/topics/{conn.stream_name}"
         if doc.get("eventSourceARN") != want_arn or doc.get("region") != ctx["region"] \
@@ -615,8 +652,11 @@ def check_entry(n, e, conn, recs, ctx, args):
         return
     sh = conn.shards[shard]
     redelivery = args.redelivered_ok and is_redelivery(sh, seqs)
-    gapless = seqs == list(range(seqs[0], seqs[0] + len(seqs)))
-    if len(seqs) > conn.batch_size or not (gapless or redelivery):
+    gapless = all(q in seqs or q in sh.filtered for q in range(seqs[0], seqs[-1] + 1)) \
+        and seqs == sorted(set(seqs))
+    # A batch of named events may read one record more, not to cut an UPDATE apart.
+    limit = conn.batch_size + (1 if conn.format in NAMED_FORMATS or conn.filter else 0)
+    if len(seqs) > limit or not (gapless or redelivery):
         conn.fail("batch_shape", f"{where}: shard {shard}: not 1..{conn.batch_size} consecutive "
                   f"sequences: {seqs[:5]}{'...' if len(seqs) > 5 else ''} ({len(seqs)})")
         return
@@ -633,6 +673,24 @@ def check_entry(n, e, conn, recs, ctx, args):
     if acked < len(seqs) and res == "ack":
         res = "partial"
     record_answer(where, e, conn, sh, seqs[:acked], res, recs, redelivery)
+
+
+NAMED_FORMATS = ("json", "cloudevents")
+OPS = {"INSERT": "I", "UPDATE": "U", "DELETE": "D"}
+
+
+def check_event(where, conn, key, event, rec):
+    """[content] of a named event (json, cloudevents): its eventId, op and
+    table are the stored record's."""
+    change = event.get("data") if conn.format == "cloudevents" else event
+    eid = event.get("id") if conn.format == "cloudevents" else event.get("eventId")
+    if not isinstance(change, dict) or OPS.get(change.get("op")) != rec[5] \
+            or change.get("table") != rec[6]:
+        conn.fail("content", f"{where}: eventId {key[0]}:{key[1]}: op or table differs from "
+                  f"event_bridge.records ({rec[5]} {rec[6]})")
+    first = f"{key[0]}:{key[1]}"
+    if eid != first and eid != f"{key[0]}:{key[1] - 1}":
+        conn.fail("content", f"{where}: eventId {first} is in an event named {eid}")
 
 
 def check_records(where, e, conn, ids, recs, ctx, args, acked):
@@ -665,6 +723,9 @@ def check_records(where, e, conn, ids, recs, ctx, args, acked):
             else:
                 conn.fail("content", f"{where}: eventId {key[0]}:{key[1]} is not stored, "
                           f"though the shard's records {lo}..{nxt - 1} are")
+            continue
+        if conn.format in NAMED_FORMATS:
+            check_event(where, conn, key, data if isinstance(data, dict) else {}, rec)
             continue
         got = digest(data) if isinstance(data, str) else canonical(data)
         if got != rec[4] and got != rec[3]:
@@ -844,7 +905,7 @@ def check_after(conn, recs, snap1, snap2, quiescent, args):
         dseq, nxt, pending, gen = int(dseq), int(nxt), int(pending), int(gen)
         fresh = fresh and gen == 0
         distinct += len(sh.acked - sh.redelivered)
-        done = sh.acked | sh.dead
+        done = sh.acked | sh.dead | sh.filtered
         start = sh.first if sh.first_exact or not done else min(sh.first, min(done))
         missing = [q for q in range(start, dseq + 1) if q not in done]
         if missing:
@@ -867,7 +928,7 @@ def check_after(conn, recs, snap1, snap2, quiescent, args):
             conn.fail("status", f"shard {shard}: delivered_sequence {dseq} is beyond the head "
                       f"{nxt - 1}")
         if quiescent:
-            done = sh.acked | {q for q in sh.dead if q <= dseq}
+            done = sh.acked | {q for q in sh.dead | sh.filtered if q <= dseq}
             top = max(done) if done else sh.first - 1
             if top != dseq:
                 conn.fail("status", f"shard {shard}: delivered_sequence {dseq}, but the highest "
@@ -958,7 +1019,8 @@ def run(args):
                s.shard_count,
                -- settings of 0.2, absent from an older install
                coalesce((to_jsonb(c) ->> 'partial_batch_response')::boolean, false),
-               coalesce(to_jsonb(c) ->> 'on_failure', 'suspend')
+               coalesce(to_jsonb(c) ->> 'on_failure', 'suspend'),
+               to_jsonb(c) ->> 'filter'
           FROM event_bridge.connectors c JOIN event_bridge.streams s USING (stream_id)
          ORDER BY c.connector_name""")]
     if args.connector:

@@ -11,7 +11,7 @@ Listens on 127.0.0.1 only, HTTP/1.1 keep-alive.  --port 0 picks a free port;
 --port-file then gets that port number once the server is listening (written
 to a temp file and renamed, so readers never see a partial file).
 
-POST on any path is accepted.  The body is parsed as one of two formats:
+POST on any path is accepted.  The body is parsed as one of four formats:
   datahub  {"eventSourceARN": "/projects/<db>/topics/<stream>",
             "records": [{"eventId": "<shard>:<seq>", "systemTime": ms,
                          "data": "<JSON array as a string>"}], ...}
@@ -19,6 +19,13 @@ POST on any path is accepted.  The body is parsed as one of two formats:
             "Message": {"records": [{"sequence_number": "12",
                          "data": "<base64 of the JSON array>"}], ...}}
             (event id = "<number from ShardID>:<sequence_number>")
+  json     {"stream": ..., "shard": 0, "events": [{"eventId": "0:12", "op": ...,
+            "before": {...}|null, "after": {...}|null, ...}]}
+  cloudevents  [{"specversion": "1.0", "id": "0:12", "data": {"op": ...,
+            "before": ..., "after": ...}, ...}]
+            (an UPDATE event with both images holds two records, the before
+            and after records n and n+1: both event ids are logged; a
+            record's "data" is the event)
 Anything else is logged as format "unknown".  GET /stats returns
 {"requests": n, "records": m, "unique_event_ids": k}: requests counts every
 POST, records/unique_event_ids only those answered with 2xx (of a reply
@@ -27,7 +34,7 @@ with batchItemFailures, only the records before the first one listed).
 Log: one JSON line per POST, appended and flushed BEFORE the reply (and
 before any delay), also for injected errors, so a test can count attempts:
   {"t_ms": receive time (epoch ms, float), "path": "/...",
-   "format": "datahub"|"dis"|"unknown", "status": status answered or null,
+   "format": "datahub"|"dis"|"json"|"cloudevents"|"unknown", "status": status answered or null,
    "fault": fault name or null, "shard": int or null, "event_ids": [...],
    "body_sha256": hex of the raw body, "bytes": its length,
    "records": [{"event_id": "0:12",
@@ -110,12 +117,46 @@ def as_text(data):
     return data if isinstance(data, str) else json.dumps(data)
 
 
+def event_records(event_id, change, event):
+    """The records a named event holds: an UPDATE with both images is the
+    before and after records, n and n+1."""
+    ids = [event_id]
+    if (isinstance(event_id, str) and isinstance(change, dict)
+            and change.get("op") == "UPDATE" and change.get("before") is not None
+            and change.get("after") is not None):
+        shard, seq = event_id.split(":")
+        ids.append(f"{shard}:{int(seq) + 1}")
+    return [{"event_id": i, "system_time": event.get("systemTime"), "data": event}
+            for i in ids]
+
+
+def decode_events(doc):
+    """(format, shard, records, texts) of a json or cloudevents body."""
+    if isinstance(doc, dict) and isinstance(doc.get("events"), list):
+        fmt, events = "json", doc["events"]
+        pairs = [(e.get("eventId"), e, e) for e in events if isinstance(e, dict)]
+    elif isinstance(doc, list) and doc and all(isinstance(e, dict) and "specversion" in e
+                                               for e in doc):
+        fmt = "cloudevents"
+        pairs = [(e.get("id"), e.get("data"), e) for e in doc]
+    else:
+        return "unknown", None, [], []
+    recs, texts = [], []
+    for event_id, change, event in pairs:
+        for r in event_records(event_id, change, event):
+            recs.append(r)
+            texts.append(json.dumps(event))
+    first = recs[0]["event_id"] if recs else None
+    shard = to_int(first.split(":")[0]) if isinstance(first, str) else None
+    return fmt, shard, recs, texts
+
+
 def decode(body):
     """Return (format, shard, records, texts) for a raw request body; texts
     holds each record's data as sent (the text of its JSON array)."""
     doc = parse_json(body)
-    if not isinstance(doc, dict):
-        return "unknown", None, [], []
+    if not isinstance(doc, dict) or "events" in doc:
+        return decode_events(doc)
     if "eventSource" in doc or "eventSourceARN" in doc:            # DataHub
         raw = doc.get("records") or []
         recs = [{"event_id": r.get("eventId"),

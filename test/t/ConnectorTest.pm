@@ -12,13 +12,15 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep time);
 
-our @EXPORT = qw(check_dead_letter_order start_receiver start_signing_endpoint stop_receiver
+our @EXPORT = qw(check_dead_letter_order start_receiver start_signing_endpoint
+  start_cloudevents_endpoint stop_receiver
   receiver_log wait_for_log
   acked_ids acked_by_shard check_shard_order wait_delivered
   run_checker checker_ok);
 
 my $receiver_py = "$FindBin::RealBin/../receiver.py";
 my $endpoint_js = "$FindBin::RealBin/../signing/endpoint.js";
+my $cloudevents_js = "$FindBin::RealBin/../events/cloudevents_endpoint.js";
 my $checker_py = "$FindBin::RealBin/../check_invariants.py";
 
 # Receivers started and not stopped yet: stopped when the test ends, also
@@ -74,6 +76,14 @@ sub start_signing_endpoint
 		args => [ '--platform', $platform, '--keys', $keys, @{ $opt{args} // [] } ]);
 	$r->{keys} = $keys;
 	return $r;
+}
+
+# Starts test/events/cloudevents_endpoint.js, which reads every batch with
+# the official CloudEvents SDK and refuses (400) what is not a valid
+# structured batch of event_bridge's events.  Returns {pid, port, log}.
+sub start_cloudevents_endpoint
+{
+	return start_receiver(@_, program => [ 'node', $cloudevents_js ]);
 }
 
 # Stops a receiver and waits until its port is free.
