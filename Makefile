@@ -9,6 +9,7 @@ OBJS = \
 	src/decoder.o \
 	src/capture.o \
 	src/capture_store.o \
+	src/capture_filter.o \
 	src/capture_slot.o \
 	src/retention.o \
 	src/fault.o \
@@ -51,7 +52,7 @@ endif
 # pg_regress runs in a throw-away instance configured for logical decoding.
 # Regression tests are sql/<name>.sql with expected/<name>.out; the
 # extension's own scripts (sql/event_bridge--*.sql) sit beside them.
-REGRESS = streams stream_errors records ddl migration connectors connector_errors credentials rules row_filters named_events bad_input
+REGRESS = streams stream_errors records ddl migration connectors connector_errors credentials rules row_filters capture_filters named_events bad_input
 REGRESS_OPTS = --temp-instance=tmp_check --temp-config=test/regress.conf
 TAP_TESTS = 1
 PROVE_TESTS = $(sort $(wildcard test/t/*.pl))

@@ -39,6 +39,8 @@ INSERT INTO good VALUES
   ('create_connector', 15, $$'dead_letter'$$), ('create_connector', 16, $$'1 hour'::interval$$),
   ('create_connector', 17, 'true'), ('create_connector', 18, $$'http'$$),
   ('create_connector', 19, $$'sweep_tok'$$), ('create_connector', 20, $$'sync'$$),
+  ('create_connector', 21, $$'{"op": [{"op": "StringIn", "values": ["INSERT"]}]}'::jsonb$$),
+  ('create_connector', 22, $$'{"type": "ORIGINAL"}'::jsonb$$),
   ('alter_connector', 1, $$'sweep_c'$$), ('alter_connector', 2, $$'http://127.0.0.1:9/'$$),
   ('alter_connector', 3, $$'datahub'$$), ('alter_connector', 4, '10'),
   ('alter_connector', 5, $$'0'::interval$$), ('alter_connector', 6, $$'1 second'::interval$$),
@@ -48,6 +50,10 @@ INSERT INTO good VALUES
   ('alter_connector', 13, $$'dead_letter'$$), ('alter_connector', 14, $$'1 hour'::interval$$),
   ('alter_connector', 15, 'true'), ('alter_connector', 16, $$'http'$$),
   ('alter_connector', 17, $$'sweep_tok'$$), ('alter_connector', 18, $$'sync'$$),
+  ('alter_connector', 19, $$'{"op": [{"op": "StringIn", "values": ["INSERT"]}]}'::jsonb$$),
+  ('alter_connector', 20, $$'{"type": "ORIGINAL"}'::jsonb$$),
+  ('set_table_filter', 1, $$'sweep'$$), ('set_table_filter', 2, $$'t'::regclass$$),
+  ('set_table_filter', 3, $$'id > 0'$$), ('set_table_filter', 4, $$ARRAY['id']::name[]$$),
   ('create_credential', 1, $$'sweep_tok2'$$), ('create_credential', 2, $$'token'$$),
   ('create_credential', 3, $$'{"header": "X-Auth-Token", "value": "hunter2"}'$$),
   ('alter_credential', 1, $$'sweep_tok'$$),
@@ -79,7 +85,11 @@ INSERT INTO bad VALUES
   ('not an object', 'headers', $$'[1]'$$),
   ('not strings', 'headers', $$'{"a": 1}'$$),
   ('malformed', 'headers', $$'{"X-Token": "hunter2'$$),
-  ('infinite', 'timestamptz', $$'infinity'::timestamptz$$);
+  ('infinite', 'timestamptz', $$'infinity'::timestamptz$$),
+  ('not an object', 'jsonb', $$'[1]'::jsonb$$),
+  ('unknown', 'jsonb', $$'{"op": [{"op": "NoSuchOperator"}]}'::jsonb$$),
+  ('empty', 'name[]', $$ARRAY[]::name[]$$),
+  ('unknown', 'name[]', $$ARRAY['no_such_column']::name[]$$);
 
 -- Arguments where the value tried is allowed by the API itself.
 CREATE TEMP TABLE allowed (fn text, pos int, kind text);
@@ -99,9 +109,13 @@ INSERT INTO allowed VALUES
   ('create_connector', 16, 'huge'),       -- a long max_record_age
   ('alter_connector', 14, 'huge'),
   ('redeliver_dead_letters', 2, 'null'),  -- NULL: all of them
-  ('purge_dead_letters', 2, 'huge');      -- only the older ones
+  ('purge_dead_letters', 2, 'huge'),      -- only the older ones
+  ('create_connector', 21, 'null'),       -- filter NULL: every event
+  ('create_connector', 22, 'null'),       -- transform NULL: ORIGINAL
+  ('set_table_filter', 3, 'null'),        -- row_filter NULL: every row
+  ('set_table_filter', 4, 'null');        -- columns NULL: every column
 -- alter_connector: NULL leaves a setting as it is.
-INSERT INTO allowed SELECT 'alter_connector', g, 'null' FROM generate_series(2, 18) g;
+INSERT INTO allowed SELECT 'alter_connector', g, 'null' FROM generate_series(2, 20) g;
 
 CREATE TEMP TABLE outcome (fn text, pos int, kind text, sqlstate text, message text);
 

@@ -179,6 +179,7 @@ prepare_origins(Oid *records_relid)
 	schema = get_namespace_oid("event_bridge", false);
 	worker.target.streams_relid = get_relname_relid("streams", schema);
 	worker.target.shards_relid = get_relname_relid("shards", schema);
+	worker.target.filters_relid = get_relname_relid("table_filter_rules", schema);
 	*records_relid = get_relname_relid("records", schema);
 	worker.target.capture_origin = capture_origin(psprintf(EB_CAPTURE_ORIGIN_FORMAT, dboid));
 	worker.target.delivery_origin = capture_origin(psprintf(EB_DELIVERY_ORIGIN_FORMAT, dboid));

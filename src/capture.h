@@ -40,6 +40,27 @@ typedef struct CaptureStream
 	XLogRecPtr	activated_lsn;	/* creation decoded at; to store at the next flush */
 } CaptureStream;
 
+/*
+ * A stream's capture filter for one table (capture_filter.c): which rows
+ * and columns it keeps.  The store keeps them in commit order; the fields
+ * after columns are made by capture_filter_prepare.
+ */
+typedef struct TableFilter
+{
+	int32		stream_id;
+	Oid			relid;
+	char	   *tree;			/* the row filter (nodeToString); NULL: every row */
+	int			ncolumns;		/* 0: every column */
+	AttrNumber *columns;		/* the column list */
+	uint64		prepared_for;	/* the table description it was made for; 0: none */
+	MemoryContext context;
+	struct EState *estate;
+	struct ExprState *state;	/* NULL: no row filter, or a broken one */
+	struct TupleTableSlot *slot;
+	bool		broken;			/* the row filter no longer fits the table */
+	int64		version;		/* the table version of the column list; 0: not known */
+} TableFilter;
+
 /* The record store of one capture worker (capture_store.c). */
 typedef struct CaptureStore CaptureStore;
 
@@ -54,6 +75,7 @@ typedef struct CaptureTarget
 {
 	Oid			streams_relid;
 	Oid			shards_relid;
+	Oid			filters_relid;	/* event_bridge.table_filter_rules */
 	RepOriginId capture_origin;
 	RepOriginId delivery_origin;
 	CaptureStore *store;
@@ -70,6 +92,9 @@ extern void capture_add_stream(CaptureStore *store, int32 stream_id, int32 shard
 extern void capture_set_stream_tables(CaptureStore *store, int32 stream_id,
 									  int nrelids, Oid *relids);
 extern void capture_remove_stream(CaptureStore *store, int32 stream_id);
+extern void capture_set_table_filter(CaptureStore *store, int32 stream_id, Oid relid,
+									 const char *tree, int ncolumns, const AttrNumber *columns);
+extern TableFilter *capture_table_filter(CaptureStore *store, int32 stream_id, Oid relid);
 extern void capture_restore_sequence(CaptureStore *store, int32 stream_id, int32 shard_id,
 									 int64 next_sequence);
 extern int64 capture_next_record_id(CaptureStore *store);
@@ -87,6 +112,12 @@ extern void capture_store_load(CaptureStore *store);
 extern int64 capture_store_pending(CaptureStore *store, TimestampTz *since);
 extern bool capture_store_dirty(CaptureStore *store);
 extern void capture_store_flush(CaptureStore *store, XLogRecPtr upto);
+
+/* capture_filter.c */
+extern void capture_filter_prepare(TableFilter *f, Relation rel, uint64 serial);
+extern bool capture_filter_matches(TableFilter *f, HeapTuple tuple, HeapTuple fill);
+extern bool capture_filter_keeps_column(const TableFilter *f, AttrNumber attnum);
+extern void capture_filter_release(TableFilter *f);
 
 /* capture_slot.c */
 extern void capture_create_slot(const char *name);

@@ -105,6 +105,7 @@ struct CaptureStore
 	EbDatabase *db;
 	Oid			records_relid;
 	List	   *streams;		/* CaptureStream */
+	List	   *filters;		/* TableFilter */
 	uint64		streams_generation; /* bumped when the set of streams changes */
 	int64		next_record_id;
 	List	   *versions;		/* TableVersion; a few per table, one per shape */
@@ -156,6 +157,11 @@ static EbStatement select_streams = {
 
 static EbStatement select_shards = {
 	"SELECT stream_id, shard_id, next_sequence FROM event_bridge.shards", 0
+};
+
+static EbStatement select_filters = {
+	"SELECT stream_id, table_name::oid, row_filter_tree, column_numbers"
+	"  FROM event_bridge.table_filter_rules", 0
 };
 
 static EbStatement select_record_id = {
@@ -292,6 +298,58 @@ capture_set_stream_tables(CaptureStore *store, int32 stream_id, int nrelids, Oid
 	s->nrelids = nrelids;
 	MemoryContextSwitchTo(old);
 	store->streams_generation++;
+}
+
+/*
+ * A stream's capture filter for a table was set (decoded in commit order, or
+ * read at the start): from the next change on, it applies.  No row filter
+ * and no column list remove it.
+ */
+void
+capture_set_table_filter(CaptureStore *store, int32 stream_id, Oid relid, const char *tree,
+						 int ncolumns, const AttrNumber *columns)
+{
+	TableFilter *f = capture_table_filter(store, stream_id, relid);
+	MemoryContext old;
+
+	if (f != NULL)
+	{
+		capture_filter_release(f);
+		store->filters = list_delete_ptr(store->filters, f);
+		if (f->tree != NULL)
+			pfree(f->tree);
+		if (f->columns != NULL)
+			pfree(f->columns);
+		pfree(f);
+	}
+	if (tree == NULL && ncolumns == 0)
+		return;
+	old = MemoryContextSwitchTo(store->context);
+	f = palloc0(sizeof(TableFilter));
+	f->stream_id = stream_id;
+	f->relid = relid;
+	f->tree = tree ? pstrdup(tree) : NULL;
+	f->ncolumns = ncolumns;
+	f->columns = palloc(sizeof(AttrNumber) * Max(ncolumns, 1));
+	memcpy(f->columns, columns, sizeof(AttrNumber) * ncolumns);
+	store->filters = lappend(store->filters, f);
+	MemoryContextSwitchTo(old);
+}
+
+/* A stream's capture filter for a table, or NULL. */
+TableFilter *
+capture_table_filter(CaptureStore *store, int32 stream_id, Oid relid)
+{
+	ListCell   *lc;
+
+	foreach(lc, store->filters)
+	{
+		TableFilter *f = (TableFilter *) lfirst(lc);
+
+		if (f->stream_id == stream_id && f->relid == relid)
+			return f;
+	}
+	return NULL;
 }
 
 /* A stream's drop was decoded: it captures nothing more. */
@@ -471,6 +529,28 @@ capture_store_load(CaptureStore *store)
 
 		if (s != NULL && shard >= 0 && shard < s->shard_count)
 			s->next_sequence[shard] = DatumGetInt64(eb_result(i, 3, &isnull));
+	}
+
+	n = eb_run(&select_filters, NULL, NULL);
+	for (uint64 i = 0; i < n; i++)
+	{
+		Datum		d = eb_result(i, 4, &isnull);
+		Datum	   *elems = NULL;
+		int			nelems = 0;
+		AttrNumber *columns;
+		char	   *tree;
+
+		if (!isnull)
+			deconstruct_array(DatumGetArrayTypeP(d), INT2OID, sizeof(int16), true,
+							  TYPALIGN_SHORT, &elems, NULL, &nelems);
+		columns = palloc(sizeof(AttrNumber) * Max(nelems, 1));
+		for (int j = 0; j < nelems; j++)
+			columns[j] = DatumGetInt16(elems[j]);
+		d = eb_result(i, 3, &isnull);
+		tree = isnull ? NULL : TextDatumGetCString(d);
+		capture_set_table_filter(store, DatumGetInt32(eb_result(i, 1, &isnull)),
+								 DatumGetObjectId(eb_result(i, 2, &isnull)),
+								 tree, nelems, columns);
 	}
 
 	if (eb_run(&select_record_id, NULL, NULL) != 1)

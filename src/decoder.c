@@ -82,6 +82,7 @@ typedef struct RelInfo
 	char	   *columns_json;	/* [{"name": ..., "type": ...}, ...] as jsonb writes it */
 	char	   *keys_json;		/* ["key column", ...] */
 	int64		version;		/* the store's table version; 0: not asked yet */
+	uint64		serial;			/* this description's number (capture filters) */
 	int			natts;
 	FmgrInfo   *out;			/* output function per attribute */
 	int			nkeys;
@@ -91,6 +92,9 @@ typedef struct RelInfo
 
 /* Relations seen by the decoding contexts of this process, by OID. */
 static HTAB *relinfo_hash = NULL;
+
+/* The number of the last description built (RelInfo.serial). */
+static uint64 relinfo_serial = 0;
 
 /* Some entry was invalidated since the last relinfo_free_invalid(). */
 static bool relinfo_some_invalid = false;
@@ -142,6 +146,33 @@ relinfo_free_invalid(void)
 	relinfo_some_invalid = false;
 }
 
+/*
+ * The columns of a table version, [{"name": ..., "type": ...}, ...] as
+ * jsonb writes it: those a capture filter keeps (NULL: all).
+ */
+static char *
+columns_json(TupleDesc desc, const TableFilter *f)
+{
+	StringInfoData json;
+
+	initStringInfo(&json);
+	appendStringInfoChar(&json, '[');
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attisdropped || !capture_filter_keeps_column(f, att->attnum))
+			continue;
+		appendStringInfoString(&json, json.len > 1 ? ", {\"name\": " : "{\"name\": ");
+		escape_json(&json, NameStr(att->attname));
+		appendStringInfoString(&json, ", \"type\": ");
+		escape_json(&json, format_type_with_typemod(att->atttypid, att->atttypmod));
+		appendStringInfoChar(&json, '}');
+	}
+	appendStringInfoChar(&json, ']');
+	return json.data;
+}
+
 /* Builds the cached description of a relation.  Runs under the historic snapshot. */
 static void
 relinfo_build(RelInfo *ri, Relation rel)
@@ -170,8 +201,6 @@ relinfo_build(RelInfo *ri, Relation rel)
 	ri->replident = rel->rd_rel->relreplident;
 	ri->natts = desc->natts;
 	ri->out = palloc0(sizeof(FmgrInfo) * desc->natts);
-	initStringInfo(&json);
-	appendStringInfoChar(&json, '[');
 	for (int i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
@@ -182,15 +211,10 @@ relinfo_build(RelInfo *ri, Relation rel)
 			continue;
 		getTypeOutputInfo(att->atttypid, &typoutput, &typisvarlena);
 		fmgr_info_cxt(typoutput, &ri->out[i], ri->context);
-		appendStringInfoString(&json, json.len > 1 ? ", {\"name\": " : "{\"name\": ");
-		escape_json(&json, NameStr(att->attname));
-		appendStringInfoString(&json, ", \"type\": ");
-		escape_json(&json, format_type_with_typemod(att->atttypid, att->atttypmod));
-		appendStringInfoChar(&json, '}');
 	}
-	appendStringInfoChar(&json, ']');
-	ri->columns_json = json.data;
+	ri->columns_json = columns_json(desc, NULL);
 	ri->version = 0;
+	ri->serial = ++relinfo_serial;
 
 	/* The key: replica identity index, else primary key, else none. */
 	(void) RelationGetIndexList(rel);
@@ -284,12 +308,14 @@ append_value(StringInfo buf, RelInfo *ri, int i, Datum value)
 /*
  * Formats the JSON array of a record.  tuple is the row (new or old);
  * fill is the old row, to take unchanged TOASTed values from; carried says
- * whether tuple holds every column (false: only key columns were logged).
+ * whether tuple holds every column (false: only key columns were logged);
+ * filter, if not NULL, says which columns to keep.
  */
 static void
 format_record(StringInfo buf, PluginState *st, RelInfo *ri, TupleDesc desc,
 			  int64 record_id, char operation, TimestampTz commit_time,
-			  bool before, HeapTuple tuple, HeapTuple fill, bool carried)
+			  bool before, HeapTuple tuple, HeapTuple fill, bool carried,
+			  const TableFilter *filter)
 {
 	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
 	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
@@ -325,7 +351,7 @@ format_record(StringInfo buf, PluginState *st, RelInfo *ri, TupleDesc desc,
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 		bool		is_key = false;
 
-		if (att->attisdropped)
+		if (att->attisdropped || !capture_filter_keeps_column(filter, att->attnum))
 			continue;
 		appendStringInfoChar(buf, ',');
 
@@ -440,7 +466,7 @@ apply_shards_change(CaptureStore *store, Relation rel, ReorderBufferChange *chan
 /* Hands one record to the capture worker, or writes it as a text line. */
 static void
 emit(LogicalDecodingContext *ctx, CaptureStream *stream, const char *key,
-	 int64 record_id, char operation, RelInfo *ri, StringInfo data)
+	 int64 record_id, char operation, RelInfo *ri, int64 version, StringInfo data)
 {
 	PluginState *st = ctx->output_plugin_private;
 
@@ -451,11 +477,15 @@ emit(LogicalDecodingContext *ctx, CaptureStream *stream, const char *key,
 
 		if (key != NULL && stream->shard_count > 1)
 			shard = hash_bytes((const unsigned char *) key, keylen) % stream->shard_count;
-		if (ri->version == 0)
-			ri->version = capture_table_version(st->target->store, ri->name, ri->columns_json,
-												ri->keys_json);
+		if (version == 0)
+		{
+			if (ri->version == 0)
+				ri->version = capture_table_version(st->target->store, ri->name,
+													ri->columns_json, ri->keys_json);
+			version = ri->version;
+		}
 		capture_append(st->target->store, stream, shard, record_id, operation, ri->name,
-					   ri->version, key, keylen, data->data, data->len);
+					   version, key, keylen, data->data, data->len);
 	}
 	else
 	{
@@ -463,6 +493,127 @@ emit(LogicalDecodingContext *ctx, CaptureStream *stream, const char *key,
 		appendStringInfo(ctx->out, "%s %c %s", ri->name, operation, data->data);
 		OutputPluginWrite(ctx, true);
 	}
+}
+
+/* A decoded row change, as emit_filtered needs it. */
+typedef struct Change
+{
+	ReorderBufferTXN *txn;
+	Relation	relation;
+	RelInfo    *ri;
+	int64		record_id;
+	char		operation;
+	HeapTuple	oldtup;			/* NULL: not logged (the key did not change) */
+	HeapTuple	newtup;
+	bool		old_carried;	/* oldtup holds every column */
+} Change;
+
+/*
+ * Emits the records of a change to a stream that has a capture filter for
+ * its table, as a PostgreSQL 15 publication would: a row the row filter
+ * leaves out makes no record; an UPDATE whose old row matches and new row
+ * does not becomes a DELETE of the old row, the other way round an INSERT
+ * of the new row.  Records hold the columns of the column list only.
+ */
+static void
+emit_filtered(LogicalDecodingContext *ctx, CaptureStream *stream, TableFilter *f, Change *c)
+{
+	PluginState *st = ctx->output_plugin_private;
+	RelInfo    *ri = c->ri;
+	TupleDesc	desc = RelationGetDescr(c->relation);
+	char		op = c->operation;
+	bool		old_ok = true;
+	bool		new_ok = true;
+	HeapTuple	old_row = c->oldtup ? c->oldtup : c->newtup;
+	StringInfoData data;
+	char	   *key;
+
+	capture_filter_prepare(f, c->relation, ri->serial);
+	if (op != 'I')
+		old_ok = capture_filter_matches(f, old_row, NULL);
+	if (op != 'D')
+		new_ok = capture_filter_matches(f, c->newtup, c->oldtup);
+	if (op == 'U' && old_ok != new_ok)
+		op = old_ok ? 'D' : 'I';
+	else if (!old_ok || !new_ok)
+		return;
+
+	if (f->version == 0)
+		f->version = capture_table_version(st->target->store, ri->name,
+										   f->ncolumns > 0 ? columns_json(desc, f) : ri->columns_json,
+										   ri->keys_json);
+	key = format_key(ri, desc, op == 'D' ? old_row : c->newtup);
+	initStringInfo(&data);
+	if (op == 'D' || (op == 'U' && stream->before_images))
+	{
+		/* Without the old row logged (key unchanged), only the key is known. */
+		format_record(&data, st, ri, desc, c->record_id, op, c->txn->xact_time.commit_time,
+					  true, old_row, NULL, c->oldtup != NULL && c->old_carried, f);
+		emit(ctx, stream, key, c->record_id, op, ri, f->version, &data);
+	}
+	if (op != 'D')
+	{
+		format_record(&data, st, ri, desc, c->record_id, op, c->txn->xact_time.commit_time,
+					  false, c->newtup, c->oldtup, true, f);
+		emit(ctx, stream, key, c->record_id, op, ri, f->version, &data);
+	}
+}
+
+/*
+ * Sets or removes a stream's capture filter for a table from a decoded
+ * change of event_bridge.table_filter_rules.
+ */
+static void
+apply_filters_change(CaptureStore *store, Relation rel, ReorderBufferChange *change)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
+	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
+	int32		stream_id;
+	Oid			relid;
+	AttrNumber	tree_att = eb_column(desc, "row_filter_tree");
+	AttrNumber	columns_att = eb_column(desc, "column_numbers");
+	Datum	   *elems = NULL;
+	int			nelems = 0;
+	AttrNumber *columns;
+	HeapTuple	tuple;
+
+	if (change->action == REORDER_BUFFER_CHANGE_DELETE && change->data.tp.oldtuple)
+	{
+		tuple = &change->data.tp.oldtuple->tuple;
+		heap_deform_tuple(tuple, desc, values, nulls);
+		capture_set_table_filter(store, DatumGetInt32(values[eb_column(desc, "stream_id") - 1]),
+								 DatumGetObjectId(values[eb_column(desc, "table_name") - 1]),
+								 NULL, 0, NULL);
+		return;
+	}
+	if ((change->action != REORDER_BUFFER_CHANGE_INSERT &&
+		 change->action != REORDER_BUFFER_CHANGE_UPDATE) || change->data.tp.newtuple == NULL)
+		return;
+	tuple = &change->data.tp.newtuple->tuple;
+	heap_deform_tuple(tuple, desc, values, nulls);
+	stream_id = DatumGetInt32(values[eb_column(desc, "stream_id") - 1]);
+	relid = DatumGetObjectId(values[eb_column(desc, "table_name") - 1]);
+	/* An UPDATE that changed the key leaves the old one. */
+	if (change->data.tp.oldtuple != NULL)
+	{
+		Datum	   *ovalues = palloc(sizeof(Datum) * desc->natts);
+		bool	   *onulls = palloc(sizeof(bool) * desc->natts);
+
+		heap_deform_tuple(&change->data.tp.oldtuple->tuple, desc, ovalues, onulls);
+		capture_set_table_filter(store, DatumGetInt32(ovalues[eb_column(desc, "stream_id") - 1]),
+								 DatumGetObjectId(ovalues[eb_column(desc, "table_name") - 1]),
+								 NULL, 0, NULL);
+	}
+	if (!nulls[columns_att - 1])
+		deconstruct_array(DatumGetArrayTypeP(values[columns_att - 1]), INT2OID, sizeof(int16),
+						  true, TYPALIGN_SHORT, &elems, NULL, &nelems);
+	columns = palloc(sizeof(AttrNumber) * Max(nelems, 1));
+	for (int i = 0; i < nelems; i++)
+		columns[i] = DatumGetInt16(elems[i]);
+	capture_set_table_filter(store, stream_id, relid,
+							 nulls[tree_att - 1] ? NULL : TextDatumGetCString(values[tree_att - 1]),
+							 nelems, columns);
 }
 
 static void
@@ -541,6 +692,11 @@ eb_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		apply_shards_change(target->store, relation, change);
 		goto done;
 	}
+	if (target != NULL && RelationGetRelid(relation) == target->filters_relid)
+	{
+		apply_filters_change(target->store, relation, change);
+		goto done;
+	}
 
 	ri = relinfo_get(st, relation);
 	if (target != NULL && ri->streams == NIL)
@@ -586,28 +742,35 @@ eb_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	initStringInfo(&after);
 	if (operation != 'I')
 		format_record(&before, st, ri, desc, record_id, operation,
-					  txn->xact_time.commit_time, true, oldtup, NULL, old_carried);
+					  txn->xact_time.commit_time, true, oldtup, NULL, old_carried, NULL);
 	if (operation != 'D')
 		format_record(&after, st, ri, desc, record_id, operation,
-					  txn->xact_time.commit_time, false, newtup, oldtup, true);
+					  txn->xact_time.commit_time, false, newtup, oldtup, true, NULL);
 
 	if (target == NULL)
 	{
 		if (operation != 'I')
-			emit(ctx, NULL, key, record_id, operation, ri, &before);
+			emit(ctx, NULL, key, record_id, operation, ri, 0, &before);
 		if (operation != 'D')
-			emit(ctx, NULL, key, record_id, operation, ri, &after);
+			emit(ctx, NULL, key, record_id, operation, ri, 0, &after);
 		goto done;
 	}
 
 	foreach(lc, ri->streams)
 	{
 		CaptureStream *stream = (CaptureStream *) lfirst(lc);
+		TableFilter *filter = capture_table_filter(target->store, stream->stream_id, ri->relid);
+		Change		c = {txn, relation, ri, record_id, operation, oldtup, newtup, old_carried};
 
+		if (filter != NULL)
+		{
+			emit_filtered(ctx, stream, filter, &c);
+			continue;
+		}
 		if (operation == 'D' || (operation == 'U' && stream->before_images))
-			emit(ctx, stream, key, record_id, operation, ri, &before);
+			emit(ctx, stream, key, record_id, operation, ri, 0, &before);
 		if (operation != 'D')
-			emit(ctx, stream, key, record_id, operation, ri, &after);
+			emit(ctx, stream, key, record_id, operation, ri, 0, &after);
 	}
 
 done:

@@ -144,7 +144,7 @@ refuse_rule(const char *rule, const char *where, const char *problem, const char
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("invalid %s %s: %s", rule, where, problem),
+			 errmsg("invalid %s%s%s: %s", rule, where[0] ? " " : "", where, problem),
 			 hint ? errhint("%s", hint) : 0));
 }
 

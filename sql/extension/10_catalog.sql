@@ -273,6 +273,27 @@ CREATE INDEX dead_letter_records_redeliver ON event_bridge.dead_letter_records
 COMMENT ON TABLE event_bridge.dead_letter_records IS
     'Records that connectors with on_failure dead_letter gave up on, with their last status and error';
 
+/*
+ * Capture filters (DESIGN 9.5): per stream and table, a row filter and a
+ * column list with PostgreSQL 15 publication semantics.  row_filter and
+ * columns are what set_table_filter was given (and what pg_dump keeps);
+ * row_filter_tree and column_numbers are derived from them by a trigger
+ * (also when pg_dump's copy is restored) and are what the capture worker
+ * applies, in commit order.
+ */
+CREATE TABLE event_bridge.table_filter_rules (
+    stream_id       int NOT NULL REFERENCES event_bridge.streams ON DELETE CASCADE,
+    table_name      regclass NOT NULL,
+    row_filter      text,
+    columns         name[],
+    row_filter_tree text,
+    column_numbers  int2[],
+    PRIMARY KEY (stream_id, table_name)
+);
+COMMENT ON TABLE event_bridge.table_filter_rules IS
+    'Capture filters: the rows and columns of a table that a stream keeps';
+SELECT pg_catalog.pg_extension_config_dump('event_bridge.table_filter_rules', '');
+
 SELECT pg_catalog.pg_extension_config_dump('event_bridge.connectors', '');
 SELECT pg_catalog.pg_extension_config_dump('event_bridge.connector_id_seq', '');
 -- Offsets go with the connectors: a restored connector goes on from them.

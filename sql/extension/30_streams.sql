@@ -214,3 +214,119 @@ END
 $$;
 COMMENT ON FUNCTION event_bridge.recover_capture() IS
     'After the replication slot was lost: starts capture again from now on with a new slot, and records the gap in capture_gaps';
+
+/*
+ * The key of a table as records carry it: the replica identity index's
+ * columns, else the primary key's, in attribute order; none without either.
+ */
+CREATE OR REPLACE FUNCTION event_bridge._key_columns(table_name regclass)
+RETURNS name[]
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(array_agg(a.attname ORDER BY a.attnum), '{}')
+      FROM pg_index i
+      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+     WHERE i.indrelid = table_name
+       AND i.indexrelid = coalesce(
+             (SELECT x.indexrelid FROM pg_index x JOIN pg_class c ON c.oid = x.indrelid
+               WHERE x.indrelid = table_name AND x.indisreplident AND c.relreplident = 'i'),
+             (SELECT x.indexrelid FROM pg_index x WHERE x.indrelid = table_name AND x.indisprimary))
+$$;
+COMMENT ON FUNCTION event_bridge._key_columns(regclass) IS
+    'Internal: the key columns of a table as records carry them (replica identity index, else primary key)';
+
+/* Derives what the capture worker applies from a capture filter as given. */
+CREATE OR REPLACE FUNCTION event_bridge._prepare_table_filter()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    NEW.row_filter_tree := CASE WHEN NEW.row_filter IS NOT NULL
+        THEN event_bridge._check_row_filter(NEW.table_name, NEW.row_filter) END;
+    NEW.column_numbers := CASE WHEN NEW.columns IS NOT NULL
+        THEN ARRAY(SELECT a.attnum FROM pg_attribute a
+                    WHERE a.attrelid = NEW.table_name AND a.attname = ANY (NEW.columns)
+                      AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) END;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION event_bridge._prepare_table_filter() IS
+    'Internal: checks a capture filter and derives its expression tree and column numbers';
+
+CREATE OR REPLACE FUNCTION event_bridge.set_table_filter(
+    stream_name text,
+    table_name  regclass,
+    row_filter  text   DEFAULT NULL,
+    columns     name[] DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s   record;
+    bad name;
+BEGIN
+    PERFORM event_bridge._check_admin();
+    IF stream_name IS NULL OR table_name IS NULL THEN
+        RAISE EXCEPTION 'stream_name and table_name of set_table_filter must not be null'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'A NULL row_filter keeps every row, NULL columns keep every column.';
+    END IF;
+    SELECT st.stream_id, st.tables INTO s FROM event_bridge.streams st
+     WHERE st.stream_name = set_table_filter.stream_name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'stream "%" does not exist', stream_name
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    PERFORM event_bridge._check_readable(s.tables);
+    IF table_name <> ALL (s.tables) THEN
+        RAISE EXCEPTION 'table % is not captured by stream "%"', table_name, stream_name
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- The capture worker evaluates it for every change: it stays small.
+    IF octet_length(row_filter) > 4096 THEN
+        RAISE EXCEPTION 'the row filter of table % is longer than 4096 bytes', table_name
+            USING ERRCODE = 'program_limit_exceeded';
+    END IF;
+    IF columns IS NOT NULL THEN
+        IF cardinality(columns) = 0 THEN
+            RAISE EXCEPTION 'the column list of table % must not be empty', table_name
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Pass NULL to keep every column.';
+        END IF;
+        SELECT c INTO bad FROM unnest(columns) c GROUP BY c HAVING count(*) > 1 LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'column "%" is listed twice', bad
+                USING ERRCODE = 'duplicate_column';
+        END IF;
+        SELECT c INTO bad FROM unnest(columns) c
+         WHERE NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = table_name
+                              AND a.attname = c AND a.attnum > 0 AND NOT a.attisdropped)
+         LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'column "%" of table % does not exist', bad, table_name
+                USING ERRCODE = 'undefined_column';
+        END IF;
+        SELECT k INTO bad FROM unnest(event_bridge._key_columns(table_name)) k
+         WHERE k <> ALL (columns) LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'the column list of table % must keep its key column "%"', table_name, bad
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'Records are sharded by their key, and events name it.';
+        END IF;
+    END IF;
+    IF row_filter IS NULL AND columns IS NULL THEN
+        DELETE FROM event_bridge.table_filter_rules f
+         WHERE f.stream_id = s.stream_id AND f.table_name = set_table_filter.table_name;
+    ELSE
+        INSERT INTO event_bridge.table_filter_rules AS f (stream_id, table_name, row_filter, columns)
+        VALUES (s.stream_id, table_name, row_filter, columns)
+        ON CONFLICT ON CONSTRAINT table_filter_rules_pkey DO UPDATE
+           SET row_filter = excluded.row_filter, columns = excluded.columns;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION event_bridge.set_table_filter(text, regclass, text, name[]) IS
+    'Sets which rows (row_filter, a PostgreSQL 15 publication row filter) and columns (the key kept) of a table a stream captures, from the transactions that commit after it on; NULL and NULL capture everything again';

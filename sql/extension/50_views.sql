@@ -28,6 +28,13 @@ COMMENT ON VIEW event_bridge.stream_status IS
     'One row per stream: its tables, shards, stored records, their time range, how far capture lags behind the WAL, and whether capture runs (SLOT LOST: see recover_capture)';
 
 
+CREATE OR REPLACE VIEW event_bridge.capture_filters AS
+SELECT s.stream_name, f.table_name, f.row_filter, f.columns
+  FROM event_bridge.table_filter_rules f
+  JOIN event_bridge.streams s ON s.stream_id = f.stream_id;
+COMMENT ON VIEW event_bridge.capture_filters IS
+    'The capture filters of streams (set_table_filter): the rows and columns of a table a stream keeps';
+
 CREATE OR REPLACE VIEW event_bridge.shard_status AS
 SELECT c.connector_name,
        cs.shard_id,

@@ -18,6 +18,7 @@ GRANT USAGE ON SCHEMA event_bridge TO PUBLIC;
 GRANT EXECUTE ON FUNCTION
     event_bridge.create_stream(text, regclass[], int, interval, boolean),
     event_bridge.drop_stream(text),
+    event_bridge.set_table_filter(text, regclass, text, name[]),
     event_bridge.get_records(text, int, bigint, int),
     event_bridge.wait_for_capture(interval),
     event_bridge.recover_capture(),
@@ -38,6 +39,7 @@ TO event_bridge_admin;
 
 GRANT SELECT ON
     event_bridge.stream_status,
+    event_bridge.capture_filters,
     event_bridge.connector_status,
     event_bridge.shard_status,
     event_bridge.connector_attempts_log,

@@ -2,6 +2,10 @@
  * Triggers on the catalog
  * ------------------------------------------------------------------- */
 
+CREATE OR REPLACE TRIGGER prepare_table_filter
+    BEFORE INSERT OR UPDATE ON event_bridge.table_filter_rules
+    FOR EACH ROW EXECUTE FUNCTION event_bridge._prepare_table_filter();
+
 CREATE OR REPLACE TRIGGER drop_attempts AFTER DELETE ON event_bridge.connector_shards
     REFERENCING OLD TABLE AS gone
     FOR EACH STATEMENT EXECUTE FUNCTION event_bridge._drop_attempts();
@@ -60,10 +64,11 @@ BEGIN
        SET tables = ARRAY(SELECT t FROM unnest(s.tables) WITH ORDINALITY u(t, i)
                            WHERE t <> ALL (gone) ORDER BY i)
      WHERE s.tables && gone;
+    DELETE FROM event_bridge.table_filter_rules f WHERE f.table_name = ANY (gone);
 END
 $$;
 COMMENT ON FUNCTION event_bridge._forget_dropped_tables() IS
-    'Internal: removes dropped tables from the streams that capture them';
+    'Internal: removes dropped tables from the streams that capture them, and their capture filters';
 
 DO $$
 BEGIN
