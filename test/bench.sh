@@ -15,9 +15,12 @@
 #  2. capture rate on three workloads (1,000-row transactions, single-row
 #     transactions, mixed INSERT/UPDATE/DELETE), each reader decoding the
 #     same WAL (event_bridge is held back by a lock while the workload writes);
+#     and with a capture filter keeping 10 % beside none;
 #  3. delivered events/s for batch_size 1, 100, 1,000 with 1 and 4 shards, to
 #     the endpoint and to the endpoint answering after 20 ms; and the whole
 #     pipeline (WAL -> capture -> delivery -> endpoint) at batch_size 100;
+#     signed targets, the json and cloudevents formats, a transform and a
+#     filter, each beside datahub;
 #  4. commit -> receipt latency under pgbench -R (open loop) at 1,000 and
 #     5,000 single-row transactions/s;
 #  5. write-path cost: pgbench TPS (TPC-B and a single-row INSERT) with
@@ -185,9 +188,9 @@ recvlogical_time() {
 
 # SQL that inserts rows 1..$2 into table $1 in 1,000-row transactions; with
 # $3 = N, every Nth row's customer is "poison ..." (test/bench/receiver.c
-# --poison refuses them).
+# --poison refuses them); with $4, ids start after $4.
 bulk_sql() {
-    local customer="'customer '"
+    local customer="'customer '" offset=${4:-0}
     [ -n "${3:-}" ] && customer="CASE WHEN g % $3 = 0 THEN 'poison ' ELSE 'customer ' END"
     cat <<SQL
 SET synchronous_commit = off;
@@ -197,7 +200,7 @@ BEGIN
     INSERT INTO $1 (id, customer, amount)
       SELECT g, $customer || (g % 1000),
              (g % 10000) / 100.0
-        FROM generate_series(i * 1000 + 1, (i + 1) * 1000) g;
+        FROM generate_series($offset + i * 1000 + 1, $offset + (i + 1) * 1000) g;
     COMMIT;
   END LOOP;
 END
@@ -230,7 +233,8 @@ DB=postgres Q -c "CREATE DATABASE bench"
 Q <<SQL >/dev/null
 CREATE EXTENSION event_bridge;
 $(table_sql cap_t)
-SELECT event_bridge.create_stream('cap', ARRAY['cap_t']::regclass[], shard_count => 4);
+$(table_sql capf_t)
+SELECT event_bridge.create_stream('cap', ARRAY['cap_t', 'capf_t']::regclass[], shard_count => 4);
 SQL
 
 "$DIR/receiver" --port "$RECV_PORT" >/dev/null 2>"$DIR/receiver.err" &
@@ -390,6 +394,21 @@ BEGIN
 END
 \$\$;"
 
+# A capture filter (set_table_filter) keeping 10 % of the rows, beside the
+# same workload on the same table without it, alternating.
+for rep in $(seq 1 $((QUICK ? 1 : 3))); do
+    base=$(( (rep - 1) * 2 * CAP_BULK ))
+    Q -c "SELECT event_bridge.set_table_filter('cap', 'capf_t')" >/dev/null
+    capture_run nofilter "$CAP_BULK" "$CAP_BULK" "$(bulk_sql capf_t "$CAP_BULK" '' "$base")"
+    CAP_NOFILTER+=" $CAP_nofilter_EB"
+    Q -c "SELECT event_bridge.set_table_filter('cap', 'capf_t', 'id % 10 = 0')" >/dev/null
+    capture_run filter "$CAP_BULK" "$((CAP_BULK / 10))" "$(bulk_sql capf_t "$CAP_BULK" '' "$((base + CAP_BULK))")"
+    CAP_FILTER+=" $CAP_filter_EB"
+done
+CAP_NOFILTER=$(echo "$CAP_NOFILTER" | median)
+CAP_FILTER=$(echo "$CAP_FILTER" | median)
+echo "   a row filter keeping 10 %: $CAP_FILTER changes/s (no filter, alternating: $CAP_NOFILTER)"
+
 fi
 
 # ---------------------------------------------------------------------
@@ -487,6 +506,35 @@ for t in fc functiongraph lambda webhook; do
     SIGN_DLV[$t]=$(echo "${SIGN_DLV[$t]}" | median)
     echo "   4 shards, batch_size 100, signed for $t: ${SIGN_DLV[$t]} events/s (unsigned http, alternating: ${SIGN_PLAIN[$t]}; medians of 3)"
 done
+# Named formats and rules (batch_size 100, 4 shards), each beside a datahub
+# run just before it, three rounds, medians.  The transform renders a
+# template from three JSONPaths; the filter keeps every event (what it
+# costs to decide, not what it saves).
+Q <<'SQL' >/dev/null
+CREATE TABLE bench_rules AS SELECT
+  jsonb_build_object('type', 'VARIABLE',
+    'value', '{"id": "$.eventId", "c": "$.after.customer", "a": "$.after.amount"}',
+    'template', '{"eventId":"${id}","customer":"${c}","amount":${a}}') AS transform,
+  '{"after": {"amount": [{"op": "NumberNotLessThan", "value": 0}]}}'::jsonb AS filter;
+SQL
+declare -A RULE_OPTS=(
+    [json]=", format => 'json'"
+    [cloudevents]=", format => 'cloudevents'"
+    [transform]=", format => 'json', transform => (SELECT transform FROM bench_rules)"
+    [filter]=", format => 'json', filter => (SELECT filter FROM bench_rules)")
+declare -A RULE_PLAIN RULE_DLV
+for rep in 1 2 3; do
+    for t in json cloudevents transform filter; do
+        RULE_PLAIN[$t]+=" $(deliver_run "$RECV_PORT" "$URL" 4 100)"
+        RULE_DLV[$t]+=" $(deliver_run "$RECV_PORT" "$URL" 4 100 d4 "${RULE_OPTS[$t]}")"
+    done
+done
+for t in json cloudevents transform filter; do
+    RULE_PLAIN[$t]=$(echo "${RULE_PLAIN[$t]}" | median)
+    RULE_DLV[$t]=$(echo "${RULE_DLV[$t]}" | median)
+    echo "   4 shards, batch_size 100, $t: ${RULE_DLV[$t]} events/s (datahub, alternating: ${RULE_PLAIN[$t]}; medians of 3)"
+done
+
 # What signing one request costs: the signature of a 100-record body
 # (~20 kB, as the runs above send), minus the same loop without it.  The
 # body is a value in memory, as in the worker; g keeps each call apart.
@@ -777,6 +825,7 @@ for w in bulk single mixed; do
     eval "td=\$CAP_${w}_TD wj=\$CAP_${w}_WJ eb=\$CAP_${w}_EB"
     row "2. capture, $what, 4 shards, stored" "$(fmt $eb) changes/s" "test_decoding $(fmt $td); wal2json $(fmt $wj)" "$(ratio $eb $td) ($(ratio $eb $wj) × wal2json)" "≥ 0.80: $(verdict "$eb / $td" '>=' 0.8)"
 done
+row "2. capture with a row filter keeping 10 % (set_table_filter), $(fmt $CAP_BULK) rows in 1,000-row tx" "$(fmt $CAP_FILTER) changes/s" "the same without the filter, alternating $(fmt $CAP_NOFILTER)" "$(ratio $CAP_FILTER $CAP_NOFILTER)" ""
 fi
 if want delivery; then
 for shards in 1 4; do
@@ -790,6 +839,10 @@ done
 row "3. delivered with 1 % poison records (400, on_failure dead_letter), batch_size 100, 4 shards" "$(fmt $POISON_DLV) events/s" "the same records, all accepted $(fmt $POISON_CLEAN)" "$(ratio $POISON_DLV $POISON_CLEAN)" ""
 for t in fc functiongraph lambda webhook; do
     row "3. delivered signed for $t, batch_size 100, 4 shards (median of 3)" "$(fmt "${SIGN_DLV[$t]}") events/s" "unsigned http, alternating $(fmt "${SIGN_PLAIN[$t]}")" "$(ratio "${SIGN_DLV[$t]}" "${SIGN_PLAIN[$t]}")" ""
+done
+declare -A RULE_WHAT=([json]="format json" [cloudevents]="format cloudevents" [transform]="format json with a VARIABLE transform (3 JSONPaths)" [filter]="format json with a filter keeping every event")
+for t in json cloudevents transform filter; do
+    row "3. delivered in ${RULE_WHAT[$t]}, batch_size 100, 4 shards (median of 3)" "$(fmt "${RULE_DLV[$t]}") events/s" "datahub, alternating $(fmt "${RULE_PLAIN[$t]}")" "$(ratio "${RULE_DLV[$t]}" "${RULE_PLAIN[$t]}")" ""
 done
 row "3. signing one request of $(fmt "$SIGN_BODY") bytes (100 records)" "ACS3 $SIGN_US_ACS3 µs, SDK-HMAC $SIGN_US_HW µs, webhook $SIGN_US_HOOK µs" "" "" ""
 row "3. pipeline: WAL -> capture -> delivery, batch_size 100, 4 shards, $(fmt $PIPE_ROWS) rows" "$(fmt $PIPE) events/s" "capture (2, bulk) $(fmt $CAP_bulk_EB)" "$(ratio $PIPE $CAP_bulk_EB)" ""

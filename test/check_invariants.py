@@ -52,6 +52,16 @@ a role that may read every table of its stream: check as a superuser or as
 such a role.  purge_dead_letters during or before the logged history makes
 the purged records [missing].
 
+Named formats and filters (release 0.2).  A json or cloudevents request
+holds events; test/receiver.py logs an UPDATE event with both images as its
+two records, n and n + 1.  Their [content] is the event's op and table
+against the stored record's.  A connector with a filter leaves records out:
+the checker computes which with event_bridge._event_body (the events the
+filter keeps, over the stored records of each shard) and treats those like
+records passed over: they need no answer, may lie in the gaps of a batch,
+and count toward the offset.  A batch of events may hold one record more
+than batch_size (an UPDATE is not cut apart).
+
 Invariants (ids in brackets, as in --json):
   [missing]    every record of the connector's stream, per shard, from the
                connector's first position (the first record appended at or

@@ -91,7 +91,7 @@ echo
 echo "== a function that refuses one record (400): with on_failure => 'dead_letter' the batch"
 echo "   is bisected, that record is set aside, and every other record is delivered"
 eb_spawn_as_user "$DIR/strict.pid" python3 "$EB_ROOT/test/receiver.py" --port 0 \
-    --port-file "$DIR/strict.port" --log "$DIR/strict.jsonl" --poison mallory \
+    --port-file "$DIR/strict.port" --log "$DIR/strict.jsonl" --poison mallory --keep-body \
     > "$DIR/strict.txt" 2>&1
 for _ in $(seq 100); do [ -s "$DIR/strict.port" ] && break; sleep 0.1; done
 run "SELECT event_bridge.create_connector('orders_strict', 'orders',
@@ -103,6 +103,27 @@ for _ in $(seq 300); do
 done
 run "SELECT connector_name, state, delivered, pending, dead_letters FROM event_bridge.connector_status"
 run "SELECT event_id, operation, data, attempts, http_status, error FROM event_bridge.dead_letters"
+
+echo
+echo "== events with named columns (format json), and a filter in EventGrid's syntax:"
+echo "   only orders over 25 are sent, the others are counted as filtered"
+run "SELECT event_bridge.create_connector('orders_big', 'orders',
+       'http://127.0.0.1:$(cat "$DIR/strict.port")/big', start_time => NULL, format => 'json',
+       filter => '{\"after\": {\"amount\": [{\"op\": \"NumberGreaterThan\", \"value\": 25}]}}')"
+for _ in $(seq 300); do
+    [ "$($PSQL -At -c "SELECT pending = 0 FROM event_bridge.connector_status WHERE connector_name = 'orders_big'")" = t ] && break
+    sleep 0.1
+done
+echo
+echo "== the function received these requests (one per shard):"
+python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    e = json.loads(line)
+    if e["path"] == "/big" and e["status"] == 200:
+        print(e["body"])' "$DIR/strict.jsonl"
+run "SELECT connector_name, format, filter, delivered, filtered, pending FROM event_bridge.connector_status
+ WHERE connector_name = 'orders_big'"
 
 echo
 echo "== an event_bridge admin who may not SELECT orders: sees the status, not the rows"

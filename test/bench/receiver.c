@@ -7,7 +7,8 @@
  * beyond libc.  Every POST is answered 200 {"ok":true}, after --delay-ms if
  * given (the connection waits, the others go on); with --poison, a POST
  * whose body holds S is answered 400 and its records are not counted.  For each POST it counts
- * the records of the body: every "eventId":"<shard>:<sequence>" is one.  A
+ * the records of the body: every "eventId":"<shard>:<sequence>" is one (in
+ * a CloudEvents body, every "specversion":"1.0","id":"<shard>:<sequence>").  A
  * record whose sequence is above the highest seen for its shard counts as
  * unique (delivery is in order per shard, so a lower one is a redelivery).
  *
@@ -100,25 +101,46 @@ parse_int(const char *p, const char *end, int64_t *v)
 	return p;
 }
 
+/*
+ * The key that starts a record of a body: "eventId":" or, in a CloudEvents
+ * body, "specversion":"1.0","id":" (looked for once per body).
+ */
+static const char *
+record_key(const char *body, const char *end, size_t *keylen)
+{
+	static const char key[] = "\"eventId\":\"";
+	static const char ce_key[] = "\"specversion\":\"1.0\",\"id\":\"";
+
+	if (end - body > 0 && body[0] == '[' &&
+		memmem(body, end - body, ce_key, sizeof(ce_key) - 1) != NULL)
+	{
+		*keylen = sizeof(ce_key) - 1;
+		return ce_key;
+	}
+	*keylen = sizeof(key) - 1;
+	return key;
+}
+
 /* Counts the records of one body and takes their latency samples. */
 static void
 take_body(const char *body, size_t n, int64_t t)
 {
-	static const char key[] = "\"eventId\":\"";
 	const char *end = body + n;
 	const char *p = body;
+	size_t		keylen;
+	const char *key = record_key(body, end, &keylen);
 
 	requests++;
 	if (first_us == 0)
 		first_us = t;
 	last_us = t;
-	while ((p = memmem(p, end - p, key, sizeof(key) - 1)) != NULL)
+	while ((p = memmem(p, end - p, key, keylen)) != NULL)
 	{
 		int64_t		shard, seq, systime = -1, commit = -1;
 		const char *next;
 		const char *q;
 
-		p += sizeof(key) - 1;
+		p += keylen;
 		p = parse_int(p, end, &shard);
 		if (p < end && *p == ':')
 			p = parse_int(p + 1, end, &seq);
@@ -137,7 +159,7 @@ take_body(const char *body, size_t n, int64_t t)
 			unique_records++;
 
 		/* The record ends where the next one starts. */
-		next = memmem(p, end - p, key, sizeof(key) - 1);
+		next = memmem(p, end - p, key, keylen);
 		if (next == NULL)
 			next = end;
 		q = memmem(p, next - p, "\"systemTime\":", 13);

@@ -3,7 +3,8 @@
 # line, a reordered pair, changed data, a changed systemTime, an old batch
 # sent again, a batch acked twice with no crash in between, a record of a
 # rolled-back transaction, a batch with a hole, a body changed byte by
-# byte) are each reported as the violation they are.  Release 0.2's failure
+# byte) are each reported as the violation they are; so are a dropped line
+# and a changed op of a json connector with a filter.  Release 0.2's failure
 # policy too: connectors that dead-letter the records an endpoint refuses
 # (--poison) pass, whether it refuses them with a 400 (bisection) or in a
 # partial batch response; a healthy record among the dead letters, a poison
@@ -29,13 +30,16 @@ $node->safe_psql('postgres', qq{
 	ALTER TABLE t REPLICA IDENTITY FULL;
 	SELECT event_bridge.create_stream('s', ARRAY['t']::regclass[], shard_count => 2);
 	SELECT event_bridge.create_connector('dh', 's', '$url/dh', batch_size => 5);
-	SELECT event_bridge.create_connector('dis', 's', '$url/dis', format => 'dis', batch_size => 7);});
+	SELECT event_bridge.create_connector('dis', 's', '$url/dis', format => 'dis', batch_size => 7);
+	SELECT event_bridge.create_connector('fj', 's', '$url/fj', format => 'json', batch_size => 6,
+	    filter => '{"after": {"id": [{"op": "NumberNotInRange", "values": [[20, 60]]}]}}');});
 $node->safe_psql('postgres', "INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g");
 $node->safe_psql('postgres', "UPDATE t SET v = v || '!' WHERE id % 4 = 0");
 $node->safe_psql('postgres', "DELETE FROM t WHERE id % 10 = 0");
 ok(wait_capture($node, 'postgres'), 'captured');
 ok(wait_delivered($node, 'postgres', 'dh'), 'dh delivered');
 ok(wait_delivered($node, 'postgres', 'dis'), 'dis delivered');
+ok(wait_delivered($node, 'postgres', 'fj'), 'fj delivered');
 
 # Offsets move only after a 2xx, which the receiver logs first: the log is
 # complete.
@@ -52,6 +56,9 @@ for my $path ('/dh', '/dis')
 checker_ok($node, 'postgres', $r, [], 'the clean log passes');
 checker_ok($node, 'postgres', $r, [ '--forbid-substring', 'ABORTED' ],
 	'a marker no transaction wrote is found nowhere');
+
+checker_ok($node, 'postgres', $r, [ '--connector', 'fj' ],
+	'a json connector whose filter leaves records out passes');
 
 # Runs the checker on a doctored log; returns its JSON report and exit code.
 my $n = 0;
@@ -99,6 +106,19 @@ sub acked_lines
 	fails_with('dropped line', $lines, 'dh', 'missing');
 	fails_with('dropped line', $lines, 'dh', 'shard_order');
 	fails_with('dropped line', $lines, 'dh', 'status');
+}
+
+# Named events with a filter: a dropped line is still missing records, a
+# changed op is changed content.
+{
+	my $lines = copy_log();
+	my @fj = acked_lines($lines, '/fj');
+	splice(@$lines, $fj[2], 1);
+	fails_with('dropped line of a filtered json connector', $lines, 'fj', 'missing',
+		'--connector', 'fj');
+	$lines = copy_log();
+	$lines->[ $fj[1] ]{records}[0]{data}{op} = 'DELETE';
+	fails_with('changed op of a json event', $lines, 'fj', 'content', '--connector', 'fj');
 }
 
 # A reordered pair: two consecutive batches of one shard swapped.
