@@ -16,6 +16,7 @@ OBJS = \
 	src/api.o \
 	src/format.o \
 	src/http.o \
+	src/kafka.o \
 	src/signing.o \
 	src/target.o \
 	src/rules.o \
@@ -42,7 +43,7 @@ DATA_built = sql/event_bridge--$(EXTVERSION).sql sql/event_bridge--0.1--$(EXTVER
 PGFILEDESC = "event_bridge - row changes to function calls"
 
 PG_CPPFLAGS = -DEB_EXTVERSION='"$(EXTVERSION)"' -Wall -Wextra -Werror -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers
-SHLIB_LINK = -lcurl
+SHLIB_LINK = -lcurl -lrdkafka
 
 # `make FAULT_INJECTION=1` compiles in the fault points the tests use.
 ifdef FAULT_INJECTION

@@ -41,6 +41,7 @@ INSERT INTO good VALUES
   ('create_connector', 19, $$'sweep_tok'$$), ('create_connector', 20, $$'sync'$$),
   ('create_connector', 21, $$'{"op": [{"op": "StringIn", "values": ["INSERT"]}]}'::jsonb$$),
   ('create_connector', 22, $$'{"type": "ORIGINAL"}'::jsonb$$),
+  ('create_connector', 23, 'NULL::jsonb'),
   ('alter_connector', 1, $$'sweep_c'$$), ('alter_connector', 2, $$'http://127.0.0.1:9/'$$),
   ('alter_connector', 3, $$'datahub'$$), ('alter_connector', 4, '10'),
   ('alter_connector', 5, $$'0'::interval$$), ('alter_connector', 6, $$'1 second'::interval$$),
@@ -52,6 +53,7 @@ INSERT INTO good VALUES
   ('alter_connector', 17, $$'sweep_tok'$$), ('alter_connector', 18, $$'sync'$$),
   ('alter_connector', 19, $$'{"op": [{"op": "StringIn", "values": ["INSERT"]}]}'::jsonb$$),
   ('alter_connector', 20, $$'{"type": "ORIGINAL"}'::jsonb$$),
+  ('alter_connector', 21, 'NULL::jsonb'),
   ('set_table_filter', 1, $$'sweep'$$), ('set_table_filter', 2, $$'t'::regclass$$),
   ('set_table_filter', 3, $$'id > 0'$$), ('set_table_filter', 4, $$ARRAY['id']::name[]$$),
   ('create_credential', 1, $$'sweep_tok2'$$), ('create_credential', 2, $$'token'$$),
@@ -112,10 +114,11 @@ INSERT INTO allowed VALUES
   ('purge_dead_letters', 2, 'huge'),      -- only the older ones
   ('create_connector', 21, 'null'),       -- filter NULL: every event
   ('create_connector', 22, 'null'),       -- transform NULL: ORIGINAL
+  ('create_connector', 23, 'null'),       -- key_transform NULL: the row's key
   ('set_table_filter', 3, 'null'),        -- row_filter NULL: every row
   ('set_table_filter', 4, 'null');        -- columns NULL: every column
 -- alter_connector: NULL leaves a setting as it is.
-INSERT INTO allowed SELECT 'alter_connector', g, 'null' FROM generate_series(2, 20) g;
+INSERT INTO allowed SELECT 'alter_connector', g, 'null' FROM generate_series(2, 21) g;
 
 CREATE TEMP TABLE outcome (fn text, pos int, kind text, sqlstate text, message text);
 

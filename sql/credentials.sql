@@ -69,7 +69,7 @@ SELECT event_bridge.create_connector('bad', 's',
 -- async on a plain http target
 SELECT event_bridge.create_connector('bad', 's', 'http://127.0.0.1:9/', invocation => 'async');
 -- an unknown target
-SELECT event_bridge.create_connector('bad', 's', 'http://127.0.0.1:9/', target => 'kafka');
+SELECT event_bridge.create_connector('bad', 's', 'http://127.0.0.1:9/', target => 'sqs');
 -- a credential that does not exist
 SELECT event_bridge.create_connector('bad', 's', 'http://127.0.0.1:9/', credential => 'nope');
 -- alter_connector checks the result as a whole: fc with a webhook credential

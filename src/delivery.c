@@ -58,6 +58,7 @@
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "replication/origin.h"
+#include "storage/ipc.h"
 #include "storage/latch.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -89,9 +90,13 @@ static DeliveryWorker worker;
 void
 delivery_drop_batch(Shard *sh)
 {
-	if (sh->in_flight)
+	if (sh->in_flight && sh->connector->target.kind == TARGET_KAFKA)
+		kafka_cancel(sh);
+	else if (sh->in_flight)
 		http_request_cancel(sh->request);
 	sh->in_flight = false;
+	sh->slices = NULL;
+	sh->nslices = 0;
 	sh->has_batch = false;
 	sh->redelivery = false;
 	sh->sequences = NULL;
@@ -113,6 +118,7 @@ delivery_remove_connector(Connector *c)
 	}
 	if (c->shards != NULL)
 		pfree(c->shards);
+	kafka_producer_destroy(c->producer, 0);
 	MemoryContextDelete(c->context);
 	pfree(c);
 }
@@ -167,9 +173,54 @@ delivery_retry_delay_ms(Connector *c, int failures, int64 retry_after_ms)
  * The loop
  * ------------------------------------------------------------------- */
 
-/* Starts sending a shard's batch. */
+/*
+ * Produces a batch of a kafka connector, one message per slice of its body;
+ * makes the connector's producer first if it has none (create_connector
+ * checked what it is made from: librdkafka refusing it is an error).
+ */
 static void
-send_batch(Shard *sh)
+send_kafka_batch(Shard *sh)
+{
+	Connector  *c = sh->connector;
+	KafkaMessage *messages = palloc(sizeof(KafkaMessage) * Max(sh->nslices, 1));
+
+	if (c->producer == NULL)
+	{
+		KafkaConfig config = {0};
+		char		error[256];
+
+		config.brokers = c->target.kafka_brokers;
+		config.topic = c->target.kafka_topic;
+		config.timeout_ms = c->timeout_ms;
+		c->producer = kafka_producer_create(&config, error, sizeof(error));
+		if (c->producer == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIG_FILE_ERROR),
+					 errmsg("could not make a Kafka producer for connector \"%s\": %s",
+							c->name, error)));
+	}
+	for (int i = 0; i < sh->nslices; i++)
+	{
+		EventSlice *sl = &sh->slices[i];
+		KafkaMessage *m = &messages[i];
+
+		m->key = sl->key;
+		m->value = sh->body.data + sl->start;
+		m->value_len = sl->len;
+		m->event_id = psprintf("%d:" INT64_FORMAT, sh->shard_id, sl->sequence);
+		m->stream = c->stream_name;
+		m->shard_id = sh->shard_id;
+		m->sequence = sl->sequence;
+		m->op = event_op_name(sl->op);
+		m->table = sl->table;
+	}
+	kafka_send(c->producer, sh, messages, sh->nslices);
+	sh->in_flight = true;
+}
+
+/* Starts sending a shard's batch by HTTP. */
+static void
+send_http_batch(Shard *sh)
 {
 	Connector  *c = sh->connector;
 
@@ -189,6 +240,31 @@ send_batch(Shard *sh)
 	http_request_start(sh->request, &c->target.endpoint, headers, c->nheaders + nsigned,
 					   sh->body.data, sh->body.len, c->timeout_ms);
 	sh->in_flight = true;
+}
+
+/* Sends a shard's batch, by HTTP or to Kafka. */
+static void
+send_batch(Shard *sh)
+{
+	if (sh->connector->target.kind == TARGET_KAFKA)
+		send_kafka_batch(sh);
+	else
+		send_http_batch(sh);
+}
+
+/* Flushes the Kafka producers as the worker exits (their batches are sent again later). */
+static void
+flush_producers(int code, Datum arg)
+{
+	ListCell   *lc;
+
+	foreach(lc, worker.connectors)
+	{
+		Connector  *c = (Connector *) lfirst(lc);
+
+		kafka_producer_destroy(c->producer, EB_KAFKA_FLUSH_MS);
+		c->producer = NULL;
+	}
 }
 
 /* Does a connector in memory wait for a reload (version -1)? */
@@ -293,6 +369,15 @@ delivery_turn(TimestampTz *last_sync)
 	{
 		f = palloc(sizeof(Finished));
 		f->shard = (Shard *) http_next_finished(&f->outcome);
+		if (f->shard == NULL)
+			break;
+		finished = lappend(finished, f);
+	}
+	kafka_poll();
+	for (;;)
+	{
+		f = palloc(sizeof(Finished));
+		f->shard = (Shard *) kafka_next_finished(&f->outcome);
 		if (f->shard == NULL)
 			break;
 		finished = lappend(finished, f);
@@ -461,6 +546,7 @@ event_bridge_delivery_main(Datum main_arg)
 	delivery_find_records_table();
 	CommitTransactionCommand();
 	http_init();
+	before_shmem_exit(flush_producers, (Datum) 0);
 	pgstat_report_activity(STATE_RUNNING, "delivering");
 
 	for (;;)
@@ -491,7 +577,9 @@ event_bridge_delivery_main(Datum main_arg)
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(loop_context);
 
-		(void) http_wait(next_turn_ms(last_sync), PG_WAIT_EXTENSION);
+		/* librdkafka's reports are polled: often while messages are in flight. */
+		(void) http_wait(kafka_in_flight() ? Min(next_turn_ms(last_sync), EB_KAFKA_POLL_MS) :
+						 next_turn_ms(last_sync), PG_WAIT_EXTENSION);
 	}
 }
 

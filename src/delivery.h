@@ -23,11 +23,18 @@
 #include "event.h"
 #include "format.h"
 #include "http.h"
+#include "kafka.h"
 #include "target.h"
 
 /* Milliseconds from 1970-01-01 to PostgreSQL's epoch, 2000-01-01. */
 #define EB_EPOCH_OFFSET_MS \
 	((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000)
+
+/* How often the worker looks for Kafka delivery reports while messages are in flight. */
+#define EB_KAFKA_POLL_MS	5
+
+/* How long the worker waits for Kafka messages in flight as it exits. */
+#define EB_KAFKA_FLUSH_MS	2000
 
 /* The least retry interval, as create_connector allows it. */
 #define EB_MIN_RETRY_MS		10
@@ -81,6 +88,8 @@ typedef struct Shard
 	bool		redelivery;		/* dead letters sent again (redeliver_dead_letters) */
 	int64	   *sequences;		/* of a redelivery, which may have gaps */
 	StringInfoData body;		/* in batch_context */
+	EventSlice *slices;			/* kafka: the messages of body, in batch_context */
+	int			nslices;
 	MemoryContext batch_context;
 
 	/* Not before this: the retry time, or the end of the batch window. */
@@ -111,6 +120,8 @@ struct Connector
 	Jsonb	   *filter;			/* NULL: none */
 	RuleTransform *transform;	/* NULL: ORIGINAL */
 	bool		named_events;	/* bodies are made by event.c (format, filter or transform) */
+	RuleTransform *key_transform;	/* kafka: NULL keeps the row's key */
+	KafkaProducer *producer;	/* kafka: made at the first batch sent; malloc'd */
 	int			batch_size;
 	int64		batch_window_ms;
 	int64		retry_interval_ms;

@@ -70,7 +70,7 @@ static EbStatement statements[NUM_STATEMENTS] = {
 		" c.on_failure, floor(extract(epoch FROM c.max_record_age) * 1000)::bigint,"
 		" c.partial_batch_response, c.target, c.invocation = 'async',"
 		" cr.provider, cr.key_id, cr.secret, cr.session_token, cr.region,"
-		" c.filter, c.transform"
+		" c.filter, c.transform, c.key_transform"
 		" FROM event_bridge.connectors c JOIN event_bridge.streams s ON s.stream_id = c.stream_id"
 		" LEFT JOIN event_bridge.credential_secrets cr ON cr.credential_id = c.credential_id"
 		" WHERE c.connector_id = $1",
@@ -298,8 +298,8 @@ load_shard(Connector *c, uint64 i)
 }
 
 /*
- * Reads a connector's filter and transform (columns 29 and 30 of
- * STMT_CONNECTOR's row), checked again, and gives a cloudevents body its
+ * Reads a connector's filter, transform and key transform (columns 29 to 31
+ * of STMT_CONNECTOR's row), checked again, and gives a cloudevents body its
  * Content-Type.  Allocates in the current memory context.
  */
 static void
@@ -319,8 +319,14 @@ load_rules(Connector *c)
 	d = column(0, 30, &isnull);
 	if (!isnull)
 		c->transform = rules_prepare_transform(DatumGetJsonbPCopy(d));
+	c->key_transform = NULL;
+	d = column(0, 31, &isnull);
+	if (!isnull)
+		c->key_transform = rules_prepare_transform(DatumGetJsonbPCopy(d));
+	/* Kafka messages are made one per event by event.c. */
 	c->named_events = (c->format == EB_FORMAT_JSON || c->format == EB_FORMAT_CLOUDEVENTS ||
-					   c->filter != NULL || c->transform != NULL);
+					   c->filter != NULL || c->transform != NULL ||
+					   c->target.kind == TARGET_KAFKA);
 
 	if (c->target.kind == TARGET_HTTP)
 	{
@@ -882,6 +888,18 @@ static FailureClass
 failure_class(const HttpOutcome *o)
 {
 	long		status = o->status;
+
+	switch (o->class)
+	{
+		case OUTCOME_TRANSIENT:
+			return FAILURE_TRANSIENT;
+		case OUTCOME_ENDPOINT:
+			return FAILURE_ENDPOINT;
+		case OUTCOME_RECORD:
+			return FAILURE_RECORD;
+		case OUTCOME_BY_STATUS:
+			break;
+	}
 
 	/*
 	 * No whole answer (a reset, a cut-off body, a timeout), or the platform

@@ -238,12 +238,25 @@ static void
 build_events(Shard *sh, const FormatBatch *batch, EventBody *result)
 {
 	Connector  *c = sh->connector;
-	EventBatch	b;
+	EventBatch	b = {0};
 
 	b.batch = *batch;
 	b.filter = c->filter;
 	b.transform = c->transform;
 	b.max_bytes = c->max_request_bytes;
+	if (c->target.kind == TARGET_KAFKA)
+	{
+		/* One message per event; the slices live as long as the batch. */
+		MemoryContext old = MemoryContextSwitchTo(sh->batch_context);
+
+		b.messages = true;
+		b.key_transform = c->key_transform;
+		event_body(&sh->body, &b, result);
+		MemoryContextSwitchTo(old);
+		sh->slices = result->slices;
+		sh->nslices = result->nslices;
+		return;
+	}
 	event_body(&sh->body, &b, result);
 }
 

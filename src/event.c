@@ -480,8 +480,8 @@ append_key(StringInfo out, const Unit *u)
 	appendStringInfoChar(out, '}');
 }
 
-static const char *
-op_name(char op)
+const char *
+event_op_name(char op)
 {
 	return op == 'I' ? "INSERT" : op == 'D' ? "DELETE" : "UPDATE";
 }
@@ -511,7 +511,7 @@ append_field(StringInfo out, const Image *image, int i, bool bare)
 static void
 append_change(StringInfo out, const Unit *u)
 {
-	appendStringInfo(out, "\"op\":\"%s\",\"table\":", op_name(u->op));
+	appendStringInfo(out, "\"op\":\"%s\",\"table\":", event_op_name(u->op));
 	append_field(out, meta(u), FIELD_TABLE, false);
 	appendStringInfoString(out, ",\"key\":");
 	append_key(out, u);
@@ -686,6 +686,88 @@ records_body(StringInfo out, const EventBatch *b, FormatRecord *kept, int nkept,
 	format_body(out, &batch);
 }
 
+/* The text of a metadata field that is a JSON string (the table), unescaped. */
+static char *
+field_text(const Image *image, int i)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	if (i < image->nfields && image->fields[i].len >= 2)
+		append_unescaped(&buf, &image->fields[i]);
+	return buf.data;
+}
+
+/*
+ * The key of a message: the row's (a record's partition key), or what the
+ * connector's key_transform makes of the event, a JSON string taken as its
+ * text.
+ */
+static char *
+message_key(const EventBatch *b, const FormatRecord *r, Jsonb *event)
+{
+	StringInfoData buf;
+	Jsonb	   *j;
+	JsonbValue	v;
+
+	if (b->key_transform == NULL)
+		return r->partition_key ? pstrdup(r->partition_key) : NULL;
+	initStringInfo(&buf);
+	rules_transform_append(&buf, b->key_transform, event);
+	j = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+	if (JB_ROOT_IS_SCALAR(j) && JsonbExtractScalar(&j->root, &v) && v.type == jbvString)
+		return pnstrdup(v.val.string.val, v.val.string.len);
+	return buf.data;
+}
+
+/* Records a message of the unit u that was just appended from start on. */
+static void
+add_slice(StringInfo out, const EventBatch *b, EventBody *result, const Unit *u,
+		  const FormatRecord *r, Jsonb *event, int start)
+{
+	EventSlice *sl = &result->slices[result->nslices++];
+
+	format_convert_body(out, start);
+	sl->start = start;
+	sl->len = out->len - start;
+	sl->sequence = r->sequence;
+	sl->op = u->op;
+	sl->table = field_text(meta(u), FIELD_TABLE);
+	sl->key = message_key(b, r, event);
+}
+
+/*
+ * Appends the messages of a unit (batch made with EventBatch.messages):
+ * each record of a datahub or dis batch, or the event.
+ */
+static void
+append_messages(StringInfo out, const EventBatch *b, EventBody *result, const Unit *u,
+				Jsonb *event, bool records)
+{
+	if (records)
+	{
+		for (int k = 0; k < u->nrecords; k++)
+		{
+			int			start = out->len;
+
+			format_record_object(out, b->batch.format, b->batch.shard_id, &u->first[k]);
+			add_slice(out, b, result, u, &u->first[k], event, start);
+		}
+		return;
+	}
+	{
+		int			start = out->len;
+
+		if (b->transform != NULL)
+			rules_transform_append(out, b->transform, event);
+		else if (b->batch.format == EB_FORMAT_CLOUDEVENTS)
+			append_cloudevent(out, b, u);
+		else
+			append_json_event(out, b, u);
+		add_slice(out, b, result, u, u->first, event, start);
+	}
+}
+
 /*
  * Appends to out the body of a batch's first events that fit in max_bytes,
  * in the batch's format or as transformed, and says in result which records
@@ -700,7 +782,9 @@ event_body(StringInfo out, const EventBatch *b, EventBody *result)
 	bool		records = (b->batch.format == EB_FORMAT_DATAHUB || b->batch.format == EB_FORMAT_DIS) &&
 		b->transform == NULL;
 	bool		need_jsonb = b->filter != NULL ||
-		(b->transform != NULL && rules_transform_reads_event(b->transform));
+		(b->transform != NULL && rules_transform_reads_event(b->transform)) ||
+		(b->messages && b->key_transform != NULL &&
+		 rules_transform_reads_event(b->key_transform));
 	int			start = out->len;
 	FormatRecord *kept = NULL;
 	int		   *unit_end = NULL;
@@ -713,7 +797,12 @@ event_body(StringInfo out, const EventBatch *b, EventBody *result)
 	if (scratch_context == NULL)
 		scratch_context = AllocSetContextCreate(TopMemoryContext, "event_bridge events",
 												ALLOCSET_DEFAULT_SIZES);
-	if (records)
+	if (b->messages)
+	{
+		result->slices = palloc(sizeof(EventSlice) * Max(b->batch.nrecords, 1));
+		close = "";
+	}
+	else if (records)
 	{
 		kept = palloc(sizeof(FormatRecord) * Max(b->batch.nrecords, 1));
 		unit_end = palloc(sizeof(int) * Max(b->batch.nrecords, 1));
@@ -750,13 +839,28 @@ event_body(StringInfo out, const EventBatch *b, EventBody *result)
 		}
 		MemoryContextSwitchTo(old);
 
-		if (records)
+		if (records && !b->messages)
 		{
 			for (int k = 0; k < u.nrecords; k++)
 			{
 				kept[nkept] = b->batch.records[i + k];
 				unit_end[nkept++] = i + u.nrecords;
 			}
+		}
+		else if (b->messages)
+		{
+			int			nslices = result->nslices;
+
+			append_messages(out, b, result, &u, event, records);
+			if ((size_t) (out->len - start) > b->max_bytes && result->nevents > 0)
+			{
+				out->len = mark;
+				out->data[mark] = '\0';
+				result->nslices = nslices;
+				MemoryContextReset(scratch_context);
+				break;
+			}
+			result->nevents++;
 		}
 		else
 		{
@@ -782,6 +886,8 @@ event_body(StringInfo out, const EventBatch *b, EventBody *result)
 		result->consumed = i;
 	}
 
+	if (b->messages)
+		return;
 	if (records)
 		records_body(out, b, kept, nkept, unit_end, result);
 	else if (result->nevents == 0)

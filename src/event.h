@@ -31,7 +31,25 @@ typedef struct EventBatch
 	Jsonb	   *filter;			/* NULL: every event is kept */
 	const RuleTransform *transform; /* NULL: ORIGINAL */
 	size_t		max_bytes;		/* no body is larger */
+	bool		messages;		/* one value per event (Kafka), no envelope: see EventSlice */
+	const RuleTransform *key_transform; /* messages: NULL keeps the row's key */
 } EventBatch;
+
+/*
+ * A message of a batch made with EventBatch.messages: its value is
+ * out->data[start .. start + len).  A datahub or dis message is one record
+ * (an UPDATE is two), a json or cloudevents one an event.  Strings are
+ * allocated in the caller's memory context.
+ */
+typedef struct EventSlice
+{
+	int			start;
+	int			len;
+	int64		sequence;		/* of its (first) record */
+	char		op;				/* I, U or D */
+	char	   *table;			/* schema.table */
+	char	   *key;			/* NULL: none */
+} EventSlice;
 
 /* What event_body made of a batch. */
 typedef struct EventBody
@@ -40,11 +58,14 @@ typedef struct EventBody
 	int			nevents;		/* events in the body; 0: no body */
 	int			nfiltered;		/* records of the consumed ones that the filter left out */
 	int64	   *filtered;		/* their sequences */
+	EventSlice *slices;			/* messages: one per message */
+	int			nslices;
 } EventBody;
 
 extern bool event_is_update_before(const FormatRecord *r);
 extern void event_body(StringInfo out, const EventBatch *b, EventBody *result);
 extern const char *event_content_type(EbFormat format, bool transformed);
 extern void event_forget_tables(void);
+extern const char *event_op_name(char op);
 
 #endif							/* EVENT_BRIDGE_EVENT_H */

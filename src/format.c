@@ -246,6 +246,54 @@ format_append_int64(StringInfo out, int64 v)
 	appendBinaryStringInfo(out, buf, len);
 }
 
+/* Appends a DataHub record object; shard is "<shard id>:". */
+static void
+append_datahub_record(StringInfo out, const char *shard, int shard_len, const FormatRecord *r)
+{
+	appendStringInfoString(out, "{\"eventId\":\"");
+	appendBinaryStringInfo(out, shard, shard_len);
+	format_append_int64(out, r->sequence);
+	appendStringInfoString(out, "\",\"systemTime\":");
+	format_append_int64(out, r->system_time);
+	appendStringInfoString(out, ",\"data\":");
+	append_json_string(out, r->data);
+	appendStringInfoChar(out, '}');
+}
+
+/* Appends a DIS record object. */
+static void
+append_dis_record(StringInfo out, const FormatRecord *r)
+{
+	const char *data = to_utf8(r->data);
+
+	appendStringInfoString(out, "{\"partition_key\":");
+	escape_json(out, r->partition_key ? r->partition_key : "");
+	appendStringInfoString(out, ",\"data\":\"");
+	append_base64(out, data, strlen(data));
+	appendStringInfoString(out, "\",\"sequence_number\":\"");
+	format_append_int64(out, r->sequence);
+	appendStringInfoString(out, "\"}");
+}
+
+/*
+ * Appends one record as the record object of a datahub or dis body (a Kafka
+ * message's value, DESIGN 9.6).
+ */
+void
+format_record_object(StringInfo out, EbFormat format, int32 shard_id, const FormatRecord *r)
+{
+	char		shard[12 + 1];
+	int			shard_len = pg_ltoa(shard_id, shard);
+	int			start = out->len;
+
+	shard[shard_len++] = ':';
+	if (format == EB_FORMAT_DIS)
+		append_dis_record(out, r);
+	else
+		append_datahub_record(out, shard, shard_len, r);
+	format_convert_body(out, start);
+}
+
 static void
 format_datahub(StringInfo out, const FormatBatch *b)
 {
@@ -262,16 +310,9 @@ format_datahub(StringInfo out, const FormatBatch *b)
 	appendStringInfoString(out, ",\"records\":[");
 	for (int i = 0; i < b->nrecords; i++)
 	{
-		const FormatRecord *r = &b->records[i];
-
-		appendStringInfoString(out, i > 0 ? ",{\"eventId\":\"" : "{\"eventId\":\"");
-		appendBinaryStringInfo(out, shard, shard_len);
-		format_append_int64(out, r->sequence);
-		appendStringInfoString(out, "\",\"systemTime\":");
-		format_append_int64(out, r->system_time);
-		appendStringInfoString(out, ",\"data\":");
-		append_json_string(out, r->data);
-		appendStringInfoChar(out, '}');
+		if (i > 0)
+			appendStringInfoChar(out, ',');
+		append_datahub_record(out, shard, shard_len, &b->records[i]);
 	}
 	appendStringInfoString(out, "]}");
 }
@@ -303,16 +344,9 @@ format_dis(StringInfo out, const FormatBatch *b)
 	appendStringInfoString(out, "\",\"records\":[");
 	for (int i = 0; i < b->nrecords; i++)
 	{
-		const FormatRecord *r = &b->records[i];
-		const char *data = to_utf8(r->data);
-
-		appendStringInfoString(out, i > 0 ? ",{\"partition_key\":" : "{\"partition_key\":");
-		escape_json(out, r->partition_key ? r->partition_key : "");
-		appendStringInfoString(out, ",\"data\":\"");
-		append_base64(out, data, strlen(data));
-		appendStringInfoString(out, "\",\"sequence_number\":\"");
-		format_append_int64(out, r->sequence);
-		appendStringInfoString(out, "\"}");
+		if (i > 0)
+			appendStringInfoChar(out, ',');
+		append_dis_record(out, &b->records[i]);
 	}
 	appendStringInfo(out, "],\"millis_behind_latest\":\"" INT64_FORMAT "\"},"
 					 "\"Tag\":\"latest\",\"StreamName\":",

@@ -54,6 +54,8 @@ typedef struct FormatBatch
 extern bool format_by_name(const char *name, EbFormat *format);
 extern void format_body(StringInfo out, const FormatBatch *batch);
 extern void format_convert_body(StringInfo out, int start);
+extern void format_record_object(StringInfo out, EbFormat format, int32 shard_id,
+								 const FormatRecord *r);
 /*
  * At most the bytes a record with data and key of these lengths adds to a
  * body of any format: six per byte (a \u escape; base64 of text converted

@@ -51,6 +51,18 @@ typedef struct HttpEndpoint
 /* One reusable request slot; it keeps its libcurl handle and connection. */
 typedef struct HttpRequest HttpRequest;
 
+/*
+ * The failure class of an outcome (DESIGN 9.3), when the transport knows it
+ * (kafka.c); OUTCOME_BY_STATUS: decided from the HTTP status.
+ */
+typedef enum OutcomeClass
+{
+	OUTCOME_BY_STATUS = 0,
+	OUTCOME_TRANSIENT,
+	OUTCOME_ENDPOINT,
+	OUTCOME_RECORD
+} OutcomeClass;
+
 /* How a finished request went. */
 typedef struct HttpOutcome
 {
@@ -61,6 +73,7 @@ typedef struct HttpOutcome
 	char		response[EB_HTTP_RESPONSE_KEEP + 1];	/* start of the body */
 	int64		retry_after_ms; /* what a Retry-After header asked for; -1: none */
 	bool		function_error; /* a 2xx with the endpoint's error_header: not ok */
+	OutcomeClass class;			/* of a failure */
 	/* The whole body, if the request was asked to keep it (http_request_keep_body). */
 	const char *body;			/* NULL: not kept; valid until the request starts again */
 	size_t		body_len;

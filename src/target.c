@@ -117,9 +117,58 @@ check_provider(TargetKind kind, const char *provider)
 			if (provider == NULL || strcmp(provider, "aws") != 0)
 				return "Target lambda needs an aws credential.";
 			break;
+		case TARGET_KAFKA:
+			if (provider != NULL)
+				return "Target kafka takes no credential yet: its brokers must accept PLAINTEXT connections.";
+			break;
 		case TARGET_UNKNOWN:
 			break;
 	}
+	return NULL;
+}
+
+/*
+ * Parses a Kafka endpoint, kafka://host:port[,host:port...]/topic, into t.
+ * Host names and IPv4 addresses only; a topic as Kafka allows them.
+ */
+static const char *
+parse_kafka_endpoint(const char *url, Target *t)
+{
+	const char *usage = "A Kafka endpoint is kafka://host:port[,host:port...]/topic.";
+	const char *hosts;
+	const char *slash;
+	const char *topic;
+	char	   *list;
+	char	   *item;
+	char	   *save;
+
+	if (strncmp(url, "kafka://", 8) != 0)
+		return usage;
+	hosts = url + 8;
+	slash = strchr(hosts, '/');
+	if (slash == NULL || slash == hosts)
+		return usage;
+	topic = slash + 1;
+	if (strlen(topic) > 249 || !only_chars(topic, strlen(topic), "._-") ||
+		strcmp(topic, ".") == 0 || strcmp(topic, "..") == 0)
+		return "A Kafka topic is 1 to 249 letters, digits, \".\", \"_\" or \"-\" (and not \".\" or \"..\").";
+	list = pnstrdup(hosts, slash - hosts);
+	if (strstr(list, ",,") != NULL || hosts[0] == ',' || slash[-1] == ',')
+		return usage;
+	for (item = strtok_r(list, ",", &save); item != NULL; item = strtok_r(NULL, ",", &save))
+	{
+		char	   *colon = strrchr(item, ':');
+		char	   *end;
+		long		port;
+
+		if (colon == NULL || colon == item || !only_chars(item, colon - item, ".-"))
+			return usage;
+		port = strtol(colon + 1, &end, 10);
+		if (*end != '\0' || colon[1] == '\0' || port < 1 || port > 65535)
+			return "A Kafka broker's port is 1 to 65535.";
+	}
+	t->kafka_brokers = pnstrdup(hosts, slash - hosts);
+	t->kafka_topic = pstrdup(topic);
 	return NULL;
 }
 
@@ -178,6 +227,7 @@ check_endpoint(Target *t)
 			e->password = (char *) t->credential.secret;
 			e->error_headers[0] = "X-Amz-Function-Error";
 			break;
+		case TARGET_KAFKA:
 		case TARGET_UNKNOWN:
 			break;
 	}
@@ -205,15 +255,23 @@ target_prepare(const char *target, const char *url, bool async, const Credential
 		t->kind = TARGET_FUNCTIONGRAPH;
 	else if (strcmp(target, "lambda") == 0)
 		t->kind = TARGET_LAMBDA;
+	else if (strcmp(target, "kafka") == 0)
+		t->kind = TARGET_KAFKA;
 	else
 	{
 		t->kind = TARGET_UNKNOWN;
-		return "The targets are http, fc (Alibaba Function Compute), functiongraph (Huawei FunctionGraph) and lambda (AWS Lambda).";
+		return "The targets are http, fc (Alibaba Function Compute), functiongraph (Huawei FunctionGraph), lambda (AWS Lambda) and kafka.";
 	}
 	t->async = async;
 	t->credential = *credential;
 
 	problem = check_provider(t->kind, credential->provider);
+	if (t->kind == TARGET_KAFKA)
+	{
+		if (problem == NULL && async)
+			problem = "Invocation async needs a function platform target: fc, functiongraph or lambda.";
+		return problem ? problem : parse_kafka_endpoint(url, t);
+	}
 	if (problem == NULL)
 		problem = http_parse_endpoint(url, &t->endpoint);
 	if (problem == NULL)
@@ -381,6 +439,7 @@ target_headers(const Target *t, const char *message_id, const char *body, size_t
 			if (t->async)
 				add_header(headers, &n, "X-Amz-Invocation-Type", "Event");
 			break;
+		case TARGET_KAFKA:
 		case TARGET_UNKNOWN:
 			break;
 	}

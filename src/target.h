@@ -25,6 +25,7 @@ typedef enum TargetKind
 	TARGET_FC,
 	TARGET_FUNCTIONGRAPH,
 	TARGET_LAMBDA,
+	TARGET_KAFKA,
 	TARGET_UNKNOWN				/* target_prepare failed: not a target */
 } TargetKind;
 
@@ -52,6 +53,8 @@ typedef struct Target
 	Credential	credential;
 	HttpEndpoint endpoint;		/* where requests go, with libcurl's part of the signing */
 	char	   *project_id;		/* functiongraph: the path's project id */
+	char	   *kafka_brokers;	/* kafka: host:port,... */
+	char	   *kafka_topic;	/* kafka */
 	uint8		webhook_key[EB_WEBHOOK_KEY_MAX];
 	int			webhook_key_len;	/* 0: no webhook credential */
 } Target;

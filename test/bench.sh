@@ -494,16 +494,27 @@ declare -A SIGN_PATH=(
     [functiongraph]="/v2/p/fgs/functions/urn:fss:r:p:function:default:f:latest/invocations|target => 'functiongraph', credential => 'b_hw'"
     [lambda]="/2015-03-31/functions/f/invocations|target => 'lambda', credential => 'b_aws'"
     [webhook]="/hook|credential => 'b_hook'")
-# Short runs are noisy: three rounds of alternating pairs, and the medians.
-for rep in 1 2 3; do
-    for t in fc functiongraph lambda webhook; do
-        SIGN_PLAIN[$t]+=" $(deliver_run "$RECV_PORT" "$URL" 4 100)"
-        SIGN_DLV[$t]+=" $(deliver_run "$RECV_PORT" "http://127.0.0.1:$RECV_PORT${SIGN_PATH[$t]%%|*}" 4 100 d4 ", ${SIGN_PATH[$t]#*|}")"
+# alternate PLAIN DLV PATHS TYPES...: short runs are noisy, so three rounds
+# of an unsigned datahub run to $URL just before each type's run (path and
+# options in PATHS[type] as "path|options"), and the medians into the
+# associative arrays named PLAIN and DLV.
+alternate() {
+    local -n plain=$1 dlv=$2 paths=$3
+    shift 3
+    local rep t
+    for rep in 1 2 3; do
+        for t in "$@"; do
+            plain[$t]+=" $(deliver_run "$RECV_PORT" "$URL" 4 100)"
+            dlv[$t]+=" $(deliver_run "$RECV_PORT" "http://127.0.0.1:$RECV_PORT${paths[$t]%%|*}" 4 100 d4 ", ${paths[$t]#*|}")"
+        done
     done
-done
+    for t in "$@"; do
+        plain[$t]=$(echo "${plain[$t]}" | median)
+        dlv[$t]=$(echo "${dlv[$t]}" | median)
+    done
+}
+alternate SIGN_PLAIN SIGN_DLV SIGN_PATH fc functiongraph lambda webhook
 for t in fc functiongraph lambda webhook; do
-    SIGN_PLAIN[$t]=$(echo "${SIGN_PLAIN[$t]}" | median)
-    SIGN_DLV[$t]=$(echo "${SIGN_DLV[$t]}" | median)
     echo "   4 shards, batch_size 100, signed for $t: ${SIGN_DLV[$t]} events/s (unsigned http, alternating: ${SIGN_PLAIN[$t]}; medians of 3)"
 done
 # Named formats and rules (batch_size 100, 4 shards), each beside a datahub
@@ -518,20 +529,13 @@ CREATE TABLE bench_rules AS SELECT
   '{"after": {"amount": [{"op": "NumberNotLessThan", "value": 0}]}}'::jsonb AS filter;
 SQL
 declare -A RULE_OPTS=(
-    [json]=", format => 'json'"
-    [cloudevents]=", format => 'cloudevents'"
-    [transform]=", format => 'json', transform => (SELECT transform FROM bench_rules)"
-    [filter]=", format => 'json', filter => (SELECT filter FROM bench_rules)")
+    [json]="/fc|format => 'json'"
+    [cloudevents]="/fc|format => 'cloudevents'"
+    [transform]="/fc|format => 'json', transform => (SELECT transform FROM bench_rules)"
+    [filter]="/fc|format => 'json', filter => (SELECT filter FROM bench_rules)")
 declare -A RULE_PLAIN RULE_DLV
-for rep in 1 2 3; do
-    for t in json cloudevents transform filter; do
-        RULE_PLAIN[$t]+=" $(deliver_run "$RECV_PORT" "$URL" 4 100)"
-        RULE_DLV[$t]+=" $(deliver_run "$RECV_PORT" "$URL" 4 100 d4 "${RULE_OPTS[$t]}")"
-    done
-done
+alternate RULE_PLAIN RULE_DLV RULE_OPTS json cloudevents transform filter
 for t in json cloudevents transform filter; do
-    RULE_PLAIN[$t]=$(echo "${RULE_PLAIN[$t]}" | median)
-    RULE_DLV[$t]=$(echo "${RULE_DLV[$t]}" | median)
     echo "   4 shards, batch_size 100, $t: ${RULE_DLV[$t]} events/s (datahub, alternating: ${RULE_PLAIN[$t]}; medians of 3)"
 done
 

@@ -19,7 +19,7 @@ eb_need_root() {
 
 # Installs the Debian packages that are missing.
 eb_install_packages() {
-    local wanted="postgresql-15 postgresql-server-dev-15 libcurl4-openssl-dev libipc-run-perl make gcc python3 curl $*"
+    local wanted="postgresql-15 postgresql-server-dev-15 libcurl4-openssl-dev librdkafka-dev libipc-run-perl make gcc python3 curl $*"
     local missing=()
     for p in $wanted; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

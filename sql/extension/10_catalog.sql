@@ -172,11 +172,12 @@ CREATE TABLE event_bridge.connectors (
     max_record_age interval,
     partial_batch_response boolean NOT NULL DEFAULT false,
     target         text NOT NULL DEFAULT 'http'
-                   CHECK (target IN ('http', 'fc', 'functiongraph', 'lambda')),
+                   CHECK (target IN ('http', 'fc', 'functiongraph', 'lambda', 'kafka')),
     credential_id  int REFERENCES event_bridge.credential_secrets,
     invocation     text NOT NULL DEFAULT 'sync' CHECK (invocation IN ('sync', 'async')),
     filter         jsonb,
-    transform      jsonb
+    transform      jsonb,
+    key_transform  jsonb
 );
 CREATE SEQUENCE event_bridge.connector_id_seq AS int OWNED BY event_bridge.connectors.connector_id;
 COMMENT ON TABLE event_bridge.connectors IS

@@ -32,7 +32,8 @@ CREATE OR REPLACE FUNCTION event_bridge._check_connector_settings(
     provider           text,
     region             text,
     filter             jsonb,
-    transform          jsonb)
+    transform          jsonb,
+    key_transform      jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -41,7 +42,9 @@ DECLARE
     h  record;
     hj jsonb;
 BEGIN
-    PERFORM event_bridge._check_endpoint(endpoint);
+    IF target <> 'kafka' THEN
+        PERFORM event_bridge._check_endpoint(endpoint);
+    END IF;
     IF invocation NOT IN ('sync', 'async') THEN
         RAISE EXCEPTION 'unknown invocation "%"', invocation
             USING ERRCODE = 'invalid_parameter_value',
@@ -64,6 +67,14 @@ BEGIN
                       DETAIL = format('The body is a JSON array of the transformed json events, not %s events.', format),
                       HINT = 'Pass format => ''json''.';
         END IF;
+    END IF;
+    IF key_transform IS NOT NULL THEN
+        IF target <> 'kafka' THEN
+            RAISE EXCEPTION 'key_transform is for target kafka'
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'It makes the key of each Kafka message.';
+        END IF;
+        PERFORM event_bridge._check_transform(key_transform);
     END IF;
     IF batch_size < 1 OR batch_size > 10000 THEN
         RAISE EXCEPTION 'batch_size % is out of range', batch_size
@@ -150,7 +161,7 @@ BEGIN
     RETURN hj;
 END
 $$;
-COMMENT ON FUNCTION event_bridge._check_connector_settings(text, text, int, interval, interval, int, interval, text, int, text, interval, text, interval, text, text, text, text, jsonb, jsonb) IS
+COMMENT ON FUNCTION event_bridge._check_connector_settings(text, text, int, interval, interval, int, interval, text, int, text, interval, text, interval, text, text, text, text, jsonb, jsonb, jsonb) IS
     'Internal: refuses connector settings out of range, and returns the headers parsed';
 
 /*
@@ -207,7 +218,8 @@ CREATE OR REPLACE FUNCTION event_bridge.create_connector(
     credential     text     DEFAULT NULL,
     invocation     text     DEFAULT 'sync',
     filter         jsonb    DEFAULT NULL,
-    transform      jsonb    DEFAULT NULL)
+    transform      jsonb    DEFAULT NULL,
+    key_transform  jsonb    DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -232,7 +244,7 @@ BEGIN
        OR invocation IS NULL THEN
         RAISE EXCEPTION 'arguments of create_connector must not be null'
             USING ERRCODE = 'null_value_not_allowed',
-                  DETAIL = 'Only start_time (then the earliest retained record), max_record_age (then no limit), credential (then none), filter (then every event) and transform (then ORIGINAL) may be null.';
+                  DETAIL = 'Only start_time (then the earliest retained record), max_record_age (then no limit), credential (then none), filter (then every event), transform and key_transform (then ORIGINAL) may be null.';
     END IF;
     IF connector_name !~ '^[A-Za-z_][A-Za-z0-9_.-]{0,127}$' THEN
         RAISE EXCEPTION 'invalid connector name "%"', connector_name
@@ -254,18 +266,18 @@ BEGIN
     hj := event_bridge._check_connector_settings(endpoint, format, batch_size, batch_window,
         retry_interval, max_retries, timeout, headers, max_request_bytes, retry_strategy,
         max_retry_interval, on_failure, max_record_age, target, invocation, cr.provider, cr.region,
-        filter, transform);
+        filter, transform, key_transform);
 
     cid := nextval('event_bridge.connector_id_seq');
     INSERT INTO event_bridge.connectors (connector_id, connector_name, stream_id, endpoint, format,
         batch_size, batch_window, retry_interval, max_retries, timeout, headers, max_request_bytes,
         retry_strategy, max_retry_interval, on_failure, max_record_age, partial_batch_response,
-        target, credential_id, invocation, filter, transform)
+        target, credential_id, invocation, filter, transform, key_transform)
     VALUES (cid, connector_name, s.stream_id, endpoint, format,
         batch_size, batch_window, retry_interval, max_retries, timeout, hj, max_request_bytes,
         retry_strategy, max_retry_interval, on_failure, max_record_age, partial_batch_response,
         target, cr.credential_id, invocation, event_bridge._stored_filter(filter),
-        event_bridge._stored_transform(transform));
+        event_bridge._stored_transform(transform), event_bridge._stored_transform(key_transform));
     INSERT INTO event_bridge.connector_shards (connector_id, shard_id, delivered_sequence, skip_before)
     SELECT cid, g, event_bridge._start_sequence(s.stream_id, g, start_ms) - 1, coalesce(start_ms, 0)
       FROM generate_series(0, s.shard_count - 1) g;
@@ -276,8 +288,8 @@ EXCEPTION
             USING ERRCODE = 'duplicate_object';
 END
 $$;
-COMMENT ON FUNCTION event_bridge.create_connector(text, text, text, timestamptz, text, int, interval, interval, int, interval, text, int, text, interval, text, interval, boolean, text, text, text, jsonb, jsonb) IS
-    'Creates a connector that POSTs the records of a stream appended from start_time on to an http(s) endpoint or a function platform (target, signed with credential), in order per shard, in the datahub, dis, json or cloudevents event format, keeping the events that match filter and reshaped by transform (EventGrid''s rule syntax), retrying failed batches by retry_strategy and then suspending the shard or dead-lettering the failing records (on_failure)';
+COMMENT ON FUNCTION event_bridge.create_connector(text, text, text, timestamptz, text, int, interval, interval, int, interval, text, int, text, interval, text, interval, boolean, text, text, text, jsonb, jsonb, jsonb) IS
+    'Creates a connector that sends the records of a stream appended from start_time on to an http(s) endpoint, a function platform (target, signed with credential) or a Kafka topic (key_transform makes the keys), in order per shard, in the datahub, dis, json or cloudevents event format, keeping the events that match filter and reshaped by transform (EventGrid''s rule syntax), retrying failed batches by retry_strategy and then suspending the shard or dead-lettering the failing records (on_failure)';
 
 CREATE OR REPLACE FUNCTION event_bridge.alter_connector(
     connector_name     text,
@@ -299,7 +311,8 @@ CREATE OR REPLACE FUNCTION event_bridge.alter_connector(
     credential         text     DEFAULT NULL,
     invocation         text     DEFAULT NULL,
     filter             jsonb    DEFAULT NULL,
-    transform          jsonb    DEFAULT NULL)
+    transform          jsonb    DEFAULT NULL,
+    key_transform      jsonb    DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -345,7 +358,8 @@ BEGIN
         coalesce(alter_connector.invocation, c.invocation),
         cr.provider, cr.region,
         coalesce(alter_connector.filter, c.filter),
-        coalesce(alter_connector.transform, c.transform));
+        coalesce(alter_connector.transform, c.transform),
+        coalesce(alter_connector.key_transform, c.key_transform));
     UPDATE event_bridge.connectors co
        SET endpoint = coalesce(alter_connector.endpoint, co.endpoint),
            format = coalesce(alter_connector.format, co.format),
@@ -369,12 +383,14 @@ BEGIN
            invocation = coalesce(alter_connector.invocation, co.invocation),
            filter = event_bridge._stored_filter(coalesce(alter_connector.filter, co.filter)),
            transform = event_bridge._stored_transform(coalesce(alter_connector.transform,
-                                                               co.transform))
+                                                               co.transform)),
+           key_transform = event_bridge._stored_transform(coalesce(alter_connector.key_transform,
+                                                                   co.key_transform))
      WHERE co.connector_id = cid;
     PERFORM event_bridge._wake_delivery();
 END
 $$;
-COMMENT ON FUNCTION event_bridge.alter_connector(text, text, text, int, interval, interval, int, interval, text, int, text, interval, text, interval, boolean, text, text, text, jsonb, jsonb) IS
+COMMENT ON FUNCTION event_bridge.alter_connector(text, text, text, int, interval, interval, int, interval, text, int, text, interval, text, interval, boolean, text, text, text, jsonb, jsonb, jsonb) IS
     'Changes a connector''s settings (NULL: unchanged; max_record_age ''0'': no limit; credential '''': none; filter ''{}'': none; transform ''{"type": "ORIGINAL"}'': none); its offsets are kept, and a batch in flight finishes under the old settings';
 
 CREATE OR REPLACE FUNCTION event_bridge.stop_connector(name text)

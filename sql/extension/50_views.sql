@@ -113,7 +113,8 @@ SELECT c.connector_name,
        c.invocation,
        sum(ss.filtered)::bigint AS filtered,
        c.filter,
-       c.transform
+       c.transform,
+       c.key_transform
   FROM event_bridge.connectors c
   JOIN event_bridge.streams s ON s.stream_id = c.stream_id
   JOIN event_bridge.shard_status ss ON ss.connector_name = c.connector_name

@@ -143,3 +143,10 @@ CREATE TABLE event_bridge.table_filter_rules (
 COMMENT ON TABLE event_bridge.table_filter_rules IS
     'Capture filters: the rows and columns of a table that a stream keeps';
 SELECT pg_catalog.pg_extension_config_dump('event_bridge.table_filter_rules', '');
+
+/* The Kafka target (DESIGN 9.6). */
+ALTER TABLE event_bridge.connectors DROP CONSTRAINT connectors_target_check;
+ALTER TABLE event_bridge.connectors
+    ADD CONSTRAINT connectors_target_check
+        CHECK (target IN ('http', 'fc', 'functiongraph', 'lambda', 'kafka')),
+    ADD COLUMN key_transform jsonb;

@@ -13,7 +13,7 @@ use Test::More;
 use Time::HiRes qw(usleep time);
 
 our @EXPORT = qw(check_dead_letter_order start_receiver start_signing_endpoint
-  start_cloudevents_endpoint stop_receiver
+  start_cloudevents_endpoint start_kafka_mock kafka_command kafka_consume stop_receiver
   receiver_log wait_for_log
   acked_ids acked_by_shard check_shard_order wait_delivered
   run_checker checker_ok);
@@ -21,6 +21,8 @@ our @EXPORT = qw(check_dead_letter_order start_receiver start_signing_endpoint
 my $receiver_py = "$FindBin::RealBin/../receiver.py";
 my $endpoint_js = "$FindBin::RealBin/../signing/endpoint.js";
 my $cloudevents_js = "$FindBin::RealBin/../events/cloudevents_endpoint.js";
+my $mock_c = "$FindBin::RealBin/../kafka/mock_cluster.c";
+my $consume_js = "$FindBin::RealBin/../kafka/consume.js";
 my $checker_py = "$FindBin::RealBin/../check_invariants.py";
 
 # Receivers started and not stopped yet: stopped when the test ends, also
@@ -55,14 +57,23 @@ sub start_receiver
 		exec(@cmd) or die "could not run receiver: $!";
 	}
 	push @started, $pid;
-	my $deadline = time + 30;
-	usleep(10_000) while !-s $port_file && time < $deadline;
-	die "receiver did not start" unless -s $port_file;
-	open my $fh, '<', $port_file or die $!;
-	my $port = <$fh>;
-	close $fh;
-	chomp $port;
+	my $port = first_line($port_file, 'receiver did not start');
 	return { pid => $pid, port => $port, log => $log };
+}
+
+# The first line of a file that a starting program writes (renamed into
+# place whole), once it is there; dies with $what after 30 seconds.
+sub first_line
+{
+	my ($file, $what) = @_;
+	my $deadline = time + 30;
+	usleep(10_000) while !-s $file && time < $deadline;
+	die $what unless -s $file;
+	open my $fh, '<', $file or die $!;
+	my $line = <$fh>;
+	close $fh;
+	chomp $line;
+	return $line;
 }
 
 # Starts test/signing/endpoint.js, which verifies every request of a
@@ -84,6 +95,51 @@ sub start_signing_endpoint
 sub start_cloudevents_endpoint
 {
 	return start_receiver(@_, program => [ 'node', $cloudevents_js ]);
+}
+
+# Builds test/kafka/mock_cluster.c (once per test run) and starts librdkafka's
+# mock cluster with a topic.  Options: brokers (3), topic, partitions (4).
+# Returns {pid, bootstrap, handle, in, out}; commands go in with
+# kafka_command.
+sub start_kafka_mock
+{
+	my (%opt) = @_;
+	my $dir = PostgreSQL::Test::Utils::tempdir();
+	my $bin = "$PostgreSQL::Test::Utils::tmp_check/mock_cluster";
+	my $file = "$dir/bootstrap";
+	system('cc', '-O2', '-Wall', '-Werror', '-o', $bin, $mock_c, '-lrdkafka') == 0
+	  or die 'could not build the Kafka mock cluster'
+	  unless -x $bin;
+	my ($in, $out) = ('', '');
+	my $h = IPC::Run::start(
+		[ $bin, '--brokers', $opt{brokers} // 3, '--topic', $opt{topic},
+		  '--partitions', $opt{partitions} // 4, '--bootstrap-file', $file ],
+		'<', \$in, '>', \$out);
+	my $bootstrap = first_line($file, 'the Kafka mock cluster did not start');
+	return { handle => $h, bootstrap => $bootstrap, in => \$in, out => \$out };
+}
+
+# Sends a command to the mock cluster (see mock_cluster.c) and waits for its answer.
+sub kafka_command
+{
+	my ($k, $command) = @_;
+	my $before = length(${ $k->{out} });
+	${ $k->{in} } .= "$command\n";
+	$k->{handle}->pump while length(${ $k->{out} }) == $before;
+	return substr(${ $k->{out} }, $before);
+}
+
+# Reads a topic back with test/kafka/consume.js (kafkajs); returns the
+# messages, decoded, or undef if fewer than $count came.
+sub kafka_consume
+{
+	my ($k, $topic, $count) = @_;
+	my ($out, $err) = ('', '');
+	IPC::Run::run([ 'node', $consume_js, '--brokers', $k->{bootstrap}, '--topic', $topic,
+					'--count', $count, '--timeout-ms', 60000 ], '>', \$out, '2>', \$err);
+	my @messages = map { decode_json($_) } grep { /\S/ } split /\n/, $out;
+	diag("consume.js: $err") if $err ne '';
+	return scalar(@messages) >= $count ? \@messages : undef;
 }
 
 # Stops a receiver and waits until its port is free.

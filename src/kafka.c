@@ -1,0 +1,410 @@
+/*-------------------------------------------------------------------------
+ *
+ * kafka.c
+ *	  The Kafka target (DESIGN 9.6): librdkafka producers driven by the
+ *	  delivery worker from its own loop.
+ *
+ * A connector with target 'kafka' has one producer: idempotent
+ * (enable.idempotence, acks=all), so that librdkafka's own retries neither
+ * duplicate nor reorder the messages of a partition.  A batch of a shard is
+ * produced as one message per event and is done when every message has its
+ * delivery report; it succeeds only if every one succeeded, and only then
+ * does the shard's offset move (delivery_catalog.c).  A batch that failed is
+ * produced again whole, with the same event ids (at least once).
+ *
+ * librdkafka runs threads of its own; none of them calls back into this
+ * process's code.  Delivery reports, errors and log lines go to the
+ * producer's main queue (log.queue) and are served by kafka_poll, which the
+ * worker calls from its loop.  The threads start with every signal
+ * blocked, so PostgreSQL's signal handlers run in the worker's thread only.
+ * Callbacks never raise an error: they record what happened in malloc'd
+ * memory, and kafka_next_finished reports it.
+ *
+ * Failure classes (DESIGN 9.3): a message too large or invalid is a record
+ * failure; an unknown topic, a refused authorization or authentication is
+ * an endpoint failure; everything else (brokers down, not enough replicas,
+ * a timeout) is transient and is retried by librdkafka, then by the worker.
+ *
+ * IDENTIFICATION
+ *	  src/kafka.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <signal.h>
+#include <pthread.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "utils/timestamp.h"
+
+#include "kafka.h"
+
+/* A batch of messages in flight, in malloc'd memory. */
+typedef struct KafkaBatch
+{
+	void	   *owner;			/* NULL: cancelled, forgotten when done */
+	KafkaProducer *producer;
+	int			pending;		/* messages without a delivery report yet */
+	bool		failed;
+	rd_kafka_resp_err_t err;	/* the first failure */
+	char		error[EB_HTTP_ERROR_SIZE];
+	TimestampTz started_at;
+	struct KafkaBatch *next;	/* all batches in flight, or the finished ones */
+} KafkaBatch;
+
+struct KafkaProducer
+{
+	rd_kafka_t *rk;
+	char	   *topic;
+	bool		topic_checked;	/* the topic was found in the cluster's metadata */
+	KafkaProducer *next;
+};
+
+static KafkaProducer *producers = NULL;
+static KafkaBatch *in_flight = NULL;
+static KafkaBatch *finished = NULL;
+static KafkaBatch *finished_tail = NULL;
+
+/* librdkafka's log lines, served by kafka_poll: warnings and worse go to the server log. */
+static void
+log_callback(const rd_kafka_t *rk, int level, const char *facility, const char *message)
+{
+	if (level <= 4)
+		ereport(LOG,
+				(errmsg("event_bridge kafka: %s: %s", facility, message)));
+}
+
+/* Moves a batch whose every message has its report to the finished list. */
+static void
+finish(KafkaBatch *b)
+{
+	KafkaBatch **p = &in_flight;
+
+	while (*p != NULL && *p != b)
+		p = &(*p)->next;
+	if (*p == b)
+		*p = b->next;
+	b->next = NULL;
+	if (b->owner == NULL)
+	{
+		free(b);
+		return;
+	}
+	if (finished_tail != NULL)
+		finished_tail->next = b;
+	else
+		finished = b;
+	finished_tail = b;
+}
+
+/* Records a failure of some messages of a batch: the first one says why. */
+static void
+fail_messages(KafkaBatch *b, int count, rd_kafka_resp_err_t err, const char *why)
+{
+	if (!b->failed)
+	{
+		b->failed = true;
+		b->err = err;
+		snprintf(b->error, sizeof(b->error), "Kafka: %s (%s)", why, rd_kafka_err2name(err));
+	}
+	b->pending -= count;
+	if (b->pending <= 0)
+		finish(b);
+}
+
+/* A delivery report, served by kafka_poll. */
+static void
+delivery_report(rd_kafka_t *rk, const rd_kafka_message_t *message, void *opaque)
+{
+	KafkaBatch *b = (KafkaBatch *) message->_private;
+
+	if (b == NULL)
+		return;
+	if (message->err != RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
+		fail_messages(b, 1, message->err, rd_kafka_err2str(message->err));
+		return;
+	}
+	if (--b->pending <= 0)
+		finish(b);
+}
+
+/* Sets a configuration property; false and the reason in error if refused. */
+static bool
+set(rd_kafka_conf_t *conf, const char *name, const char *value, char *error, size_t errlen)
+{
+	if (value == NULL)
+		return true;
+	return rd_kafka_conf_set(conf, name, value, error, errlen) == RD_KAFKA_CONF_OK;
+}
+
+/*
+ * Creates a producer; NULL and the reason in error if librdkafka refuses
+ * the configuration.  Connects in the background.
+ */
+KafkaProducer *
+kafka_producer_create(const KafkaConfig *config, char *error, size_t errlen)
+{
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	char		timeout[32];
+	KafkaProducer *p;
+	rd_kafka_t *rk;
+	sigset_t	all;
+	sigset_t	old;
+
+	snprintf(timeout, sizeof(timeout), INT64_FORMAT, Max(config->timeout_ms, 1));
+	if (!set(conf, "bootstrap.servers", config->brokers, error, errlen) ||
+		!set(conf, "client.id", "event_bridge", error, errlen) ||
+		!set(conf, "enable.idempotence", "true", error, errlen) ||
+		!set(conf, "acks", "all", error, errlen) ||
+		!set(conf, "message.timeout.ms", timeout, error, errlen) ||
+		!set(conf, "allow.auto.create.topics", "false", error, errlen) ||
+		/* bounded: one batch per shard is in flight */
+		!set(conf, "queue.buffering.max.kbytes", "262144", error, errlen) ||
+		!set(conf, "log.queue", "true", error, errlen) ||
+		!set(conf, "security.protocol", config->security_protocol, error, errlen) ||
+		!set(conf, "sasl.mechanisms", config->sasl_mechanism, error, errlen) ||
+		!set(conf, "sasl.username", config->username, error, errlen) ||
+		!set(conf, "sasl.password", config->password, error, errlen) ||
+		!set(conf, "ssl.ca.pem", config->ca_pem, error, errlen))
+	{
+		rd_kafka_conf_destroy(conf);
+		return NULL;
+	}
+	rd_kafka_conf_set_dr_msg_cb(conf, delivery_report);
+	rd_kafka_conf_set_log_cb(conf, log_callback);
+
+	/* librdkafka's threads inherit this mask: no signal is handled on them. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, error, errlen);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rk == NULL)
+		return NULL;			/* conf was freed */
+	rd_kafka_set_log_queue(rk, NULL);
+
+	p = malloc(sizeof(KafkaProducer));
+	if (p == NULL || (p->topic = strdup(config->topic)) == NULL)
+	{
+		rd_kafka_destroy(rk);
+		free(p);
+		snprintf(error, errlen, "out of memory");
+		return NULL;
+	}
+	p->rk = rk;
+	p->topic_checked = false;
+	p->next = producers;
+	producers = p;
+	return p;
+}
+
+/*
+ * Waits up to flush_ms for the messages in flight, then closes the producer.
+ * Batches still in flight fail.
+ */
+void
+kafka_producer_destroy(KafkaProducer *p, int flush_ms)
+{
+	KafkaProducer **pp = &producers;
+	KafkaBatch *b;
+	KafkaBatch *next;
+
+	if (p == NULL)
+		return;
+	rd_kafka_flush(p->rk, flush_ms);
+	rd_kafka_poll(p->rk, 0);
+	for (b = in_flight; b != NULL; b = next)
+	{
+		next = b->next;
+		if (b->producer == p)
+			fail_messages(b, b->pending, RD_KAFKA_RESP_ERR__DESTROY,
+						  "the producer was closed with messages in flight");
+	}
+	rd_kafka_destroy(p->rk);
+	while (*pp != NULL && *pp != p)
+		pp = &(*pp)->next;
+	if (*pp == p)
+		*pp = p->next;
+	free(p->topic);
+	free(p);
+}
+
+/*
+ * Is the topic in the cluster?  Asked once per producer, before its first
+ * batch: a producer would only time out on a topic that does not exist.
+ * Waits up to 5 seconds; false with the error set if it is not known.
+ */
+static bool
+check_topic(KafkaProducer *p, rd_kafka_resp_err_t *err, char *why, size_t whylen)
+{
+	rd_kafka_topic_t *rkt = rd_kafka_topic_new(p->rk, p->topic, NULL);
+	const rd_kafka_metadata_t *md = NULL;
+
+	*err = rd_kafka_metadata(p->rk, 0, rkt, &md, 5000);
+	if (*err == RD_KAFKA_RESP_ERR_NO_ERROR && md->topic_cnt == 1)
+		*err = md->topics[0].err;
+	if (*err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+		snprintf(why, whylen, "topic \"%s\" does not exist", p->topic);
+	else if (*err != RD_KAFKA_RESP_ERR_NO_ERROR)
+		snprintf(why, whylen, "could not read the metadata of topic \"%s\": %s", p->topic,
+				 rd_kafka_err2str(*err));
+	if (md != NULL)
+		rd_kafka_metadata_destroy(md);
+	rd_kafka_topic_destroy(rkt);
+	p->topic_checked = (*err == RD_KAFKA_RESP_ERR_NO_ERROR);
+	return p->topic_checked;
+}
+
+/*
+ * Produces a batch of messages for owner; its outcome comes from
+ * kafka_next_finished once every message has its delivery report (or at
+ * once if producing failed).
+ */
+void
+kafka_send(KafkaProducer *p, void *owner, const KafkaMessage *messages, int n)
+{
+	KafkaBatch *b = calloc(1, sizeof(KafkaBatch));
+	rd_kafka_resp_err_t err;
+	char		why[EB_HTTP_ERROR_SIZE];
+
+	if (b == NULL)
+		elog(ERROR, "out of memory");
+	b->owner = owner;
+	b->producer = p;
+	b->pending = n;
+	b->started_at = GetCurrentTimestamp();
+	b->next = in_flight;
+	in_flight = b;
+
+	if (!p->topic_checked && !check_topic(p, &err, why, sizeof(why)))
+	{
+		fail_messages(b, n, err, why);
+		return;
+	}
+	for (int i = 0; i < n; i++)
+	{
+		const KafkaMessage *m = &messages[i];
+		char		shard[16];
+		char		sequence[24];
+
+		snprintf(shard, sizeof(shard), "%d", m->shard_id);
+		snprintf(sequence, sizeof(sequence), INT64_FORMAT, m->sequence);
+		err = rd_kafka_producev(p->rk,
+								RD_KAFKA_V_TOPIC(p->topic),
+								RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+								RD_KAFKA_V_KEY(m->key, m->key ? strlen(m->key) : 0),
+								RD_KAFKA_V_VALUE((void *) m->value, m->value_len),
+								RD_KAFKA_V_HEADER("event_id", m->event_id, -1),
+								RD_KAFKA_V_HEADER("stream", m->stream, -1),
+								RD_KAFKA_V_HEADER("shard", shard, -1),
+								RD_KAFKA_V_HEADER("sequence", sequence, -1),
+								RD_KAFKA_V_HEADER("op", m->op, -1),
+								RD_KAFKA_V_HEADER("table", m->table, -1),
+								RD_KAFKA_V_OPAQUE(b),
+								RD_KAFKA_V_END);
+		if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+		{
+			/* Not queued: these and the rest fail now. */
+			fail_messages(b, n - i, err, rd_kafka_err2str(err));
+			return;
+		}
+	}
+}
+
+/* Forgets what owner sent: its outcome will not be reported. */
+void
+kafka_cancel(void *owner)
+{
+	for (KafkaBatch *b = in_flight; b != NULL; b = b->next)
+		if (b->owner == owner)
+			b->owner = NULL;
+	for (KafkaBatch *b = finished; b != NULL; b = b->next)
+		if (b->owner == owner)
+			b->owner = NULL;
+}
+
+/* Serves every producer's delivery reports, errors and log lines, without waiting. */
+void
+kafka_poll(void)
+{
+	for (KafkaProducer *p = producers; p != NULL; p = p->next)
+		rd_kafka_poll(p->rk, 0);
+}
+
+/* Is a batch waiting for delivery reports? */
+bool
+kafka_in_flight(void)
+{
+	return in_flight != NULL;
+}
+
+/* What the failure of a batch says (DESIGN 9.3). */
+static OutcomeClass
+error_class(rd_kafka_resp_err_t err)
+{
+	switch (err)
+	{
+		case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+		case RD_KAFKA_RESP_ERR_INVALID_MSG:
+		case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+		case RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE:
+			return OUTCOME_RECORD;
+		case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
+		case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+		case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+		case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+		case RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+		case RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED:
+		case RD_KAFKA_RESP_ERR__AUTHENTICATION:
+		case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
+			return OUTCOME_ENDPOINT;
+		default:
+			return OUTCOME_TRANSIENT;
+	}
+}
+
+/*
+ * The owner of a finished batch, and how it went in outcome; NULL when no
+ * batch has finished.
+ */
+void *
+kafka_next_finished(HttpOutcome *outcome)
+{
+	KafkaBatch *b = finished;
+	void	   *owner;
+
+	/* Cancelled after they finished: forgotten. */
+	while (b != NULL && b->owner == NULL)
+	{
+		finished = b->next;
+		free(b);
+		b = finished;
+	}
+	if (b == NULL)
+	{
+		finished_tail = NULL;
+		return NULL;
+	}
+	finished = b->next;
+	if (finished == NULL)
+		finished_tail = NULL;
+
+	memset(outcome, 0, sizeof(HttpOutcome));
+	outcome->ok = !b->failed;
+	outcome->retry_after_ms = -1;
+	outcome->started_at = b->started_at;
+	outcome->elapsed_us = GetCurrentTimestamp() - b->started_at;
+	if (b->failed)
+	{
+		outcome->class = error_class(b->err);
+		outcome->answered = (outcome->class != OUTCOME_TRANSIENT);
+		strlcpy(outcome->error, b->error, sizeof(outcome->error));
+	}
+	else
+		outcome->answered = true;
+	owner = b->owner;
+	free(b);
+	return owner;
+}
