@@ -184,14 +184,21 @@ send_kafka_batch(Shard *sh)
 	Connector  *c = sh->connector;
 	KafkaMessage *messages = palloc(sizeof(KafkaMessage) * Max(sh->nslices, 1));
 
+	KafkaConfig config = {0};
+
+	config.brokers = c->target.kafka_brokers;
+	config.topic = c->target.kafka_topic;
+	config.timeout_ms = c->timeout_ms;
+	/* Changed by alter_connector, or broken: its batches in flight fail and are sent again. */
+	if (c->producer != NULL && !kafka_producer_usable(c->producer, &config))
+	{
+		kafka_producer_destroy(c->producer, 0);
+		c->producer = NULL;
+	}
 	if (c->producer == NULL)
 	{
-		KafkaConfig config = {0};
 		char		error[256];
 
-		config.brokers = c->target.kafka_brokers;
-		config.topic = c->target.kafka_topic;
-		config.timeout_ms = c->timeout_ms;
 		c->producer = kafka_producer_create(&config, error, sizeof(error));
 		if (c->producer == NULL)
 			ereport(ERROR,
@@ -577,7 +584,7 @@ event_bridge_delivery_main(Datum main_arg)
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(loop_context);
 
-		/* librdkafka's reports are polled: often while messages are in flight. */
+		/* librdkafka wakes the wait (kafka.c); a bound in case a wake-up is missed. */
 		(void) http_wait(kafka_in_flight() ? Min(next_turn_ms(last_sync), EB_KAFKA_POLL_MS) :
 						 next_turn_ms(last_sync), PG_WAIT_EXTENSION);
 	}

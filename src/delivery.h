@@ -30,8 +30,11 @@
 #define EB_EPOCH_OFFSET_MS \
 	((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000)
 
-/* How often the worker looks for Kafka delivery reports while messages are in flight. */
-#define EB_KAFKA_POLL_MS	5
+/*
+ * How often the worker looks for Kafka delivery reports while messages are
+ * in flight, besides when librdkafka wakes it (kafka.c).
+ */
+#define EB_KAFKA_POLL_MS	50
 
 /* How long the worker waits for Kafka messages in flight as it exits. */
 #define EB_KAFKA_FLUSH_MS	2000

@@ -83,6 +83,9 @@ static TimestampTz timer_deadline = 0;
 
 static WaitEventSet *wait_set = NULL;
 
+/* Another descriptor whose readability ends a wait (http_watch_fd); -1: none. */
+static int	extra_fd = -1;
+
 /* Requests that failed before libcurl got them, to be reported as finished. */
 static HttpRequest *not_started = NULL;
 
@@ -587,9 +590,11 @@ rebuild_wait_set(void)
 {
 	if (wait_set != NULL)
 		FreeWaitEventSet(wait_set);
-	wait_set = CreateWaitEventSet(http_context, 2 + nsockets);
+	wait_set = CreateWaitEventSet(http_context, 3 + nsockets);
 	AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 	AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	if (extra_fd >= 0)
+		AddWaitEventToSet(wait_set, WL_SOCKET_READABLE, extra_fd, NULL, NULL);
 	for (int i = 0; i < nsockets; i++)
 	{
 		uint32		events = 0;
@@ -602,6 +607,17 @@ rebuild_wait_set(void)
 			AddWaitEventToSet(wait_set, events, sockets[i].fd, NULL, NULL);
 	}
 	sockets_changed = false;
+}
+
+/*
+ * Makes http_wait also end when fd is readable (another library's wake-up
+ * descriptor, kafka.c's); its owner reads it.  -1 stops watching.
+ */
+void
+http_watch_fd(int fd)
+{
+	extra_fd = fd;
+	sockets_changed = true;
 }
 
 /*
@@ -636,6 +652,8 @@ http_wait(long timeout_ms, uint32 wait_event_info)
 			latch_set = true;
 			continue;
 		}
+		if (events[i].fd == extra_fd)
+			continue;			/* its owner reads it */
 		if (events[i].events & WL_SOCKET_READABLE)
 			flags |= CURL_CSELECT_IN;
 		if (events[i].events & WL_SOCKET_WRITEABLE)

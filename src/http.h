@@ -95,5 +95,6 @@ extern void http_make_printable(char *s);
 extern void http_request_cancel(HttpRequest *request);
 extern void *http_next_finished(HttpOutcome *outcome);
 extern bool http_wait(long timeout_ms, uint32 wait_event_info);
+extern void http_watch_fd(int fd);
 
 #endif							/* EVENT_BRIDGE_HTTP_H */

@@ -15,7 +15,8 @@
  * librdkafka runs threads of its own; none of them calls back into this
  * process's code.  Delivery reports, errors and log lines go to the
  * producer's main queue (log.queue) and are served by kafka_poll, which the
- * worker calls from its loop.  The threads start with every signal
+ * worker calls from its loop; librdkafka writes a byte to a pipe when the
+ * queue has something, which wakes the worker's wait.  The threads start with every signal
  * blocked, so PostgreSQL's signal handlers run in the worker's thread only.
  * Callbacks never raise an error: they record what happened in malloc'd
  * memory, and kafka_next_finished reports it.
@@ -32,8 +33,10 @@
  */
 #include "postgres.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <pthread.h>
+#include <unistd.h>
 
 #include <librdkafka/rdkafka.h>
 
@@ -58,11 +61,20 @@ struct KafkaProducer
 {
 	rd_kafka_t *rk;
 	char	   *topic;
+	char	   *brokers;
+	int64		timeout_ms;
 	bool		topic_checked;	/* the topic was found in the cluster's metadata */
 	KafkaProducer *next;
 };
 
 static KafkaProducer *producers = NULL;
+
+/*
+ * A pipe that librdkafka writes to when a producer's main queue gets
+ * something to serve (rd_kafka_queue_io_event_enable): the worker's wait
+ * watches its read end (http_watch_fd), so a delivery report wakes it.
+ */
+static int	wake_pipe[2] = {-1, -1};
 static KafkaBatch *in_flight = NULL;
 static KafkaBatch *finished = NULL;
 static KafkaBatch *finished_tail = NULL;
@@ -161,6 +173,9 @@ kafka_producer_create(const KafkaConfig *config, char *error, size_t errlen)
 		!set(conf, "acks", "all", error, errlen) ||
 		!set(conf, "message.timeout.ms", timeout, error, errlen) ||
 		!set(conf, "allow.auto.create.topics", "false", error, errlen) ||
+		/* A batch is produced at once: no need to wait for more, nor for ACKs. */
+		!set(conf, "linger.ms", "1", error, errlen) ||
+		!set(conf, "socket.nagle.disable", "true", error, errlen) ||
 		/* bounded: one batch per shard is in flight */
 		!set(conf, "queue.buffering.max.kbytes", "262144", error, errlen) ||
 		!set(conf, "log.queue", "true", error, errlen) ||
@@ -184,15 +199,37 @@ kafka_producer_create(const KafkaConfig *config, char *error, size_t errlen)
 	if (rk == NULL)
 		return NULL;			/* conf was freed */
 	rd_kafka_set_log_queue(rk, NULL);
+	if (wake_pipe[0] < 0)
+	{
+		if (pipe(wake_pipe) != 0)
+			wake_pipe[0] = wake_pipe[1] = -1;
+		else
+		{
+			fcntl(wake_pipe[0], F_SETFL, O_NONBLOCK);
+			fcntl(wake_pipe[1], F_SETFL, O_NONBLOCK);
+			http_watch_fd(wake_pipe[0]);
+		}
+	}
+	if (wake_pipe[1] >= 0)
+	{
+		rd_kafka_queue_t *main_queue = rd_kafka_queue_get_main(rk);
 
-	p = malloc(sizeof(KafkaProducer));
-	if (p == NULL || (p->topic = strdup(config->topic)) == NULL)
+		rd_kafka_queue_io_event_enable(main_queue, wake_pipe[1], "1", 1);
+		rd_kafka_queue_destroy(main_queue);
+	}
+
+	p = calloc(1, sizeof(KafkaProducer));
+	if (p == NULL || (p->topic = strdup(config->topic)) == NULL ||
+		(p->brokers = strdup(config->brokers)) == NULL)
 	{
 		rd_kafka_destroy(rk);
+		if (p != NULL)
+			free(p->topic);
 		free(p);
 		snprintf(error, errlen, "out of memory");
 		return NULL;
 	}
+	p->timeout_ms = config->timeout_ms;
 	p->rk = rk;
 	p->topic_checked = false;
 	p->next = producers;
@@ -228,7 +265,31 @@ kafka_producer_destroy(KafkaProducer *p, int flush_ms)
 	if (*pp == p)
 		*pp = p->next;
 	free(p->topic);
+	free(p->brokers);
 	free(p);
+}
+
+/*
+ * Can the producer go on sending for this configuration?  Not if it was made
+ * for another, nor after a fatal error (an idempotent producer that lost
+ * track of its sequence numbers): then it must be made anew.
+ */
+bool
+kafka_producer_usable(KafkaProducer *p, const KafkaConfig *config)
+{
+	char		why[256];
+
+	if (strcmp(p->brokers, config->brokers) != 0 || strcmp(p->topic, config->topic) != 0 ||
+		p->timeout_ms != config->timeout_ms)
+		return false;
+	if (rd_kafka_fatal_error(p->rk, why, sizeof(why)) != RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
+		ereport(LOG,
+				(errmsg("event_bridge kafka: the producer of topic \"%s\" failed and is made anew: %s",
+						p->topic, why)));
+		return false;
+	}
+	return true;
 }
 
 /*
@@ -329,6 +390,11 @@ kafka_cancel(void *owner)
 void
 kafka_poll(void)
 {
+	char		drain[64];
+
+	if (wake_pipe[0] >= 0)
+		while (read(wake_pipe[0], drain, sizeof(drain)) > 0)
+			;
 	for (KafkaProducer *p = producers; p != NULL; p = p->next)
 		rd_kafka_poll(p->rk, 0);
 }

@@ -20,9 +20,10 @@
 #     the endpoint and to the endpoint answering after 20 ms; and the whole
 #     pipeline (WAL -> capture -> delivery -> endpoint) at batch_size 100;
 #     signed targets, the json and cloudevents formats, a transform and a
-#     filter, each beside datahub;
+#     filter, each beside datahub; Kafka (librdkafka's mock cluster) beside
+#     HTTP;
 #  4. commit -> receipt latency under pgbench -R (open loop) at 1,000 and
-#     5,000 single-row transactions/s;
+#     5,000 single-row transactions/s, and to a Kafka consumer at 1,000/s;
 #  5. write-path cost: pgbench TPS (TPC-B and a single-row INSERT) with
 #     wal_level = replica, logical, + pg_recvlogical, + event_bridge stream
 #     and connector; the order of configurations rotates between repetitions
@@ -279,6 +280,19 @@ rget "$RECV_PORT" reset >/dev/null
 echo "   $WRK_1 req/s with 1 record, $WRK_100 req/s with 100 records"
 fi
 
+# kafka_start: librdkafka's mock cluster (test/kafka/mock_cluster.c), 3
+# brokers, topics bench and lat of 16 partitions, once; sets KAFKA_BOOT.
+kafka_start() {
+    [ -n "${KAFKA_BOOT:-}" ] && return
+    cc -O2 -o "$DIR/mock_cluster" "$EB_ROOT/test/kafka/mock_cluster.c" -lrdkafka
+    (cd "$EB_ROOT/test" && npm ci --ignore-scripts --no-audit --no-fund >/dev/null)
+    sleep 100000 | "$DIR/mock_cluster" --brokers 3 --topic bench,lat --partitions 16 \
+        --bootstrap-file "$DIR/kafka.boot" >/dev/null &
+    BG_PIDS+=($!)
+    for _ in $(seq 100); do [ -s "$DIR/kafka.boot" ] && break; sleep 0.1; done
+    KAFKA_BOOT=$(cat "$DIR/kafka.boot")
+}
+
 # ---------------------------------------------------------------------
 # 4. Latency, commit -> receipt, open loop (first, while the records table
 #    is small: later sections leave millions of rows for autovacuum)
@@ -318,6 +332,26 @@ for rate in 1000 5000; do
     eval "echo \"   $rate/s (achieved \$LAT_${rate}_TPS/s): p50 \$LAT_${rate}_p50 ms, p95 \$LAT_${rate}_p95, p99 \$LAT_${rate}_p99, max \$LAT_${rate}_max (commit -> append p50 \$LAT_${rate}_append_p50, p99 \$LAT_${rate}_append_p99; the inserts' own p99 \$LAT_${rate}_TX99)\""
 done
 Q -c "SELECT event_bridge.drop_connector('lat_c')" >/dev/null
+
+# The same at 1,000/s to Kafka (batch_size 100, 4 shards), commit -> receipt
+# by a kafkajs consumer.
+kafka_start
+Q -c "SELECT event_bridge.create_connector('lat_k', 'lat', 'kafka://$KAFKA_BOOT/lat', target => 'kafka', batch_size => 100)" >/dev/null
+node "$EB_ROOT/test/kafka/consume.js" --brokers "$KAFKA_BOOT" --topic lat --count 100000000 \
+    --timeout-ms $(( (LAT_SECONDS + 120) * 1000 )) --idle-ms 5000 --latency lat \
+    > "$DIR/kafka_latency.json" 2> "$DIR/kafka_latency.err" &
+KAFKA_CONSUMER=$!
+for _ in $(seq 300); do grep -q ready "$DIR/kafka_latency.err" && break; sleep 0.1; done
+sleep 2
+out=$(cd "$DIR" && pgbench -h "$DIR" -p "$PORT" -U postgres -n -f "$DIR/insert.sql" -R 1000 \
+    -T "$LAT_SECONDS" -c 16 -j 2 bench 2>&1)
+LATK_TPS=$(echo "$out" | awk '/^tps/ { printf "%.0f", $3 }')
+wait "$KAFKA_CONSUMER" || true
+for k in count p50 p95 p99 max; do
+    eval "LATK_$k=$(jget "$k" < "$DIR/kafka_latency.json")"
+done
+Q -c "SELECT event_bridge.drop_connector('lat_k')" >/dev/null
+echo "   kafka, 1000/s (achieved $LATK_TPS/s): p50 $LATK_p50 ms, p95 $LATK_p95, p99 $LATK_p99, max $LATK_max ($LATK_count messages)"
 
 fi
 
@@ -537,6 +571,39 @@ declare -A RULE_PLAIN RULE_DLV
 alternate RULE_PLAIN RULE_DLV RULE_OPTS json cloudevents transform filter
 for t in json cloudevents transform filter; do
     echo "   4 shards, batch_size 100, $t: ${RULE_DLV[$t]} events/s (datahub, alternating: ${RULE_PLAIN[$t]}; medians of 3)"
+done
+
+# Kafka (librdkafka's mock cluster, 3 brokers, 16 partitions): the 4-shard
+# backlog produced at batch_size 100 and 1,000, timed from the connector's
+# creation until its offsets reach the head, beside the same to the HTTP
+# endpoint timed the same way; three alternating rounds, medians.
+kafka_start
+# catalog_run ENDPOINT BATCH OPTIONS: events/s until the connector delivered the backlog of d4.
+catalog_run() {
+    local t0 t1 n
+    Q -c "SELECT event_bridge.create_connector('bench_k', 'd4', '$1', start_time => NULL, batch_size => $2 $3)" >/dev/null
+    t0=$(now)
+    while :; do
+        n=$(Q -c "SELECT delivered FROM event_bridge.connector_status WHERE connector_name = 'bench_k'")
+        [ "$n" -ge "$DLV_ROWS" ] && break
+        awk "BEGIN { exit !($(now) - $t0 > 120) }" && break
+        sleep 0.02
+    done
+    t1=$(now)
+    Q -c "SELECT event_bridge.drop_connector('bench_k')" >/dev/null
+    calc "%.0f" "$n / ($t1 - $t0)"
+}
+declare -A KAFKA_DLV KAFKA_HTTP
+for rep in 1 2 3; do
+    for batch in 100 1000; do
+        KAFKA_HTTP[$batch]+=" $(catalog_run "$URL" "$batch" "")"
+        KAFKA_DLV[$batch]+=" $(catalog_run "kafka://$KAFKA_BOOT/bench" "$batch" ", target => 'kafka'")"
+    done
+done
+for batch in 100 1000; do
+    KAFKA_HTTP[$batch]=$(echo "${KAFKA_HTTP[$batch]}" | median)
+    KAFKA_DLV[$batch]=$(echo "${KAFKA_DLV[$batch]}" | median)
+    echo "   kafka, 4 shards, batch_size $batch: ${KAFKA_DLV[$batch]} messages/s (http, alternating: ${KAFKA_HTTP[$batch]}; medians of 3)"
 done
 
 # What signing one request costs: the signature of a 100-record body
@@ -848,6 +915,9 @@ declare -A RULE_WHAT=([json]="format json" [cloudevents]="format cloudevents" [t
 for t in json cloudevents transform filter; do
     row "3. delivered in ${RULE_WHAT[$t]}, batch_size 100, 4 shards (median of 3)" "$(fmt "${RULE_DLV[$t]}") events/s" "datahub, alternating $(fmt "${RULE_PLAIN[$t]}")" "$(ratio "${RULE_DLV[$t]}" "${RULE_PLAIN[$t]}")" ""
 done
+for batch in 100 1000; do
+    row "3. delivered to Kafka (librdkafka's mock cluster, 3 brokers), batch_size $batch, 4 shards (median of 3)" "$(fmt "${KAFKA_DLV[$batch]}") messages/s" "http to the C endpoint, alternating, timed alike $(fmt "${KAFKA_HTTP[$batch]}")" "$(ratio "${KAFKA_DLV[$batch]}" "${KAFKA_HTTP[$batch]}")" ""
+done
 row "3. signing one request of $(fmt "$SIGN_BODY") bytes (100 records)" "ACS3 $SIGN_US_ACS3 µs, SDK-HMAC $SIGN_US_HW µs, webhook $SIGN_US_HOOK µs" "" "" ""
 row "3. pipeline: WAL -> capture -> delivery, batch_size 100, 4 shards, $(fmt $PIPE_ROWS) rows" "$(fmt $PIPE) events/s" "capture (2, bulk) $(fmt $CAP_bulk_EB)" "$(ratio $PIPE $CAP_bulk_EB)" ""
 for shards in 1 4; do
@@ -866,6 +936,7 @@ for rate in 1000 5000; do
     eval "tx99=\$LAT_${rate}_TX99"
     row "4. commit -> receipt, pgbench -R $rate single-row tx/s (achieved $(fmt $tps)), batch_size 100, 4 shards" "p50 $p50 / p95 $p95 / p99 $p99 ms" "commit -> append p50 $a50 / p99 $a99 ms; the inserts' own latency p99 $tx99 ms (average from scheduled start $pgb ms)" "" "$t"
 done
+row "4. commit -> Kafka consumer (kafkajs), pgbench -R 1000 (achieved $(fmt $LATK_TPS)), batch_size 100, 4 shards" "p50 $LATK_p50 / p95 $LATK_p95 / p99 $LATK_p99 ms" "HTTP at 1,000/s: p99 $LAT_1000_p99 ms" "" ""
 fi
 if want write-path; then
 for c in replica recvlogical event_bridge; do

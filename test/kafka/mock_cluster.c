@@ -4,8 +4,9 @@
  *
  *   mock_cluster --brokers N --topic T --partitions P --bootstrap-file F
  *
- * Starts N brokers on 127.0.0.1 (ids 1..N), creates topic T with P
- * partitions (replication factor min(N, 3)), writes the bootstrap servers
+ * Starts N brokers on 127.0.0.1 (ids 1..N), creates topic T (or the topics
+ * of a comma-separated list) with P partitions (replication factor
+ * min(N, 3)), writes the bootstrap servers
  * ("127.0.0.1:port,...") to F (a temporary file renamed, so a reader never
  * sees a partial one), then reads commands from standard input, one per
  * line, and answers "ok" or "error ..." on standard output:
@@ -119,6 +120,8 @@ main(int argc, char **argv)
 	/* The mock cluster runs on the threads of a client handle of its own. */
 	conf = rd_kafka_conf_new();
 	rd_kafka_conf_set(conf, "log_level", "3", errstr, sizeof(errstr));
+	/* Replies go out at once: no 40 ms wait for delayed ACKs. */
+	rd_kafka_conf_set(conf, "socket.nagle.disable", "true", errstr, sizeof(errstr));
 	rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
 	if (rk == NULL)
 	{
@@ -131,10 +134,19 @@ main(int argc, char **argv)
 		fprintf(stderr, "mock_cluster: could not start the cluster\n");
 		return 1;
 	}
-	if (rd_kafka_mock_topic_create(mc, topic, partitions, brokers < 3 ? brokers : 3))
 	{
-		fprintf(stderr, "mock_cluster: could not create topic %s\n", topic);
-		return 1;
+		char	   *topics = strdup(topic);
+		char	   *save = NULL;
+
+		for (char *t = strtok_r(topics, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save))
+		{
+			if (rd_kafka_mock_topic_create(mc, t, partitions, brokers < 3 ? brokers : 3))
+			{
+				fprintf(stderr, "mock_cluster: could not create topic %s\n", t);
+				return 1;
+			}
+		}
+		free(topics);
 	}
 
 	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", file, (int) getpid());
