@@ -130,14 +130,17 @@ sub kafka_command
 }
 
 # Reads a topic back with test/kafka/consume.js (kafkajs); returns the
-# messages, decoded, or undef if fewer than $count came.
+# messages, decoded, or undef if fewer than $count came.  With $idle_ms it
+# reads on until no message came for that long (duplicates come too).
 sub kafka_consume
 {
-	my ($k, $topic, $count) = @_;
+	my ($k, $topic, $count, $idle_ms) = @_;
 	my ($out, $err) = ('', '');
 	IPC::Run::run([ 'node', $consume_js, '--brokers', $k->{bootstrap}, '--topic', $topic,
-					'--count', $count, '--timeout-ms', 60000 ], '>', \$out, '2>', \$err);
+					'--count', $idle_ms ? 1_000_000_000 : $count, '--timeout-ms', 60000,
+					$idle_ms ? ('--idle-ms', $idle_ms) : () ], '>', \$out, '2>', \$err);
 	my @messages = map { decode_json($_) } grep { /\S/ } split /\n/, $out;
+	$err =~ s/^ready\n//mg;
 	diag("consume.js: $err") if $err ne '';
 	return scalar(@messages) >= $count ? \@messages : undef;
 }

@@ -1,0 +1,93 @@
+# The Kafka target loses nothing across a crash of the server in the middle
+# of delivery, nor across an outage of every broker longer than the
+# connector's timeout (failed batches, with librdkafka's error in the status
+# views, are produced again): afterwards the topic holds every record, each
+# with its stored data, and per key the first copies come in order.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use JSON::PP;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep);
+use EventBridgeTest;
+use ConnectorTest;
+
+my $node = eb_node('kafka_faults');
+my $k = start_kafka_mock(topic => 'orders', brokers => 3, partitions => 4);
+my $boot = $k->{bootstrap};
+$node->safe_psql('postgres', qq{
+	CREATE EXTENSION event_bridge;
+	CREATE TABLE orders (id int PRIMARY KEY, v text);
+	ALTER TABLE orders REPLICA IDENTITY FULL;
+	SELECT event_bridge.create_stream('orders', ARRAY['orders']::regclass[], shard_count => 4);
+	SELECT event_bridge.create_connector('k', 'orders', 'kafka://$boot/orders', target => 'kafka',
+	    batch_size => 20, timeout => '2 seconds', retry_interval => '200 ms');});
+
+# Slow brokers, so that the crash comes while batches are in flight.
+kafka_command($k, "rtt $_ 30") for 1 .. 3;
+for my $i (0 .. 9)
+{
+	$node->safe_psql('postgres',
+		"INSERT INTO orders SELECT g, 'v' || g FROM generate_series($i * 400 + 1, $i * 400 + 400) g");
+}
+ok(wait_capture($node, 'postgres'), 'all rows captured');
+ok($node->poll_query_until('postgres', q{
+	SELECT delivered >= 200 FROM event_bridge.connector_status WHERE connector_name = 'k'}),
+	'delivery under way');
+$node->stop('immediate');
+$node->start;
+kafka_command($k, "rtt $_ 0") for 1 .. 3;
+ok(wait_delivered($node, 'postgres', 'k'), 'after the crash everything is delivered');
+
+# Every broker down for longer than the connector's timeout.
+kafka_command($k, "down $_") for 1 .. 3;
+$node->safe_psql('postgres', q{
+	UPDATE orders SET v = v || '!' WHERE id % 4 = 0;
+	DELETE FROM orders WHERE id % 10 = 1;});
+ok($node->poll_query_until('postgres', q{
+	SELECT bool_or(last_error LIKE 'Kafka: %') FROM event_bridge.shard_status WHERE connector_name = 'k'}),
+	'while the brokers are down, the status shows librdkafka\'s error');
+note($node->safe_psql('postgres',
+	q{SELECT string_agg(DISTINCT last_error, '; ') FROM event_bridge.shard_status WHERE connector_name = 'k'}));
+is($node->safe_psql('postgres',
+	q{SELECT state FROM event_bridge.connector_status WHERE connector_name = 'k'}),
+	'RUNNING', 'a broker outage is transient: the connector keeps trying');
+kafka_command($k, "up $_") for 1 .. 3;
+ok(wait_delivered($node, 'postgres', 'k'), 'after the outage everything is delivered');
+
+# The topic against the stored records.
+my %stored;
+for my $line (split /\n/, $node->safe_psql('postgres',
+	q{SELECT shard_id || ':' || sequence, data FROM event_bridge.records}))
+{
+	my ($id, $data) = split /\|/, $line, 2;
+	$stored{$id} = $data;
+}
+my $records = scalar(keys %stored);
+my $messages = kafka_consume($k, 'orders', $records, 3000);
+ok($messages, "kafkajs reads at least the $records records back") or BAIL_OUT('no messages');
+my (%seen, %first_seq);
+my ($bad_data, $out_of_order) = (0, 0);
+for my $m (@$messages)
+{
+	my $id = $m->{headers}{event_id};
+	my $v = decode_json($m->{value});
+	$bad_data++ unless defined $stored{$id} && $v->{data} eq $stored{$id};
+	next if $seen{$id}++;
+	my $key = "$m->{partition}/$m->{key}";
+	$out_of_order++ if defined $first_seq{$key} && $m->{headers}{sequence} <= $first_seq{$key};
+	$first_seq{$key} = $m->{headers}{sequence};
+}
+is(scalar(grep { !$seen{$_} } keys %stored), 0, 'no record is missing from the topic');
+is($bad_data, 0, 'every message carries its record\'s stored data');
+is($out_of_order, 0, 'per key, the first copies come in sequence order');
+my $dups = scalar(@$messages) - scalar(keys %seen);
+note("$dups duplicate messages (batches produced again after the crash or the outage)");
+cmp_ok($dups, '<=', scalar(@$messages) / 2, 'duplicates are the batches produced again, not everything');
+
+${ $k->{in} } .= "quit\n";
+$k->{handle}->finish;
+done_testing();
