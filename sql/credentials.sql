@@ -108,6 +108,32 @@ SELECT event_bridge.create_credential('x', 'aws',
     '{"access_key_id": "AKID", "secret_access_key": "s", "region": "Mars/1"}');
 -- an unknown provider
 SELECT event_bridge.create_credential('x', 'gcp', '{}');
+-- a kafka credential without security_protocol
+SELECT event_bridge.create_credential('x', 'kafka', '{"username": "u", "password": "hunter2"}');
+-- an unknown Kafka security_protocol
+SELECT event_bridge.create_credential('x', 'kafka', '{"security_protocol": "kerberos"}');
+-- SASL without a mechanism
+SELECT event_bridge.create_credential('x', 'kafka',
+    '{"security_protocol": "sasl_ssl", "username": "u", "password": "hunter2"}');
+-- SASL with a mechanism it does not take
+SELECT event_bridge.create_credential('x', 'kafka',
+    '{"security_protocol": "sasl_ssl", "sasl_mechanism": "GSSAPI", "username": "u", "password": "hunter2"}');
+-- a password without SASL
+SELECT event_bridge.create_credential('x', 'kafka', '{"security_protocol": "ssl", "password": "hunter2"}');
+-- a CA for plaintext
+SELECT event_bridge.create_credential('x', 'kafka',
+    '{"security_protocol": "plaintext", "ca_pem": "-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----\\n"}');
+-- a CA that is not PEM
+SELECT event_bridge.create_credential('x', 'kafka', '{"security_protocol": "ssl", "ca_pem": "hunter2"}');
+-- a kafka credential for an http target, and a platform's for kafka
+SELECT event_bridge.create_credential('kaf', 'kafka',
+    '{"security_protocol": "sasl_ssl", "sasl_mechanism": "SCRAM-SHA-512", "username": "u", "password": "hunter2-kafka",
+      "ca_pem": "-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----\\n"}');
+SELECT event_bridge.create_connector('bad', 's', 'http://127.0.0.1:9/', credential => 'kaf');
+SELECT event_bridge.create_connector('bad', 's', 'kafka://127.0.0.1:9092/t', target => 'kafka',
+    credential => 'ali');
+SELECT credential_name, provider, key_id FROM event_bridge.credentials WHERE provider = 'kafka';
+SELECT event_bridge.drop_credential('kaf');
 -- a name taken
 SELECT event_bridge.create_credential('ali', 'aliyun', '{"access_key_id": "L", "access_key_secret": "s"}');
 -- a bad name

@@ -189,6 +189,16 @@ send_kafka_batch(Shard *sh)
 	config.brokers = c->target.kafka_brokers;
 	config.topic = c->target.kafka_topic;
 	config.timeout_ms = c->timeout_ms;
+	if (c->target.credential.provider != NULL)
+	{
+		const Credential *cr = &c->target.credential;
+
+		config.security_protocol = cr->security_protocol;
+		config.sasl_mechanism = cr->sasl_mechanism;
+		config.username = cr->key_id;
+		config.password = (cr->secret && cr->secret[0]) ? cr->secret : NULL;
+		config.ca_pem = cr->ca_pem;
+	}
 	/* Changed by alter_connector, or broken: its batches in flight fail and are sent again. */
 	if (c->producer != NULL && !kafka_producer_usable(c->producer, &config))
 	{

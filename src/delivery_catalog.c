@@ -70,7 +70,8 @@ static EbStatement statements[NUM_STATEMENTS] = {
 		" c.on_failure, floor(extract(epoch FROM c.max_record_age) * 1000)::bigint,"
 		" c.partial_batch_response, c.target, c.invocation = 'async',"
 		" cr.provider, cr.key_id, cr.secret, cr.session_token, cr.region,"
-		" c.filter, c.transform, c.key_transform"
+		" c.filter, c.transform, c.key_transform,"
+		" cr.options ->> 'security_protocol', cr.options ->> 'sasl_mechanism', cr.options ->> 'ca_pem'"
 		" FROM event_bridge.connectors c JOIN event_bridge.streams s ON s.stream_id = c.stream_id"
 		" LEFT JOIN event_bridge.credential_secrets cr ON cr.credential_id = c.credential_id"
 		" WHERE c.connector_id = $1",
@@ -408,6 +409,9 @@ load_connector(Connector *c)
 	credential.secret = column_text(0, 26);
 	credential.session_token = column_text(0, 27);
 	credential.region = column_text(0, 28);
+	credential.security_protocol = column_text(0, 32);
+	credential.sasl_mechanism = column_text(0, 33);
+	credential.ca_pem = column_text(0, 34);
 	problem = target_prepare(column_text(0, 22), endpoint, column_bool(0, 23), &credential,
 							 &c->target);
 	if (problem != NULL)

@@ -61,8 +61,7 @@ struct KafkaProducer
 {
 	rd_kafka_t *rk;
 	char	   *topic;
-	char	   *brokers;
-	int64		timeout_ms;
+	char	   *settings;		/* every setting it was made with, for kafka_producer_usable */
 	bool		topic_checked;	/* the topic was found in the cluster's metadata */
 	KafkaProducer *next;
 };
@@ -143,6 +142,33 @@ delivery_report(rd_kafka_t *rk, const rd_kafka_message_t *message, void *opaque)
 		finish(b);
 }
 
+/*
+ * Every setting of a configuration in one malloc'd string (NULL if out of
+ * memory), to tell whether a producer was made with it.
+ */
+static char *
+settings_of(const KafkaConfig *c)
+{
+	const char *parts[] = {c->brokers, c->topic, c->security_protocol, c->sasl_mechanism,
+	c->username, c->password, c->ca_pem};
+	size_t		len = 32;
+	char	   *s;
+
+	for (int i = 0; i < lengthof(parts); i++)
+		len += (parts[i] ? strlen(parts[i]) : 0) + 2;
+	s = malloc(len);
+	if (s == NULL)
+		return NULL;
+	snprintf(s, len, INT64_FORMAT, c->timeout_ms);
+	for (int i = 0; i < lengthof(parts); i++)
+	{
+		strcat(s, parts[i] ? "\x01" : "\x02");
+		if (parts[i])
+			strcat(s, parts[i]);
+	}
+	return s;
+}
+
 /* Sets a configuration property; false and the reason in error if refused. */
 static bool
 set(rd_kafka_conf_t *conf, const char *name, const char *value, char *error, size_t errlen)
@@ -220,7 +246,7 @@ kafka_producer_create(const KafkaConfig *config, char *error, size_t errlen)
 
 	p = calloc(1, sizeof(KafkaProducer));
 	if (p == NULL || (p->topic = strdup(config->topic)) == NULL ||
-		(p->brokers = strdup(config->brokers)) == NULL)
+		(p->settings = settings_of(config)) == NULL)
 	{
 		rd_kafka_destroy(rk);
 		if (p != NULL)
@@ -229,7 +255,6 @@ kafka_producer_create(const KafkaConfig *config, char *error, size_t errlen)
 		snprintf(error, errlen, "out of memory");
 		return NULL;
 	}
-	p->timeout_ms = config->timeout_ms;
 	p->rk = rk;
 	p->topic_checked = false;
 	p->next = producers;
@@ -265,22 +290,24 @@ kafka_producer_destroy(KafkaProducer *p, int flush_ms)
 	if (*pp == p)
 		*pp = p->next;
 	free(p->topic);
-	free(p->brokers);
+	free(p->settings);
 	free(p);
 }
 
 /*
  * Can the producer go on sending for this configuration?  Not if it was made
- * for another, nor after a fatal error (an idempotent producer that lost
+ * for another (alter_connector, a rotated credential), nor after a fatal error (an idempotent producer that lost
  * track of its sequence numbers): then it must be made anew.
  */
 bool
 kafka_producer_usable(KafkaProducer *p, const KafkaConfig *config)
 {
 	char		why[256];
+	char	   *settings = settings_of(config);
+	bool		same = settings != NULL && strcmp(settings, p->settings) == 0;
 
-	if (strcmp(p->brokers, config->brokers) != 0 || strcmp(p->topic, config->topic) != 0 ||
-		p->timeout_ms != config->timeout_ms)
+	free(settings);
+	if (!same)
 		return false;
 	if (rd_kafka_fatal_error(p->rk, why, sizeof(why)) != RD_KAFKA_RESP_ERR_NO_ERROR)
 	{

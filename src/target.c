@@ -118,8 +118,8 @@ check_provider(TargetKind kind, const char *provider)
 				return "Target lambda needs an aws credential.";
 			break;
 		case TARGET_KAFKA:
-			if (provider != NULL)
-				return "Target kafka takes no credential yet: its brokers must accept PLAINTEXT connections.";
+			if (provider != NULL && strcmp(provider, "kafka") != 0)
+				return "Target kafka takes a kafka credential, or none.";
 			break;
 		case TARGET_UNKNOWN:
 			break;

@@ -40,6 +40,10 @@ typedef struct Credential
 	const char *secret;			/* secret key, webhook secret, or token value */
 	const char *session_token;	/* NULL: none */
 	const char *region;			/* aws only; NULL: none */
+	/* kafka: key_id is the SASL user name, secret its password ("" none) */
+	const char *security_protocol;	/* NULL: none */
+	const char *sasl_mechanism;
+	const char *ca_pem;
 } Credential;
 
 /* Bytes of the longest Standard Webhooks key (the secret's decoded base64). */

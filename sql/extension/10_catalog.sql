@@ -124,14 +124,15 @@ CREATE TABLE event_bridge.credential_secrets (
     credential_id   int PRIMARY KEY,
     credential_name text NOT NULL UNIQUE,
     provider        text NOT NULL
-                    CHECK (provider IN ('aliyun', 'huaweicloud', 'aws', 'webhook', 'token')),
+                    CHECK (provider IN ('aliyun', 'huaweicloud', 'aws', 'webhook', 'token', 'kafka')),
     owner           regrole NOT NULL,
     key_id          text,
     secret          text NOT NULL,
     session_token   text,
     region          text,
     created_at      timestamptz NOT NULL DEFAULT now(),
-    rotated_at      timestamptz
+    rotated_at      timestamptz,
+    options         jsonb
 );
 CREATE SEQUENCE event_bridge.credential_id_seq AS int OWNED BY event_bridge.credential_secrets.credential_id;
 COMMENT ON TABLE event_bridge.credential_secrets IS

@@ -20,7 +20,8 @@ CREATE OR REPLACE FUNCTION event_bridge._parse_secret(
     OUT key_id        text,
     OUT secret_value  text,
     OUT session_token text,
-    OUT region        text)
+    OUT region        text,
+    OUT options       jsonb)
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -49,10 +50,14 @@ BEGIN
         WHEN 'token' THEN
             keys := ARRAY['header', 'value'];
             example := '{"header": "X-Auth-Token", "value": "..."}';
+        WHEN 'kafka' THEN
+            keys := ARRAY['security_protocol', 'sasl_mechanism', 'username', 'password', 'ca_pem'];
+            required := 1;
+            example := '{"security_protocol": "sasl_ssl", "sasl_mechanism": "SCRAM-SHA-512", "username": "...", "password": "..."}';
         ELSE
             RAISE EXCEPTION 'unknown credential provider "%"', provider
                 USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'The providers are aliyun, huaweicloud, aws, webhook (Standard Webhooks) and token.';
+                      HINT = 'The providers are aliyun, huaweicloud, aws, webhook (Standard Webhooks), token and kafka.';
     END CASE;
 
     BEGIN
@@ -89,7 +94,13 @@ BEGIN
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
         v := j ->> k;
-        IF v = '' OR v ~ '[[:cntrl:]]' OR length(v) > 8192 THEN
+        IF k = 'ca_pem' THEN
+            -- PEM: lines of base64 between BEGIN and END lines.
+            IF v !~ '^-----BEGIN CERTIFICATE-----' OR v ~ '[^[:print:]\r\n]' OR length(v) > 65536 THEN
+                RAISE EXCEPTION '"ca_pem" of the secret must be PEM certificates (-----BEGIN CERTIFICATE-----...), at most 65536 characters'
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+        ELSIF v = '' OR v ~ '[[:cntrl:]]' OR length(v) > 8192 THEN
             RAISE EXCEPTION '"%" of the secret must be 1 to 8192 characters without control characters', k
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
@@ -128,6 +139,33 @@ BEGIN
             END;
             IF k IS NULL OR k::int NOT BETWEEN 24 AND 64 THEN
                 RAISE EXCEPTION 'a Standard Webhooks secret must be "whsec_" and the base64 of 24 to 64 bytes'
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+        WHEN 'kafka' THEN
+            key_id := j ->> 'username';
+            secret_value := coalesce(j ->> 'password', '');
+            options := jsonb_strip_nulls(jsonb_build_object(
+                'security_protocol', lower(j ->> 'security_protocol'),
+                'sasl_mechanism', upper(j ->> 'sasl_mechanism'),
+                'ca_pem', j ->> 'ca_pem'));
+            IF options ->> 'security_protocol' NOT IN ('plaintext', 'ssl', 'sasl_plaintext', 'sasl_ssl') THEN
+                RAISE EXCEPTION 'unknown Kafka security_protocol "%"', j ->> 'security_protocol'
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'It is plaintext, ssl, sasl_plaintext or sasl_ssl.';
+            END IF;
+            IF options ->> 'security_protocol' LIKE 'sasl%' THEN
+                IF coalesce(options ->> 'sasl_mechanism', '') NOT IN ('PLAIN', 'SCRAM-SHA-256', 'SCRAM-SHA-512')
+                   OR key_id IS NULL OR secret_value = '' THEN
+                    RAISE EXCEPTION 'a Kafka credential with SASL needs "sasl_mechanism" (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512), "username" and "password"'
+                        USING ERRCODE = 'invalid_parameter_value';
+                END IF;
+            ELSIF options ? 'sasl_mechanism' OR key_id IS NOT NULL OR secret_value <> '' THEN
+                RAISE EXCEPTION 'security_protocol % takes no "sasl_mechanism", "username" or "password"',
+                    options ->> 'security_protocol'
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            IF options ? 'ca_pem' AND options ->> 'security_protocol' NOT LIKE '%ssl' THEN
+                RAISE EXCEPTION '"ca_pem" is for security_protocol ssl or sasl_ssl'
                     USING ERRCODE = 'invalid_parameter_value';
             END IF;
         WHEN 'token' THEN
@@ -170,9 +208,9 @@ BEGIN
     END IF;
     p := event_bridge._parse_secret(provider, secret);
     INSERT INTO event_bridge.credential_secrets (credential_id, credential_name, provider, owner,
-        key_id, secret, session_token, region)
+        key_id, secret, session_token, region, options)
     VALUES (nextval('event_bridge.credential_id_seq'), credential_name, provider,
-        event_bridge._caller(), p.key_id, p.secret_value, p.session_token, p.region);
+        event_bridge._caller(), p.key_id, p.secret_value, p.session_token, p.region, p.options);
 EXCEPTION
     WHEN unique_violation THEN
         RAISE EXCEPTION 'credential "%" already exists', credential_name
@@ -234,7 +272,7 @@ BEGIN
     p := event_bridge._parse_secret(cr.provider, secret);
     UPDATE event_bridge.credential_secrets c
        SET key_id = p.key_id, secret = p.secret_value, session_token = p.session_token,
-           region = p.region, rotated_at = now()
+           region = p.region, options = p.options, rotated_at = now()
      WHERE c.credential_id = cr.credential_id;
     -- The delivery worker reloads these connectors: their next attempt is signed with the new secret.
     UPDATE event_bridge.connectors co SET version = co.version + 1

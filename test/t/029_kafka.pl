@@ -99,6 +99,25 @@ is(scalar(@json), 100, 'json: one message per UPDATE (its two records)');
 is(scalar(grep { $_->{key} eq 'paid' && decode_json($_->{value})->{after}{status} eq 'paid' } @json), 100,
 	'json: the key is what key_transform makes of the event');
 
+# A kafka credential: its SASL settings reach librdkafka (the mock cluster
+# speaks no SASL, so the handshake fails and says so), its password goes
+# nowhere else.
+# (The tests log every statement; a server at default settings logs none.)
+$node->safe_psql('postgres', qq{
+	SET log_statement = none;
+	SELECT event_bridge.create_credential('k_sasl', 'kafka',
+	    '{"security_protocol": "sasl_plaintext", "sasl_mechanism": "SCRAM-SHA-256",
+	      "username": "eb", "password": "hunter2-kafka"}');
+	SELECT event_bridge.create_connector('kafka_sasl', 'orders', 'kafka://$boot/orders',
+	    target => 'kafka', credential => 'k_sasl', timeout => '1 second', start_time => NULL);});
+ok($node->poll_query_until('postgres', q{
+	SELECT bool_or(last_error LIKE 'Kafka: %') FROM event_bridge.shard_status WHERE connector_name = 'kafka_sasl'}),
+	'a SASL connector to brokers without SASL fails, with librdkafka\'s error');
+my $log_text = slurp_file($node->logfile);
+like($log_text, qr/event_bridge kafka: .*SASL/, 'librdkafka says in the server log that SASL failed');
+unlike($log_text, qr/hunter2-kafka/, 'the password is in no log line');
+$node->safe_psql('postgres', q{SELECT event_bridge.drop_connector('kafka_sasl')});
+
 # Bad Kafka endpoints are refused at creation.
 for my $case (
 	[ 'no topic', "kafka://$boot" ],
