@@ -62,6 +62,7 @@ struct KafkaProducer
 	rd_kafka_t *rk;
 	char	   *topic;
 	char	   *settings;		/* every setting it was made with, for kafka_producer_usable */
+	bool		refused;		/* a batch failed for the endpoint: make it anew to try again */
 	bool		topic_checked;	/* the topic was found in the cluster's metadata */
 	KafkaProducer *next;
 };
@@ -110,10 +111,18 @@ finish(KafkaBatch *b)
 	finished_tail = b;
 }
 
+static OutcomeClass error_class(rd_kafka_resp_err_t err);
+
 /* Records a failure of some messages of a batch: the first one says why. */
 static void
 fail_messages(KafkaBatch *b, int count, rd_kafka_resp_err_t err, const char *why)
 {
+	/*
+	 * librdkafka remembers a topic it was refused (authorization, unknown):
+	 * after resume_connector a producer made anew asks again.
+	 */
+	if (error_class(err) == OUTCOME_ENDPOINT)
+		b->producer->refused = true;
 	if (!b->failed)
 	{
 		b->failed = true;
@@ -296,7 +305,8 @@ kafka_producer_destroy(KafkaProducer *p, int flush_ms)
 
 /*
  * Can the producer go on sending for this configuration?  Not if it was made
- * for another (alter_connector, a rotated credential), nor after a fatal error (an idempotent producer that lost
+ * for another (alter_connector, a rotated credential), nor after the
+ * endpoint refused it (see fail_messages), nor after a fatal error (an idempotent producer that lost
  * track of its sequence numbers): then it must be made anew.
  */
 bool
@@ -307,7 +317,7 @@ kafka_producer_usable(KafkaProducer *p, const KafkaConfig *config)
 	bool		same = settings != NULL && strcmp(settings, p->settings) == 0;
 
 	free(settings);
-	if (!same)
+	if (!same || p->refused)
 		return false;
 	if (rd_kafka_fatal_error(p->rk, why, sizeof(why)) != RD_KAFKA_RESP_ERR_NO_ERROR)
 	{

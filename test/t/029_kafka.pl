@@ -118,6 +118,35 @@ like($log_text, qr/event_bridge kafka: .*SASL/, 'librdkafka says in the server l
 unlike($log_text, qr/hunter2-kafka/, 'the password is in no log line');
 $node->safe_psql('postgres', q{SELECT event_bridge.drop_connector('kafka_sasl')});
 
+# Failure classes (DESIGN 9.3), with errors the brokers answer to Produce:
+# a message too large is a record failure (dead letters), a refused
+# authorization an endpoint failure (the connector is suspended).
+# (The brokers answer the next Produce request, whoever sends it: the other
+# connectors stop.)
+$node->safe_psql('postgres', qq{
+	SELECT event_bridge.stop_connector(c) FROM unnest(ARRAY['to_kafka', 'kafka_json', 'no_topic']) c;
+	SELECT event_bridge.create_connector('k_classes', 'orders', 'kafka://$boot/orders',
+	    target => 'kafka', on_failure => 'dead_letter', batch_size => 1,
+	    retry_interval => '100 ms');
+	SELECT event_bridge.stop_connector('k_classes');});
+like(kafka_command($k, 'errors 0 1 10'), qr/^ok/, 'the next Produce request: MSG_SIZE_TOO_LARGE');
+$node->safe_psql('postgres', q{
+	SELECT event_bridge.start_connector('k_classes');
+	INSERT INTO orders VALUES (100001, 'big', 1);});
+ok($node->poll_query_until('postgres', q{
+	SELECT count(*) = 1 FROM event_bridge.dead_letters WHERE connector_name = 'k_classes'
+	   AND error LIKE 'Kafka: %MSG_SIZE_TOO_LARGE%'}),
+	'a message the brokers find too large becomes a dead letter, with librdkafka\'s error');
+ok(wait_delivered($node, 'postgres', 'k_classes'), 'and the rest is delivered');
+like(kafka_command($k, 'errors 0 1 29'), qr/^ok/, 'the next Produce request: TOPIC_AUTHORIZATION_FAILED');
+$node->safe_psql('postgres', q{INSERT INTO orders VALUES (100002, 'denied', 1)});
+ok($node->poll_query_until('postgres', q{
+	SELECT state = 'SUSPENDED' AND last_error LIKE 'Kafka: %AUTHORIZATION%'
+	  FROM event_bridge.connector_status WHERE connector_name = 'k_classes'}),
+	'a refused authorization suspends the connector, saying why');
+$node->safe_psql('postgres', q{SELECT event_bridge.resume_connector('k_classes')});
+ok(wait_delivered($node, 'postgres', 'k_classes'), 'resumed, it delivers');
+
 # Bad Kafka endpoints are refused at creation.
 for my $case (
 	[ 'no topic', "kafka://$boot" ],
