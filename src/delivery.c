@@ -284,6 +284,16 @@ flush_producers(int code, Datum arg)
 	}
 }
 
+/* Has a connector a batch in flight? */
+static bool
+connector_in_flight(Connector *c)
+{
+	for (int i = 0; i < c->nshards; i++)
+		if (c->shards[i].in_flight)
+			return true;
+	return false;
+}
+
 /* Does a connector in memory wait for a reload (version -1)? */
 static bool
 reload_pending(void)
@@ -459,6 +469,13 @@ delivery_turn(TimestampTz *last_sync)
 	foreach(lc, worker.connectors)
 	{
 		Connector  *c = (Connector *) lfirst(lc);
+
+		/* A stopped connector keeps no connection to its brokers, once its batches are done. */
+		if (c->producer != NULL && (c->stopped || c->unusable) && !connector_in_flight(c))
+		{
+			kafka_producer_destroy(c->producer, 0);
+			c->producer = NULL;
+		}
 
 		for (int i = 0; i < c->nshards; i++)
 		{

@@ -79,13 +79,32 @@ static KafkaBatch *in_flight = NULL;
 static KafkaBatch *finished = NULL;
 static KafkaBatch *finished_tail = NULL;
 
-/* librdkafka's log lines, served by kafka_poll: warnings and worse go to the server log. */
+/*
+ * librdkafka's log lines, served by kafka_poll: warnings and worse go to the
+ * server log, at most one a second (brokers that are down make one per
+ * connection attempt); the count of those left out goes with the next.
+ */
 static void
 log_callback(const rd_kafka_t *rk, int level, const char *facility, const char *message)
 {
-	if (level <= 4)
-		ereport(LOG,
-				(errmsg("event_bridge kafka: %s: %s", facility, message)));
+	static TimestampTz last = 0;
+	static int	left_out = 0;
+	TimestampTz now;
+
+	if (level > 4)
+		return;
+	now = GetCurrentTimestamp();
+	if (last != 0 && !TimestampDifferenceExceeds(last, now, 1000))
+	{
+		left_out++;
+		return;
+	}
+	ereport(LOG,
+			(errmsg("event_bridge kafka: %s: %s", facility, message),
+			 left_out > 0 ? errdetail("%d more lines of librdkafka were left out in the second before.",
+									  left_out) : 0));
+	last = now;
+	left_out = 0;
 }
 
 /* Moves a batch whose every message has its report to the finished list. */

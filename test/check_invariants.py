@@ -12,7 +12,7 @@ Usage:
       [-h HOST] [-p PORT] [-d DBNAME] [-U USER] [--psql PATH]
       [--connector NAME ...] [--forbid-substring S ...]
       [--poison S ...] [--redelivered-ok]
-      [--slow-ms 5000] [--delay-ms 0] [--log-not-fresh]
+      [--slow-ms 5000] [--delay-ms 0] [--log-not-fresh] [--kafka]
       [--require-quiescent] [--disruptions FILE] [--max-examples 5] [--json]
 
   e.g. after a TAP run:
@@ -61,6 +61,10 @@ filter keeps, over the stored records of each shard) and treats those like
 records passed over: they need no answer, may lie in the gaps of a batch,
 and count toward the offset.  A batch of events may hold one record more
 than batch_size (an UPDATE is not cut apart).
+
+Kafka (--kafka): --log is then a topic as test/kafka/consume.js prints it,
+produced by the one connector checked (format datahub); see kafka_log for
+what is checked and what cannot be.
 
 Invariants (ids in brackets, as in --json):
   [missing]    every record of the connector's stream, per shard, from the
@@ -457,6 +461,47 @@ def next_range(sh, name=""):
 # ---------------------------------------------------------------------------
 # The log
 # ---------------------------------------------------------------------------
+
+def kafka_log(path, by_path):
+    """Yields (line number, entry) like read_log, from the messages of a Kafka
+    topic (test/kafka/consume.js's lines) that one checked connector (of
+    format datahub) produced: each distinct record once, as an acked request
+    of one record, per shard in sequence order.  Kafka keeps order per
+    partition, not per shard, and delivery is at least once: so
+    [shard_order] and [duplicates] say nothing here.  [key_order] is checked
+    on the topic itself instead: per partition and key, the first copies
+    arrive in sequence order."""
+    if len(by_path) != 1:
+        raise UsageError("--kafka checks one connector: name it with --connector")
+    conn = next(iter(by_path.values()))
+    seen, entries, key_last = set(), [], {}
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            m = json.loads(line)
+            eid = (m.get("headers") or {}).get("event_id")
+            if eid in seen:
+                continue
+            seen.add(eid)
+            shard, seq = (int(x) for x in eid.split(":"))
+            key = (m.get("partition"), m.get("key"))
+            if key[1] is not None:
+                if key in key_last and key_last[key] >= seq:
+                    conn.fail("key_order", f"topic line {n}: key {key[1]!r} in partition {key[0]}: "
+                              f"sequence {seq} arrived after {key_last[key]}")
+                key_last[key] = seq
+            value = json.loads(m.get("value") or "null")
+            data = value.get("data") if isinstance(value, dict) else None
+            record = {"event_id": eid, "system_time": value.get("systemTime"),
+                      "data": json.loads(data) if isinstance(data, str) else value}
+            entries.append((shard, seq, n, {
+                "t_ms": float(n), "path": conn.path, "status": 200, "format": conn.format,
+                "shard": shard, "event_ids": [eid], "records": [record]}))
+    conn.stats["distinct_messages"] = len(seen)
+    for shard, seq, n, e in sorted(entries, key=lambda x: x[:3]):
+        yield n, e
+
 
 def read_log(path):
     """Yields (line number, entry) for each complete line; a last line
@@ -1067,7 +1112,8 @@ def run(args):
     load_dead_letters(db, conns, args)
 
     other_paths, corrupt = {}, []
-    for n, e in read_log(args.log):
+    entries = kafka_log(args.log, by_path) if args.kafka else read_log(args.log)
+    for n, e in entries:
         if "_corrupt" in e:
             corrupt.append(f"log line {n}: not JSON ({e['_corrupt']})")
             continue
@@ -1196,6 +1242,8 @@ def main(argv=None):
         add_help=False)
     p.add_argument("--help", action="help")
     p.add_argument("--log", required=True, help="the receiver's JSON-lines log")
+    p.add_argument("--kafka", action="store_true",
+                   help="--log is a Kafka topic read back by test/kafka/consume.js")
     p.add_argument("-h", "--host")
     p.add_argument("-p", "--port")
     p.add_argument("-d", "--dbname")

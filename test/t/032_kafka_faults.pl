@@ -2,7 +2,8 @@
 # of delivery, nor across an outage of every broker longer than the
 # connector's timeout (failed batches, with librdkafka's error in the status
 # views, are produced again): afterwards the topic holds every record, each
-# with its stored data, and per key the first copies come in order.
+# with its stored data, and per key the first copies come in order; the
+# invariant checker reads the topic too.
 use strict;
 use warnings;
 use FindBin;
@@ -84,6 +85,22 @@ for my $m (@$messages)
 is(scalar(grep { !$seen{$_} } keys %stored), 0, 'no record is missing from the topic');
 is($bad_data, 0, 'every message carries its record\'s stored data');
 is($out_of_order, 0, 'per key, the first copies come in sequence order');
+# The invariant checker, with the topic as what the function received.
+my $topic_log = "$PostgreSQL::Test::Utils::tmp_check/topic.jsonl";
+open my $fh, '>', $topic_log or die $!;
+print $fh map { encode_json($_) . "\n" } @$messages;
+close $fh;
+checker_ok($node, 'postgres', $topic_log, [ '--kafka', '--connector', 'k' ],
+	'the invariant checker finds nothing wrong with the topic');
+# and it can fail: without one record's messages, the record is missing.
+my $gone = $messages->[10]{headers}{event_id};
+open $fh, '>', "$topic_log.doctored" or die $!;
+print $fh map { encode_json($_) . "\n" } grep { $_->{headers}{event_id} ne $gone } @$messages;
+close $fh;
+my ($rc, $out, $err) = run_checker($node, 'postgres', "$topic_log.doctored", '--kafka',
+	'--connector', 'k');
+is($rc, 1, "without the messages of $gone, the checker fails");
+like($out, qr/missing.*FAIL|FAIL.*missing/i, 'and says a record is missing') or diag($out . $err);
 my $dups = scalar(@$messages) - scalar(keys %seen);
 note("$dups duplicate messages (batches produced again after the crash or the outage)");
 cmp_ok($dups, '<=', scalar(@$messages) / 2, 'duplicates are the batches produced again, not everything');
