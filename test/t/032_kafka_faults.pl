@@ -1,5 +1,6 @@
 # The Kafka target loses nothing across a crash of the server in the middle
-# of delivery, nor across an outage of every broker longer than the
+# of delivery, a fast shutdown with messages in flight, nor an outage of
+# every broker longer than the
 # connector's timeout (failed batches, with librdkafka's error in the status
 # views, are produced again): afterwards the topic holds every record, each
 # with its stored data, and per key the first copies come in order; the
@@ -58,6 +59,19 @@ is($node->safe_psql('postgres',
 	'RUNNING', 'a broker outage is transient: the connector keeps trying');
 kafka_command($k, "up $_") for 1 .. 3;
 ok(wait_delivered($node, 'postgres', 'k'), 'after the outage everything is delivered');
+
+# A fast shutdown while messages are in flight to slow brokers: the worker
+# waits for them (up to 2 seconds) as it exits, and loses nothing.
+kafka_command($k, "rtt $_ 300") for 1 .. 3;
+$node->safe_psql('postgres',
+	"INSERT INTO orders SELECT g, 'late' || g FROM generate_series(5001, 5400) g");
+ok($node->poll_query_until('postgres', q{
+	SELECT bool_or(delivered_sequence < next_sequence - 1)
+	  FROM event_bridge.shard_status WHERE connector_name = 'k'}), 'batches to slow brokers are in flight');
+$node->stop('fast');
+$node->start;
+kafka_command($k, "rtt $_ 0") for 1 .. 3;
+ok(wait_delivered($node, 'postgres', 'k'), 'after a fast shutdown in the middle, everything is delivered');
 
 # The topic against the stored records.
 my %stored;
