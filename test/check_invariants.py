@@ -63,8 +63,8 @@ and count toward the offset.  A batch of events may hold one record more
 than batch_size (an UPDATE is not cut apart).
 
 Kafka (--kafka): --log is then a topic as test/kafka/consume.js prints it,
-produced by the one connector checked (format datahub); see kafka_log for
-what is checked and what cannot be.
+produced by the one connector checked (any format, with or without a
+filter); see kafka_log for what is checked and what cannot be.
 
 Invariants (ids in brackets, as in --json):
   [missing]    every record of the connector's stream, per shard, from the
@@ -464,9 +464,9 @@ def next_range(sh, name=""):
 
 def kafka_log(path, by_path):
     """Yields (line number, entry) like read_log, from the messages of a Kafka
-    topic (test/kafka/consume.js's lines) that one checked connector (of
-    format datahub) produced: each distinct record once, as an acked request
-    of one record, per shard in sequence order.  Kafka keeps order per
+    topic (test/kafka/consume.js's lines) that one checked connector
+    produced: each distinct message once, as an acked request of its records
+    (one, or an UPDATE event's two), per shard in sequence order.  Kafka keeps order per
     partition, not per shard, and delivery is at least once: so
     [shard_order] and [duplicates] say nothing here.  [key_order] is checked
     on the topic itself instead: per partition and key, the first copies
@@ -492,12 +492,23 @@ def kafka_log(path, by_path):
                               f"sequence {seq} arrived after {key_last[key]}")
                 key_last[key] = seq
             value = json.loads(m.get("value") or "null")
-            data = value.get("data") if isinstance(value, dict) else None
-            record = {"event_id": eid, "system_time": value.get("systemTime"),
-                      "data": json.loads(data) if isinstance(data, str) else value}
+            if conn.format in NAMED_FORMATS:
+                # An event: an UPDATE with both images holds records n and n + 1.
+                change = value.get("data") if conn.format == "cloudevents" else value
+                records = [{"event_id": eid, "system_time": value.get("systemTime"),
+                            "data": value}]
+                if change.get("op") == "UPDATE" and change.get("before") is not None \
+                        and change.get("after") is not None:
+                    records.append({"event_id": f"{shard}:{seq + 1}",
+                                    "system_time": value.get("systemTime"), "data": value})
+            else:
+                data = value.get("data") if isinstance(value, dict) else None
+                records = [{"event_id": eid, "system_time": value.get("systemTime"),
+                            "data": json.loads(data) if isinstance(data, str) else value}]
             entries.append((shard, seq, n, {
                 "t_ms": float(n), "path": conn.path, "status": 200, "format": conn.format,
-                "shard": shard, "event_ids": [eid], "records": [record]}))
+                "shard": shard, "event_ids": [r["event_id"] for r in records],
+                "records": records}))
     conn.stats["distinct_messages"] = len(seen)
     for shard, seq, n, e in sorted(entries, key=lambda x: x[:3]):
         yield n, e

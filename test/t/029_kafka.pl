@@ -15,7 +15,7 @@ use EventBridgeTest;
 use ConnectorTest;
 
 my $node = eb_node('kafka');
-my $k = start_kafka_mock(topic => 'orders', brokers => 3, partitions => 4);
+my $k = start_kafka_mock(topic => 'orders,events', brokers => 3, partitions => 4);
 my $boot = $k->{bootstrap};
 note("mock cluster: $boot");
 
@@ -99,6 +99,22 @@ is(scalar(@json), 100, 'json: one message per UPDATE (its two records)');
 is(scalar(grep { $_->{key} eq 'paid' && decode_json($_->{value})->{after}{status} eq 'paid' } @json), 100,
 	'json: the key is what key_transform makes of the event');
 
+# The invariant checker reads a topic: json events, a filter that leaves the
+# DELETEs out, each UPDATE one message for its two records.
+$node->safe_psql('postgres', qq{
+	SELECT event_bridge.create_connector('k_events', 'orders', 'kafka://$boot/events',
+	    target => 'kafka', format => 'json', start_time => NULL, batch_size => 30,
+	    filter => '{"op": [{"op": "StringNotIn", "values": ["DELETE"]}]}');});
+ok(wait_delivered($node, 'postgres', 'k_events'), 'the json connector to topic events delivered');
+my $events = kafka_consume($k, 'events', 1, 3000);
+my $events_log = "$PostgreSQL::Test::Utils::tmp_check/events.jsonl";
+open my $efh, '>', $events_log or die $!;
+print $efh map { encode_json($_) . "\n" } @$events;
+close $efh;
+is(scalar(@$events), 300 + 100, 'one message per INSERT and per UPDATE, none per DELETE');
+checker_ok($node, 'postgres', $events_log, [ '--kafka', '--connector', 'k_events' ],
+	'the invariant checker finds nothing wrong with topic events');
+
 # A kafka credential: its SASL settings reach librdkafka (the mock cluster
 # speaks no SASL, so the handshake fails and says so), its password goes
 # nowhere else.
@@ -124,7 +140,7 @@ $node->safe_psql('postgres', q{SELECT event_bridge.drop_connector('kafka_sasl')}
 # (The brokers answer the next Produce request, whoever sends it: the other
 # connectors stop.)
 $node->safe_psql('postgres', qq{
-	SELECT event_bridge.stop_connector(c) FROM unnest(ARRAY['to_kafka', 'kafka_json', 'no_topic']) c;
+	SELECT event_bridge.stop_connector(c) FROM unnest(ARRAY['to_kafka', 'kafka_json', 'no_topic', 'k_events']) c;
 	SELECT event_bridge.create_connector('k_classes', 'orders', 'kafka://$boot/orders',
 	    target => 'kafka', on_failure => 'dead_letter', batch_size => 1,
 	    retry_interval => '100 ms');
