@@ -175,8 +175,9 @@ delivery_retry_delay_ms(Connector *c, int failures, int64 retry_after_ms)
 
 /*
  * Produces a batch of a kafka connector, one message per slice of its body;
- * makes the connector's producer first if it has none (create_connector
- * checked what it is made from: librdkafka refusing it is an error).
+ * makes the connector's producer first if it has none (librdkafka refusing
+ * its settings, say a CA that is no certificate, fails the batch as the
+ * endpoint's fault).
  */
 static void
 send_kafka_batch(Shard *sh)
@@ -211,10 +212,12 @@ send_kafka_batch(Shard *sh)
 
 		c->producer = kafka_producer_create(&config, error, sizeof(error));
 		if (c->producer == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_CONFIG_FILE_ERROR),
-					 errmsg("could not make a Kafka producer for connector \"%s\": %s",
-							c->name, error)));
+		{
+			/* Its settings are wrong: the connector is suspended, saying why. */
+			kafka_fail(sh, psprintf("librdkafka refused the settings: %s", error));
+			sh->in_flight = true;
+			return;
+		}
 	}
 	for (int i = 0; i < sh->nslices; i++)
 	{

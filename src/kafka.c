@@ -76,6 +76,9 @@ static KafkaProducer *producers = NULL;
  */
 static int	wake_pipe[2] = {-1, -1};
 static KafkaBatch *in_flight = NULL;
+
+/* Set while a producer is destroyed: its batches were failed and may be freed. */
+static bool destroying = false;
 static KafkaBatch *finished = NULL;
 static KafkaBatch *finished_tail = NULL;
 
@@ -140,7 +143,7 @@ fail_messages(KafkaBatch *b, int count, rd_kafka_resp_err_t err, const char *why
 	 * librdkafka remembers a topic it was refused (authorization, unknown):
 	 * after resume_connector a producer made anew asks again.
 	 */
-	if (error_class(err) == OUTCOME_ENDPOINT)
+	if (error_class(err) == OUTCOME_ENDPOINT && b->producer != NULL)
 		b->producer->refused = true;
 	if (!b->failed)
 	{
@@ -159,7 +162,7 @@ delivery_report(rd_kafka_t *rk, const rd_kafka_message_t *message, void *opaque)
 {
 	KafkaBatch *b = (KafkaBatch *) message->_private;
 
-	if (b == NULL)
+	if (b == NULL || destroying)
 		return;
 	if (message->err != RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
@@ -312,7 +315,9 @@ kafka_producer_destroy(KafkaProducer *p, int flush_ms)
 			fail_messages(b, b->pending, RD_KAFKA_RESP_ERR__DESTROY,
 						  "the producer was closed with messages in flight");
 	}
+	destroying = true;
 	rd_kafka_destroy(p->rk);
+	destroying = false;
 	while (*pp != NULL && *pp != p)
 		pp = &(*pp)->next;
 	if (*pp == p)
@@ -430,6 +435,25 @@ kafka_send(KafkaProducer *p, void *owner, const KafkaMessage *messages, int n)
 	}
 }
 
+/*
+ * Reports that owner's batch could not be sent at all (no producer could be
+ * made: librdkafka refused its settings), as an endpoint failure.
+ */
+void
+kafka_fail(void *owner, const char *why)
+{
+	KafkaBatch *b = calloc(1, sizeof(KafkaBatch));
+
+	if (b == NULL)
+		elog(ERROR, "out of memory");
+	b->owner = owner;
+	b->pending = 1;
+	b->started_at = GetCurrentTimestamp();
+	b->next = in_flight;
+	in_flight = b;
+	fail_messages(b, 1, RD_KAFKA_RESP_ERR__INVALID_ARG, why);
+}
+
 /* Forgets what owner sent: its outcome will not be reported. */
 void
 kafka_cancel(void *owner)
@@ -481,6 +505,7 @@ error_class(rd_kafka_resp_err_t err)
 		case RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED:
 		case RD_KAFKA_RESP_ERR__AUTHENTICATION:
 		case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
+		case RD_KAFKA_RESP_ERR__INVALID_ARG:
 			return OUTCOME_ENDPOINT;
 		default:
 			return OUTCOME_TRANSIENT;

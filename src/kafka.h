@@ -51,6 +51,7 @@ extern KafkaProducer *kafka_producer_create(const KafkaConfig *config, char *err
 extern void kafka_producer_destroy(KafkaProducer *p, int flush_ms);
 extern bool kafka_producer_usable(KafkaProducer *p, const KafkaConfig *config);
 extern void kafka_send(KafkaProducer *p, void *owner, const KafkaMessage *messages, int n);
+extern void kafka_fail(void *owner, const char *why);
 extern void kafka_cancel(void *owner);
 extern void kafka_poll(void);
 extern bool kafka_in_flight(void);

@@ -134,6 +134,19 @@ like($log_text, qr/event_bridge kafka: .*SASL/, 'librdkafka says in the server l
 unlike($log_text, qr/hunter2-kafka/, 'the password is in no log line');
 $node->safe_psql('postgres', q{SELECT event_bridge.drop_connector('kafka_sasl')});
 
+# A CA that librdkafka cannot read: no producer can be made, and the
+# connector is suspended with librdkafka's reason (the worker goes on).
+$node->safe_psql('postgres', qq{
+	SELECT event_bridge.create_credential('k_badca', 'kafka',
+	    '{"security_protocol": "ssl", "ca_pem": "-----BEGIN CERTIFICATE-----\\\\nnot a certificate\\\\n-----END CERTIFICATE-----\\\\n"}');
+	SELECT event_bridge.create_connector('kafka_badca', 'orders', 'kafka://$boot/orders',
+	    target => 'kafka', credential => 'k_badca', start_time => NULL);});
+ok($node->poll_query_until('postgres', q{
+	SELECT state = 'SUSPENDED' AND last_error LIKE 'Kafka: librdkafka refused the settings: %'
+	  FROM event_bridge.connector_status WHERE connector_name = 'kafka_badca'}),
+	'a CA librdkafka cannot read suspends the connector, saying why');
+$node->safe_psql('postgres', q{SELECT event_bridge.drop_connector('kafka_badca')});
+
 # Failure classes (DESIGN 9.3), with errors the brokers answer to Produce:
 # a message too large is a record failure (dead letters), a refused
 # authorization an endpoint failure (the connector is suspended).
