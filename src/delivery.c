@@ -287,6 +287,21 @@ flush_producers(int code, Datum arg)
 	}
 }
 
+/* Appends the shards whose requests next_finished reports done, with their outcomes. */
+static List *
+collect_finished(List *finished, void *(*next_finished) (HttpOutcome *outcome))
+{
+	for (;;)
+	{
+		Finished   *f = palloc(sizeof(Finished));
+
+		f->shard = (Shard *) next_finished(&f->outcome);
+		if (f->shard == NULL)
+			return finished;
+		finished = lappend(finished, f);
+	}
+}
+
 /* Has a connector a batch in flight? */
 static bool
 connector_in_flight(Connector *c)
@@ -395,23 +410,9 @@ delivery_turn(TimestampTz *last_sync)
 	bool		read = false;
 	ListCell   *lc;
 
-	for (;;)
-	{
-		f = palloc(sizeof(Finished));
-		f->shard = (Shard *) http_next_finished(&f->outcome);
-		if (f->shard == NULL)
-			break;
-		finished = lappend(finished, f);
-	}
+	finished = collect_finished(finished, http_next_finished);
 	kafka_poll();
-	for (;;)
-	{
-		f = palloc(sizeof(Finished));
-		f->shard = (Shard *) kafka_next_finished(&f->outcome);
-		if (f->shard == NULL)
-			break;
-		finished = lappend(finished, f);
-	}
+	finished = collect_finished(finished, kafka_next_finished);
 
 	/* Read before any snapshot of this turn: see Shard.drained. */
 	worker.turn_epoch = pg_atomic_read_u32(&worker.db->records_epoch);

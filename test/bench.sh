@@ -528,18 +528,18 @@ declare -A SIGN_PATH=(
     [functiongraph]="/v2/p/fgs/functions/urn:fss:r:p:function:default:f:latest/invocations|target => 'functiongraph', credential => 'b_hw'"
     [lambda]="/2015-03-31/functions/f/invocations|target => 'lambda', credential => 'b_aws'"
     [webhook]="/hook|credential => 'b_hook'")
-# alternate PLAIN DLV PATHS TYPES...: short runs are noisy, so three rounds
-# of an unsigned datahub run to $URL just before each type's run (path and
-# options in PATHS[type] as "path|options"), and the medians into the
-# associative arrays named PLAIN and DLV.
+# alternate PLAIN DLV RUN KEYS...: short runs are noisy, so three rounds in
+# which, for each key, "RUN base KEY" (the baseline) runs just before
+# "RUN test KEY"; the medians go into the associative arrays named PLAIN
+# and DLV.  RUN may carry words of its own.
 alternate() {
-    local -n plain=$1 dlv=$2 paths=$3
+    local -n plain=$1 dlv=$2
+    local run=$3 rep t
     shift 3
-    local rep t
     for rep in 1 2 3; do
         for t in "$@"; do
-            plain[$t]+=" $(deliver_run "$RECV_PORT" "$URL" 4 100)"
-            dlv[$t]+=" $(deliver_run "$RECV_PORT" "http://127.0.0.1:$RECV_PORT${paths[$t]%%|*}" 4 100 d4 ", ${paths[$t]#*|}")"
+            plain[$t]+=" $($run base "$t")"
+            dlv[$t]+=" $($run test "$t")"
         done
     done
     for t in "$@"; do
@@ -547,7 +547,18 @@ alternate() {
         dlv[$t]=$(echo "${dlv[$t]}" | median)
     done
 }
-alternate SIGN_PLAIN SIGN_DLV SIGN_PATH fc functiongraph lambda webhook
+# path_run PATHS base|test KEY: an unsigned datahub run to $URL, or one to
+# the path with the options of PATHS[KEY] ("path|options"); batch_size 100,
+# 4 shards.
+path_run() {
+    local -n paths=$1
+    if [ "$2" = base ]; then
+        deliver_run "$RECV_PORT" "$URL" 4 100
+    else
+        deliver_run "$RECV_PORT" "http://127.0.0.1:$RECV_PORT${paths[$3]%%|*}" 4 100 d4 ", ${paths[$3]#*|}"
+    fi
+}
+alternate SIGN_PLAIN SIGN_DLV "path_run SIGN_PATH" fc functiongraph lambda webhook
 for t in fc functiongraph lambda webhook; do
     echo "   4 shards, batch_size 100, signed for $t: ${SIGN_DLV[$t]} events/s (unsigned http, alternating: ${SIGN_PLAIN[$t]}; medians of 3)"
 done
@@ -568,7 +579,7 @@ declare -A RULE_OPTS=(
     [transform]="/fc|format => 'json', transform => (SELECT transform FROM bench_rules)"
     [filter]="/fc|format => 'json', filter => (SELECT filter FROM bench_rules)")
 declare -A RULE_PLAIN RULE_DLV
-alternate RULE_PLAIN RULE_DLV RULE_OPTS json cloudevents transform filter
+alternate RULE_PLAIN RULE_DLV "path_run RULE_OPTS" json cloudevents transform filter
 for t in json cloudevents transform filter; do
     echo "   4 shards, batch_size 100, $t: ${RULE_DLV[$t]} events/s (datahub, alternating: ${RULE_PLAIN[$t]}; medians of 3)"
 done
@@ -593,16 +604,17 @@ catalog_run() {
     Q -c "SELECT event_bridge.drop_connector('bench_k')" >/dev/null
     calc "%.0f" "$n / ($t1 - $t0)"
 }
+# kafka_run base|test BATCH: catalog_run to the HTTP endpoint, or to Kafka.
+kafka_run() {
+    if [ "$1" = base ]; then
+        catalog_run "$URL" "$2" ""
+    else
+        catalog_run "kafka://$KAFKA_BOOT/bench" "$2" ", target => 'kafka'"
+    fi
+}
 declare -A KAFKA_DLV KAFKA_HTTP
-for rep in 1 2 3; do
-    for batch in 100 1000; do
-        KAFKA_HTTP[$batch]+=" $(catalog_run "$URL" "$batch" "")"
-        KAFKA_DLV[$batch]+=" $(catalog_run "kafka://$KAFKA_BOOT/bench" "$batch" ", target => 'kafka'")"
-    done
-done
+alternate KAFKA_HTTP KAFKA_DLV kafka_run 100 1000
 for batch in 100 1000; do
-    KAFKA_HTTP[$batch]=$(echo "${KAFKA_HTTP[$batch]}" | median)
-    KAFKA_DLV[$batch]=$(echo "${KAFKA_DLV[$batch]}" | median)
     echo "   kafka, 4 shards, batch_size $batch: ${KAFKA_DLV[$batch]} messages/s (http, alternating: ${KAFKA_HTTP[$batch]}; medians of 3)"
 done
 
