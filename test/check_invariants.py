@@ -474,12 +474,13 @@ def kafka_log(path, by_path):
     if len(by_path) != 1:
         raise UsageError("--kafka checks one connector: name it with --connector")
     conn = next(iter(by_path.values()))
-    seen, entries, key_last = set(), [], {}
+    seen, entries, key_last, messages = set(), [], {}, 0
     with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             m = json.loads(line)
+            messages += 1
             eid = (m.get("headers") or {}).get("event_id")
             if eid in seen:
                 continue
@@ -510,6 +511,7 @@ def kafka_log(path, by_path):
                 "shard": shard, "event_ids": [r["event_id"] for r in records],
                 "records": records}))
     conn.stats["distinct_messages"] = len(seen)
+    conn.stats["messages"] = messages
     for shard, seq, n, e in sorted(entries, key=lambda x: x[:3]):
         yield n, e
 

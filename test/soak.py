@@ -9,7 +9,8 @@ A throw-away cluster (own data directory, 127.0.0.1 and a port in
 57000-57999) with event_bridge built with FAULT_INJECTION=1; one receiver
 (test/receiver.py) that injects a seeded schedule of endpoint faults; three
 streams with 4, 7 and 1 shards over four tables; four connectors, DataHub and
-DIS, with small timeouts; pgbench at a fixed rate: inserts, updates,
+DIS, with small timeouts, and a fifth, json events to a Kafka topic of
+librdkafka's mock cluster (test/kafka/mock_cluster.c, 3 brokers); pgbench at a fixed rate: inserts, updates,
 deletes, hot keys, TOASTed values, bulk inserts, transactions it rolls back
 and savepoints it rolls back, both writing the marker ABORTED-MARKER, and
 poison rows (POISON-MARKER) that the receiver refuses with 400, which the
@@ -17,9 +18,11 @@ three connectors that see them (on_failure 'dead_letter') set aside.
 While the load runs, a seeded random sequence of faults: immediate stop and
 restart, fast restart, kill -9 of the capture, delivery and launcher
 workers, each fault point of the extension (once per arming), an endpoint
-outage, stop/start of a connector, a column added under load.  At the end:
-the load stops, delivery drains (bounded), then test/check_invariants.py
-checks every connector against the receiver's log, and SQL checks capture
+outage, brokers down (one, or all three), stop/start of a connector, a
+column added under load.  At the end: the load stops, delivery drains
+(bounded), then test/check_invariants.py checks every HTTP connector against
+the receiver's log and the Kafka connector against its topic, read back with
+kafkajs (test/kafka/consume.js), and SQL checks capture
 exactly once against the tables (every committed row version once, in
 order, in one shard; nothing rolled back).  Prints what was injected and
 what held; exit 0 if everything held, 1 if not, 2 if the run itself broke.
@@ -49,7 +52,10 @@ FAULT_POINTS = ["capture-before-commit", "capture-after-commit",
                 "delivery-before-offset-commit", "delivery-mid-send"]
 FAULT_KINDS = (["immediate-stop", "fast-restart", "kill9-capture", "kill9-delivery",
                 "kill9-launcher"] + ["fault:" + p for p in FAULT_POINTS]
-               + ["endpoint-outage", "connector-stop-start", "add-column"])
+               + ["endpoint-outage", "broker-outage", "connector-stop-start", "add-column"])
+BROKERS = 3
+TOPIC = "soak"
+KAFKA_CONNECTOR = "s7_kafka"
 DB = "soak"
 
 
@@ -87,6 +93,17 @@ def free_port(avoid=()):
     raise RuntimeError("no free port in 57000-57999")
 
 
+def stop_process(p):
+    """SIGTERM, then SIGKILL after 10 s."""
+    if p and p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
+
+
 class Soak:
     def __init__(self, args):
         self.args = args
@@ -98,6 +115,9 @@ class Soak:
         self.log = os.path.join(self.dir, "receiver.jsonl")
         self.receiver = None
         self.receiver_starts = 0
+        self.kafka = None           # the mock cluster
+        self.bootstrap = None
+        self.kafka_error = None
         self.stop_load = threading.Event()
         self.pgbench = None
         self.load_thread = None
@@ -167,14 +187,39 @@ class Soak:
             time.sleep(0.05)
 
     def stop_receiver(self):
-        if self.receiver and self.receiver.poll() is None:
-            self.receiver.terminate()
-            try:
-                self.receiver.wait(10)
-            except subprocess.TimeoutExpired:
-                self.receiver.kill()
-                self.receiver.wait(10)
+        stop_process(self.receiver)
         self.receiver = None
+
+    def start_kafka(self):
+        """Builds test/kafka/mock_cluster.c and starts it: BROKERS brokers and
+        the topic TOPIC with 8 partitions."""
+        binary = os.path.join(self.dir, "mock_cluster")
+        self.run(["cc", "-O2", "-Wall", "-Werror", "-o", binary,
+                  os.path.join(HERE, "kafka", "mock_cluster.c"), "-lrdkafka"])
+        bootstrap_file = os.path.join(self.dir, "kafka.bootstrap")
+        out = open(os.path.join(self.dir, "kafka.out"), "a")
+        self.kafka = subprocess.Popen(
+            [binary, "--brokers", str(BROKERS), "--topic", TOPIC, "--partitions", "8",
+             "--bootstrap-file", bootstrap_file],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=out, text=True)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(bootstrap_file):
+            if time.monotonic() > deadline or self.kafka.poll() is not None:
+                raise RuntimeError("the Kafka mock cluster did not start (see kafka.out)")
+            time.sleep(0.05)
+        with open(bootstrap_file) as f:
+            self.bootstrap = f.read().strip()
+
+    def kafka_command(self, command):
+        self.kafka.stdin.write(command + "\n")
+        self.kafka.stdin.flush()
+        answer = self.kafka.stdout.readline().strip()
+        if answer != "ok":
+            raise RuntimeError(f"the Kafka mock cluster refused {command!r}: {answer!r}")
+
+    def stop_kafka(self):
+        stop_process(self.kafka)
+        self.kafka = None
 
     # -- set-up ----------------------------------------------------------
 
@@ -212,6 +257,7 @@ log_min_messages = log
                                "(run as root: bash test/soak.sh, which builds it)")
         self.sql(f"CREATE DATABASE {DB}", db="postgres")
         self.start_receiver()
+        self.start_kafka()
         url = f"http://127.0.0.1:{self.rport}"
         self.sql(f"""
 CREATE EXTENSION event_bridge;
@@ -241,21 +287,28 @@ INSERT INTO docs SELECT g, 0, (SELECT string_agg(md5(g::text || i::text), '')
                      f"shard_count => {shards})")
         # Timeouts: 1 s (the receiver's slow replies, 1.5 s, time out) and
         # 3 s for s7_datahub (they arrive in time).  Poison rows go to
-        # accounts, which s1 does not capture.
+        # accounts, which s1 does not capture; the Kafka connector takes
+        # them like any other row.  Its timeout (librdkafka's
+        # message.timeout.ms) is shorter than the longer broker outages.
         self.connectors = [
-            ("s4_datahub", "s4", "format => 'datahub', batch_size => 20, timeout => '1 s', "
-                                 "retry_interval => '100 ms', on_failure => 'dead_letter'"),
-            ("s4_dis", "s4", "format => 'dis', batch_size => 50, batch_window => '20 ms', "
-                             "timeout => '1 s', retry_interval => '200 ms', "
-                             "on_failure => 'dead_letter'"),
-            ("s7_datahub", "s7", "format => 'datahub', batch_size => 100, timeout => '3 s', "
-                                 "retry_interval => '150 ms', on_failure => 'dead_letter'"),
-            ("s1_dis", "s1", "format => 'dis', batch_size => 10, timeout => '1 s', "
-                             "retry_interval => '100 ms'"),
+            ("s4_datahub", "s4", f"{url}/s4_datahub",
+             "format => 'datahub', batch_size => 20, timeout => '1 s', "
+             "retry_interval => '100 ms', on_failure => 'dead_letter'"),
+            ("s4_dis", "s4", f"{url}/s4_dis",
+             "format => 'dis', batch_size => 50, batch_window => '20 ms', "
+             "timeout => '1 s', retry_interval => '200 ms', on_failure => 'dead_letter'"),
+            ("s7_datahub", "s7", f"{url}/s7_datahub",
+             "format => 'datahub', batch_size => 100, timeout => '3 s', "
+             "retry_interval => '150 ms', on_failure => 'dead_letter'"),
+            ("s1_dis", "s1", f"{url}/s1_dis",
+             "format => 'dis', batch_size => 10, timeout => '1 s', retry_interval => '100 ms'"),
+            (KAFKA_CONNECTOR, "s7", f"kafka://{self.bootstrap}/{TOPIC}",
+             "target => 'kafka', format => 'json', batch_size => 100, timeout => '2 s', "
+             "retry_interval => '200 ms'"),
         ]
-        for name, stream, opts in self.connectors:
+        for name, stream, endpoint, opts in self.connectors:
             self.sql(f"SELECT event_bridge.create_connector('{name}', '{stream}', "
-                     f"'{url}/{name}', {opts})")
+                     f"'{endpoint}', {opts})")
         self.write_scripts()
 
     def write_scripts(self):
@@ -468,6 +521,16 @@ COMMIT;
             time.sleep(down)
             self.start_receiver()
             detail = f" ({down:.1f} s down)"
+        elif kind == "broker-outage":
+            brokers = self.rng.choice([[self.rng.randint(1, BROKERS)], list(range(1, BROKERS + 1))])
+            for b in brokers:
+                self.kafka_command(f"down {b}")
+            down = self.rng.uniform(1, 4)
+            time.sleep(down)
+            for b in brokers:
+                self.kafka_command(f"up {b}")
+            detail = f" (broker{'s' if len(brokers) > 1 else ''} {','.join(map(str, brokers))}," \
+                     f" {down:.1f} s down)"
         elif kind == "connector-stop-start":
             name = self.rng.choice(self.connectors)[0]
             self.sql(f"SELECT event_bridge.stop_connector('{name}')")
@@ -543,22 +606,55 @@ COMMIT;
         disruptions = os.path.join(self.dir, "disruptions.json")
         with open(disruptions, "w") as f:
             json.dump(self.disruptions, f)
-        cmd = [sys.executable, os.path.join(HERE, "check_invariants.py"), "--json",
-               "-h", "127.0.0.1", "-p", str(self.port), "-d", DB, "--log", self.log,
-               "--forbid-substring", MARKER, "--poison", POISON, "--slow-ms", str(SLOW_MS), "--require-quiescent",
-               "--disruptions", disruptions]
-        self.checker_cmd = " ".join(cmd[1:2] + cmd[3:])
-        r = self.run(cmd, timeout=900, check=False)
-        if r.returncode not in (0, 1):
-            self.problems.append(f"check_invariants.py failed: {r.stderr.strip()}")
+        http = [a for name, _, _, _ in self.connectors if name != KAFKA_CONNECTOR
+                for a in ("--connector", name)]
+        report = self.checker([
+            "--log", self.log, "--poison", POISON, "--slow-ms", str(SLOW_MS),
+            "--disruptions", disruptions] + http)
+        topic = self.read_topic()
+        kafka = topic and self.checker(["--log", topic, "--kafka", "--connector", KAFKA_CONNECTOR])
+        if report is None or kafka is None:
             return None
-        report = json.loads(r.stdout)
+        self.kafka_error = self.sql("SELECT coalesce(last_error, 'none') FROM"
+                                    " event_bridge.connector_status WHERE connector_name ="
+                                    f" '{KAFKA_CONNECTOR}'")
+        report["connectors"].update(kafka["connectors"])
+        report["violations"] += kafka["violations"]
+        report["ok"] = report["ok"] and kafka["ok"]
         sys.path.insert(0, HERE)
         import check_invariants
         check_invariants.print_text(report, sys.stdout)
         if not report["ok"]:
             self.failures.append(f"{len(report['violations'])} delivery invariant(s) violated")
         return report
+
+    def checker(self, args):
+        """test/check_invariants.py's JSON report, or None if it broke."""
+        cmd = [sys.executable, os.path.join(HERE, "check_invariants.py"), "--json",
+               "-h", "127.0.0.1", "-p", str(self.port), "-d", DB,
+               "--forbid-substring", MARKER, "--require-quiescent"] + args
+        self.checker_cmd += ("; python3 " if self.checker_cmd else "") + " ".join(cmd[1:2] + cmd[3:])
+        r = self.run(cmd, timeout=900, check=False)
+        if r.returncode not in (0, 1):
+            self.problems.append(f"check_invariants.py failed: {r.stderr.strip()}")
+            return None
+        return json.loads(r.stdout)
+
+    def read_topic(self):
+        """Reads the whole topic back with kafkajs (test/kafka/consume.js)
+        until no message came for 5 s; returns the file of its lines."""
+        path = os.path.join(self.dir, "topic.jsonl")
+        with open(path, "w") as out, open(os.path.join(self.dir, "kafka.out"), "a") as err:
+            try:
+                subprocess.run(["node", os.path.join(HERE, "kafka", "consume.js"),
+                                "--brokers", self.bootstrap, "--topic", TOPIC,
+                                "--count", "1000000000", "--timeout-ms", "300000",
+                                "--idle-ms", "5000"],
+                               stdout=out, stderr=err, stdin=subprocess.DEVNULL, timeout=330)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                self.problems.append(f"could not read the Kafka topic back: {e}")
+                return None
+        return path
 
     def check_capture(self):
         """Every committed row version captured once, in order, in one shard,
@@ -687,10 +783,14 @@ SELECT coalesce(string_agg(format('%s shard %s', s.stream_name, h.shard_id), ', 
             for name, c in report["connectors"].items():
                 s = c["stats"]
                 bad = [k for k, v in c["checks"].items() if v == "fail"]
+                if name == KAFKA_CONNECTOR:
+                    copies = (f"{s['messages']} messages in the topic, {s['distinct_messages']}"
+                              f" distinct (last error: {self.kafka_error})")
+                else:
+                    copies = (f"{s['duplicate_batches']} duplicate batches ({s['resent_after_lost_ack']}"
+                              f" after a lost ack, {s['acked_twice']} acked twice)")
                 print(f"  {'FAIL' if bad else 'ok  '} delivery {name} ({c['format']}, "
-                      f"{c['shards']} shards): {s['distinct_acked']} records, "
-                      f"{s['duplicate_batches']} duplicate batches "
-                      f"({s['resent_after_lost_ack']} after a lost ack, {s['acked_twice']} acked twice)"
+                      f"{c['shards']} shards): {s['distinct_acked']} records, {copies}"
                       + (f"; failed: {', '.join(bad)}" if bad else "; "
                          + ", ".join(k for k, v in c["checks"].items() if v.startswith("ok"))))
         for f in self.failures:
@@ -705,6 +805,7 @@ SELECT coalesce(string_agg(format('%s shard %s', s.stream_name, h.shard_id), ', 
         if self.pgbench and self.pgbench.poll() is None:
             self.pgbench.kill()
         self.stop_receiver()
+        self.stop_kafka()
         if os.path.exists(os.path.join(self.data, "postmaster.pid")):
             self.pg_ctl("-m", "fast", "-t", "60", "stop", check=False)
             if self.server_running():
@@ -743,7 +844,8 @@ def main():
     report = capture = None
     try:
         soak.setup()
-        say("cluster, receiver, 3 streams and 4 connectors ready; load and faults start")
+        say("cluster, receiver, Kafka mock cluster, 3 streams and 5 connectors ready;"
+            " load and faults start")
         deadline = time.monotonic() + args.minutes * 60
         soak.load_thread = threading.Thread(target=soak.load_loop, args=(deadline,), daemon=True)
         soak.load_thread.start()

@@ -1,6 +1,7 @@
 # A one-minute soak (test/soak.sh, which runs test/soak.py): a steady load
 # with rolled-back transactions, crashes, restarts, kill -9 of each worker,
-# the fault points and endpoint faults; afterwards every connector passes
+# the fault points, endpoint faults and Kafka broker outages; afterwards
+# every connector (the Kafka one against its topic) passes
 # test/check_invariants.py and capture is exactly once.  The long version:
 # bash test/soak.sh --minutes 5.  Needs a build with FAULT_INJECTION=1
 # (test/run_tests.sh).
