@@ -3,14 +3,16 @@
 # Installs what it needs, builds and installs event_bridge, starts a
 # throw-away PostgreSQL with the extension and a local function endpoint
 # (test/receiver.py), creates a stream and a connector, makes changes, and
-# shows the records, the events the function received and the status views.
-# Everything is removed at the end.
+# shows the records, the events the function received and the status views;
+# then dead letters, json events with a filter, a Kafka topic (librdkafka's
+# mock cluster, read with kcat) and what an admin may see.  Everything is
+# removed at the end.
 #
 #   bash test/demo.sh
 
 source "$(dirname "$0")/setup.sh"
 eb_need_root
-eb_install_packages
+eb_install_packages kcat
 eb_ensure_user
 eb_build_install
 
@@ -22,6 +24,7 @@ chown "$EB_USER" "$DIR"
 cleanup() {
     eb_stop_group "$DIR/receiver.pid"
     eb_stop_group "$DIR/strict.pid"
+    eb_stop_group "$DIR/kafka.pid"
     [ -f "$DIR/data/postmaster.pid" ] && eb_as_user pg_ctl -D "$DIR/data" -m fast stop >/dev/null 2>&1
     rm -rf "$DIR"
 }
@@ -124,6 +127,28 @@ for line in open(sys.argv[1]):
         print(e["body"])' "$DIR/strict.jsonl"
 run "SELECT connector_name, format, filter, delivered, filtered, pending FROM event_bridge.connector_status
  WHERE connector_name = 'orders_big'"
+
+echo
+echo "== a Kafka topic: one message per event, keyed by the row's key, with the eventId"
+echo "   in the headers (the brokers: librdkafka's mock cluster, test/kafka/mock_cluster.c)"
+cc -O2 -Wall -o "$DIR/mock_cluster" "$EB_ROOT/test/kafka/mock_cluster.c" -lrdkafka
+# It reads commands on standard input and stops at its end: keep one open.
+eb_spawn_as_user "$DIR/kafka.pid" bash -c "sleep 3600 | exec '$DIR/mock_cluster' --brokers 3 \
+    --topic orders --partitions 4 --bootstrap-file '$DIR/kafka.bootstrap'" > "$DIR/kafka.txt" 2>&1
+for _ in $(seq 100); do [ -s "$DIR/kafka.bootstrap" ] && break; sleep 0.1; done
+BROKERS=$(cat "$DIR/kafka.bootstrap")
+run "SELECT event_bridge.create_connector('orders_kafka', 'orders', 'kafka://$BROKERS/orders',
+       target => 'kafka', format => 'json', start_time => NULL,
+       filter => '{\"after\": {\"id\": [{\"op\": \"NumberLessThan\", \"value\": 12}]}}')"
+for _ in $(seq 300); do
+    [ "$($PSQL -At -c "SELECT pending = 0 FROM event_bridge.connector_status WHERE connector_name = 'orders_kafka'")" = t ] && break
+    sleep 0.1
+done
+echo
+echo "\$ kcat -C -b $BROKERS -t orders -e -q -f 'partition %p, key %k, headers %h\\n%s\\n'"
+kcat -C -b "$BROKERS" -t orders -e -q -f 'partition %p, key %k, headers %h\n%s\n'
+run "SELECT connector_name, target, endpoint, state, delivered, filtered, pending, last_event_id
+  FROM event_bridge.connector_status WHERE connector_name = 'orders_kafka'"
 
 echo
 echo "== an event_bridge admin who may not SELECT orders: sees the status, not the rows"
