@@ -56,6 +56,14 @@ ENDPOINT="http://127.0.0.1:$(cat "$DIR/receiver.port")/invoke"
 
 PSQL="psql -X -h $DIR -p $PORT -U postgres -d postgres -v ON_ERROR_STOP=1"
 run() { echo; echo "postgres=# $1"; $PSQL -c "$1"; }
+# Waits (up to 30 s) until a connector has nothing pending (and $2 holds).
+wait_delivered() {
+    for _ in $(seq 300); do
+        [ "$($PSQL -At -c "SELECT pending = 0 ${2:-} FROM event_bridge.connector_status
+                            WHERE connector_name = '$1'")" = t ] && return
+        sleep 0.1
+    done
+}
 
 run "CREATE EXTENSION event_bridge"
 run "CREATE TABLE orders (id int PRIMARY KEY, customer text, amount numeric(10,2));
@@ -68,10 +76,7 @@ run "UPDATE orders SET amount = 12.00 WHERE id = 1"
 run "DELETE FROM orders WHERE id = 2"
 
 # Wait until the connector has delivered everything.
-for _ in $(seq 300); do
-    [ "$($PSQL -At -c "SELECT pending = 0 AND delivered = 6 FROM event_bridge.connector_status")" = t ] && break
-    sleep 0.1
-done
+wait_delivered orders_fc "AND delivered = 6"
 
 run "SELECT event_id, operation, data FROM event_bridge.get_records('orders', 0, 0)
 UNION ALL
@@ -100,10 +105,7 @@ for _ in $(seq 100); do [ -s "$DIR/strict.port" ] && break; sleep 0.1; done
 run "SELECT event_bridge.create_connector('orders_strict', 'orders',
        'http://127.0.0.1:$(cat "$DIR/strict.port")/strict', on_failure => 'dead_letter')"
 run "INSERT INTO orders SELECT g, CASE WHEN g = 15 THEN 'mallory' ELSE 'dave' END, g FROM generate_series(10, 29) g"
-for _ in $(seq 300); do
-    [ "$($PSQL -At -c "SELECT pending = 0 FROM event_bridge.connector_status WHERE connector_name = 'orders_strict'")" = t ] && break
-    sleep 0.1
-done
+wait_delivered orders_strict
 run "SELECT connector_name, state, delivered, pending, dead_letters FROM event_bridge.connector_status"
 run "SELECT event_id, operation, data, attempts, http_status, error FROM event_bridge.dead_letters"
 
@@ -113,10 +115,7 @@ echo "   only orders over 25 are sent, the others are counted as filtered"
 run "SELECT event_bridge.create_connector('orders_big', 'orders',
        'http://127.0.0.1:$(cat "$DIR/strict.port")/big', start_time => NULL, format => 'json',
        filter => '{\"after\": {\"amount\": [{\"op\": \"NumberGreaterThan\", \"value\": 25}]}}')"
-for _ in $(seq 300); do
-    [ "$($PSQL -At -c "SELECT pending = 0 FROM event_bridge.connector_status WHERE connector_name = 'orders_big'")" = t ] && break
-    sleep 0.1
-done
+wait_delivered orders_big
 echo
 echo "== the function received these requests (one per shard):"
 python3 -c '
@@ -140,10 +139,7 @@ BROKERS=$(cat "$DIR/kafka.bootstrap")
 run "SELECT event_bridge.create_connector('orders_kafka', 'orders', 'kafka://$BROKERS/orders',
        target => 'kafka', format => 'json', start_time => NULL,
        filter => '{\"after\": {\"id\": [{\"op\": \"NumberLessThan\", \"value\": 12}]}}')"
-for _ in $(seq 300); do
-    [ "$($PSQL -At -c "SELECT pending = 0 FROM event_bridge.connector_status WHERE connector_name = 'orders_kafka'")" = t ] && break
-    sleep 0.1
-done
+wait_delivered orders_kafka
 echo
 echo "\$ kcat -C -b $BROKERS -t orders -e -q -f 'partition %p, key %k, headers %h\\n%s\\n'"
 kcat -C -b "$BROKERS" -t orders -e -q -f 'partition %p, key %k, headers %h\n%s\n'
