@@ -124,7 +124,18 @@ SELECT event_bridge.create_connector('bad', 'ev', 'http://127.0.0.1:9/',
 SELECT event_bridge.create_connector('bad', 'ev', 'http://127.0.0.1:9/', format => 'avro');
 SELECT count(*) AS connectors FROM event_bridge.connectors;
 
+-- Called many times in one statement on a big range, _event_body makes the
+-- same body each time (its result once lived in memory SPI had freed: a
+-- crash, or garbage).
+CREATE TABLE many (id int PRIMARY KEY, label text);
+SELECT event_bridge.create_stream('many', ARRAY['many']::regclass[], 1, before_images => false);
+INSERT INTO many SELECT g, md5(g::text) FROM generate_series(1, 1500) g;
+SELECT event_bridge.wait_for_capture();
+SELECT count(*) AS calls, count(DISTINCT md5(b.body)) AS distinct_bodies, min(b.events) AS events
+  FROM generate_series(1, 20) g,
+       LATERAL event_bridge._event_body('many', 0, 0 * g, 1499, 'json') b;
+
 DROP EXTENSION event_bridge;
 DROP FUNCTION masked(text);
 DROP FUNCTION pretty(text);
-DROP TABLE orders, tags, plain;
+DROP TABLE orders, tags, plain, many;

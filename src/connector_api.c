@@ -303,11 +303,11 @@ event_bridge_event_body(PG_FUNCTION_ARGS)
 
 	caller = CurrentMemoryContext;
 	SPI_connect();
-	/* What is made here outlives SPI_finish. */
-	MemoryContextSwitchTo(caller);
 	for (int i = 0; i < 4; i++)
 		args[i] = PG_GETARG_DATUM(i);
 	n = eb_run(&range_statement, args, NULL);
+	/* What is made from here on outlives SPI_finish (eb_run leaves SPI's memory current). */
+	MemoryContextSwitchTo(caller);
 	records = palloc(sizeof(FormatRecord) * Max(n, 1));
 	for (uint64 i = 0; i < n; i++)
 	{

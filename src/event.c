@@ -233,9 +233,13 @@ find_shape(int64 version)
 	shape = hash_search(shapes, &version, HASH_ENTER, &found);
 	if (!found)
 	{
+		MemoryContext caller = CurrentMemoryContext;
+
 		PG_TRY();
 		{
 			load_shape(shape);
+			/* SPI leaves its own memory current: the caller's again. */
+			MemoryContextSwitchTo(caller);
 		}
 		PG_CATCH();
 		{
@@ -616,15 +620,33 @@ read_unit(const EventBatch *b, int i, Unit *u)
 	}
 }
 
-/* The event of a unit as jsonb, for a filter or a transform. */
+/*
+ * The event of a unit as jsonb, for a filter or a transform; its json text
+ * is left in text (initialized), for a json body to reuse.
+ */
 static Jsonb *
-unit_jsonb(const EventBatch *b, const Unit *u)
+unit_jsonb(const EventBatch *b, const Unit *u, StringInfo text)
 {
-	StringInfoData text;
+	append_json_event(text, b, u);
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text->data)));
+}
 
-	initStringInfo(&text);
-	append_json_event(&text, b, u);
-	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text.data)));
+/*
+ * Appends a unit's event as the body shows it: transformed, a CloudEvent,
+ * or the json event (json_text when the filter already made it).
+ */
+static void
+append_event(StringInfo out, const EventBatch *b, const Unit *u, Jsonb *event,
+			 StringInfo json_text)
+{
+	if (b->transform != NULL)
+		rules_transform_append(out, b->transform, event);
+	else if (b->batch.format == EB_FORMAT_CLOUDEVENTS)
+		append_cloudevent(out, b, u);
+	else if (json_text->len > 0)
+		appendBinaryStringInfo(out, json_text->data, json_text->len);
+	else
+		append_json_event(out, b, u);
 }
 
 /* The Content-Type of a body. */
@@ -742,7 +764,7 @@ add_slice(StringInfo out, const EventBatch *b, EventBody *result, const Unit *u,
  */
 static void
 append_messages(StringInfo out, const EventBatch *b, EventBody *result, const Unit *u,
-				Jsonb *event, bool records)
+				Jsonb *event, StringInfo json_text, bool records)
 {
 	if (records)
 	{
@@ -758,12 +780,7 @@ append_messages(StringInfo out, const EventBatch *b, EventBody *result, const Un
 	{
 		int			start = out->len;
 
-		if (b->transform != NULL)
-			rules_transform_append(out, b->transform, event);
-		else if (b->batch.format == EB_FORMAT_CLOUDEVENTS)
-			append_cloudevent(out, b, u);
-		else
-			append_json_event(out, b, u);
+		append_event(out, b, u, event, json_text);
 		add_slice(out, b, result, u, u->first, event, start);
 	}
 }
@@ -821,12 +838,14 @@ event_body(StringInfo out, const EventBatch *b, EventBody *result)
 	{
 		Unit		u;
 		Jsonb	   *event = NULL;
+		StringInfoData json_text;
 		int			mark = out->len;
 
 		old = MemoryContextSwitchTo(scratch_context);
+		initStringInfo(&json_text);
 		read_unit(b, i, &u);
 		if (need_jsonb)
-			event = unit_jsonb(b, &u);
+			event = unit_jsonb(b, &u, &json_text);
 		if (b->filter != NULL && !rules_filter_matches(b->filter, event))
 		{
 			for (int k = 0; k < u.nrecords; k++)
@@ -851,7 +870,7 @@ event_body(StringInfo out, const EventBatch *b, EventBody *result)
 		{
 			int			nslices = result->nslices;
 
-			append_messages(out, b, result, &u, event, records);
+			append_messages(out, b, result, &u, event, &json_text, records);
 			if ((size_t) (out->len - start) > b->max_bytes && result->nevents > 0)
 			{
 				out->len = mark;
@@ -866,12 +885,7 @@ event_body(StringInfo out, const EventBatch *b, EventBody *result)
 		{
 			if (result->nevents > 0)
 				appendStringInfoChar(out, ',');
-			if (b->transform != NULL)
-				rules_transform_append(out, b->transform, event);
-			else if (b->batch.format == EB_FORMAT_CLOUDEVENTS)
-				append_cloudevent(out, b, &u);
-			else
-				append_json_event(out, b, &u);
+			append_event(out, b, &u, event, &json_text);
 			if ((size_t) (out->len - start) + strlen(close) > b->max_bytes)
 			{
 				out->len = mark;
