@@ -86,14 +86,19 @@ static DeliveryWorker worker;
  * Connectors in memory
  * ------------------------------------------------------------------- */
 
-/* Forgets the batch in hand of a shard, stopping its request if in flight. */
+/*
+ * Forgets the batch in hand of a shard, stopping its request if in flight.
+ * Both kinds are stopped: a batch in flight finishes under the settings it
+ * was sent with, and the connector's target may have changed since.
+ */
 void
 delivery_drop_batch(Shard *sh)
 {
-	if (sh->in_flight && sh->connector->target.kind == TARGET_KAFKA)
+	if (sh->in_flight)
+	{
 		kafka_cancel(sh);
-	else if (sh->in_flight)
 		http_request_cancel(sh->request);
+	}
 	sh->in_flight = false;
 	sh->slices = NULL;
 	sh->nslices = 0;
@@ -474,8 +479,12 @@ delivery_turn(TimestampTz *last_sync)
 	{
 		Connector  *c = (Connector *) lfirst(lc);
 
-		/* A stopped connector keeps no connection to its brokers, once its batches are done. */
-		if (c->producer != NULL && (c->stopped || c->unusable) && !connector_in_flight(c))
+		/*
+		 * A stopped connector, or one no longer sending to Kafka, keeps no
+		 * connection to its brokers, once its batches are done.
+		 */
+		if (c->producer != NULL && (c->stopped || c->unusable || c->target.kind != TARGET_KAFKA) &&
+			!connector_in_flight(c))
 		{
 			kafka_producer_destroy(c->producer, 0);
 			c->producer = NULL;

@@ -119,6 +119,54 @@ my $dups = scalar(@$messages) - scalar(keys %seen);
 note("$dups duplicate messages (batches produced again after the crash or the outage)");
 cmp_ok($dups, '<=', scalar(@$messages) / 2, 'duplicates are the batches produced again, not everything');
 
+# A connector moved from Kafka to HTTP while a batch is in flight to slow
+# brokers, then reset: the Kafka batch is stopped, and its late delivery
+# report (here a refusal, an endpoint failure) is not taken for the HTTP
+# batch then in hand, which it once was: the shard was suspended with
+# Kafka's error, or a success moved the offset past records not sent.
+my $slow_fn = start_receiver(args => [ '--delay-ms', 3000 ]);
+my $since = $node->safe_psql('postgres', 'SELECT now()');
+$node->safe_psql('postgres', qq{
+	SELECT event_bridge.create_connector('sw', 'orders', 'kafka://$boot/orders', target => 'kafka',
+	    batch_size => 50, timeout => '30 s', retry_interval => '200 ms', start_time => now());});
+# Its producer connected and found the topic; then the brokers slow down
+# and refuse the next batches.
+$node->safe_psql('postgres', "INSERT INTO orders VALUES (9000, 'first')");
+ok(wait_delivered($node, 'postgres', 'sw'), 'the connector delivers to Kafka');
+kafka_command($k, "rtt $_ 2500") for 1 .. 3;
+kafka_command($k, 'errors 0 8 29');    # TOPIC_AUTHORIZATION_FAILED
+$node->safe_psql('postgres',
+	"INSERT INTO orders SELECT g, 'switch' || g FROM generate_series(9001, 9040) g");
+usleep(500_000);    # batches are in flight for 2.5 s
+$node->safe_psql('postgres', qq{
+	SELECT event_bridge.alter_connector('sw', target => 'http',
+	    endpoint => 'http://127.0.0.1:$slow_fn->{port}/sw')});
+usleep(500_000);    # the worker reloads the connector
+$node->safe_psql('postgres', "SELECT event_bridge.reset_connector('sw', '$since')");
+sleep 4;            # the Kafka reports come while the HTTP batches are in flight
+ok(wait_delivered($node, 'postgres', 'sw'), 'after the switch and the reset, everything is delivered');
+is($node->safe_psql('postgres', q{
+	SELECT string_agg(DISTINCT state || ' ' || coalesce(last_error, ''), '; ')
+	  FROM event_bridge.shard_status WHERE connector_name = 'sw'}),
+	'RUNNING ', 'no shard took the Kafka batch\'s failure for its HTTP batch');
+kafka_command($k, "rtt $_ 0") for 1 .. 3;
+kafka_command($k, 'errors 0 0 0');
+my %got;
+for my $e (@{ receiver_log($slow_fn) })
+{
+	next unless ($e->{status} // 0) == 200;
+	$got{$_} = 1 for @{ $e->{event_ids} };
+}
+my @want = split /\n/, $node->safe_psql('postgres', q{
+	SELECT shard_id || ':' || sequence FROM event_bridge.records r
+	  JOIN event_bridge.streams s USING (stream_id)
+	 WHERE s.stream_name = 'orders' AND r.data LIKE '%switch%' ORDER BY 1});
+is(scalar(@want), 40, 'the 40 rows are 40 records');
+is(join(',', grep { !$got{$_} } @want), '', 'the HTTP endpoint got every one of them');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_stat_activity
+	WHERE backend_type = 'event_bridge delivery'}), '1', 'the delivery worker runs');
+unlike(slurp_file($node->logfile), qr/terminated by signal/, 'no process of the server crashed');
+
 ${ $k->{in} } .= "quit\n";
 $k->{handle}->finish;
 done_testing();
