@@ -110,8 +110,8 @@ SELECT event_bridge.create_credential('x', 'aws',
 SELECT event_bridge.create_credential('x', 'gcp', '{}');
 -- a kafka credential without security_protocol
 SELECT event_bridge.create_credential('x', 'kafka', '{"username": "u", "password": "hunter2"}');
--- an unknown Kafka security_protocol
-SELECT event_bridge.create_credential('x', 'kafka', '{"security_protocol": "kerberos"}');
+-- an unknown Kafka security_protocol, not quoted (a password under the wrong key)
+SELECT event_bridge.create_credential('x', 'kafka', '{"security_protocol": "hunter2"}');
 -- SASL without a mechanism
 SELECT event_bridge.create_credential('x', 'kafka',
     '{"security_protocol": "sasl_ssl", "username": "u", "password": "hunter2"}');

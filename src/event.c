@@ -40,6 +40,7 @@
 #include "utils/hsearch.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
+#include "mb/pg_wchar.h"
 #include "utils/memutils.h"
 
 #include "catalog.h"
@@ -375,6 +376,71 @@ append_unescaped(StringInfo out, const Field *f)
 	}
 }
 
+/* The value of the 4 hex digits at s, or -1. */
+static int
+hex4(const char *s, const char *end)
+{
+	int			v = 0;
+
+	if (end - s < 4)
+		return -1;
+	for (int i = 0; i < 4; i++)
+	{
+		int			c = (unsigned char) s[i];
+
+		v <<= 4;
+		if (c >= '0' && c <= '9')
+			v |= c - '0';
+		else if (c >= 'a' && c <= 'f')
+			v |= c - 'a' + 10;
+		else if (c >= 'A' && c <= 'F')
+			v |= c - 'A' + 10;
+		else
+			return -1;
+	}
+	return v;
+}
+
+/*
+ * Can jsonb hold this JSON text?  A json column takes \u escapes that jsonb
+ * refuses: \u0000, a surrogate not in a pair, and (in a database not in
+ * UTF8) any non-ASCII one.  An event must parse as jsonb for filters and
+ * transforms, so such a value is sent as its text instead.
+ */
+static bool
+jsonb_can_hold(const char *s, const char *end)
+{
+	bool		utf8 = GetDatabaseEncoding() == PG_UTF8;
+
+	while ((s = memchr(s, '\\', end - s)) != NULL)
+	{
+		int			code;
+
+		if (end - s < 2)
+			return false;
+		if (s[1] != 'u')
+		{
+			s += 2;
+			continue;
+		}
+		code = hex4(s + 2, end);
+		s += 6;
+		if (code == 0 || (code > 0x7f && !utf8) || (code >= 0xdc00 && code <= 0xdfff))
+			return false;
+		if (code >= 0xd800 && code <= 0xdbff)
+		{
+			int			low = (end - s >= 6 && s[0] == '\\' && s[1] == 'u') ? hex4(s + 2, end) : -1;
+
+			if (low < 0xdc00 || low > 0xdfff)
+				return false;
+			s += 6;
+		}
+		else if (code < 0)
+			return false;
+	}
+	return true;
+}
+
 /* Is the text inside a string token a JSON number? */
 static bool
 is_json_number(const Field *f)
@@ -416,8 +482,16 @@ append_value(StringInfo out, ValueKind kind, const Field *f)
 			}
 			break;
 		case VALUE_JSON:
-			append_unescaped(out, f);
-			return;
+			{
+				int			start = out->len;
+
+				append_unescaped(out, f);
+				if (jsonb_can_hold(out->data + start, out->data + out->len))
+					return;
+				out->len = start;	/* as text, below */
+				out->data[start] = '\0';
+			}
+			break;
 		case VALUE_STRING:
 			break;
 	}
@@ -640,7 +714,7 @@ append_event(StringInfo out, const EventBatch *b, const Unit *u, Jsonb *event,
 			 StringInfo json_text)
 {
 	if (b->transform != NULL)
-		rules_transform_append(out, b->transform, event);
+		rules_transform_append(out, b->transform, event, b->max_bytes);
 	else if (b->batch.format == EB_FORMAT_CLOUDEVENTS)
 		append_cloudevent(out, b, u);
 	else if (json_text->len > 0)
@@ -735,7 +809,9 @@ message_key(const EventBatch *b, const FormatRecord *r, Jsonb *event)
 	if (b->key_transform == NULL)
 		return r->partition_key ? pstrdup(r->partition_key) : NULL;
 	initStringInfo(&buf);
-	rules_transform_append(&buf, b->key_transform, event);
+	rules_transform_append(&buf, b->key_transform, event, EB_KAFKA_MESSAGE_MAX);
+	if (buf.len > EB_KAFKA_MESSAGE_MAX)
+		return buf.data;		/* too big: librdkafka refuses the message */
 	j = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 	if (JB_ROOT_IS_SCALAR(j) && JsonbExtractScalar(&j->root, &v) && v.type == jbvString)
 		return pnstrdup(v.val.string.val, v.val.string.len);

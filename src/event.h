@@ -22,6 +22,13 @@
 #include "rules.h"
 
 /*
+ * The largest Kafka message: librdkafka's message.max.bytes, left at its
+ * default.  A key_transform stops rendering past it, and librdkafka then
+ * refuses the message as too large (a record failure).
+ */
+#define EB_KAFKA_MESSAGE_MAX	1000000
+
+/*
  * A batch of records to turn into events (batch: consecutive records of one
  * shard, each with its table version), and the connector's rules.
  */

@@ -63,7 +63,6 @@ struct KafkaProducer
 	char	   *topic;
 	char	   *settings;		/* every setting it was made with, for kafka_producer_usable */
 	bool		refused;		/* a batch failed for the endpoint: make it anew to try again */
-	bool		topic_checked;	/* the topic was found in the cluster's metadata */
 	KafkaProducer *next;
 };
 
@@ -164,6 +163,15 @@ delivery_report(rd_kafka_t *rk, const rd_kafka_message_t *message, void *opaque)
 
 	if (b == NULL || destroying)
 		return;
+	if (message->err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC ||
+		message->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+	{
+		char		why[EB_HTTP_ERROR_SIZE];
+
+		snprintf(why, sizeof(why), "topic \"%s\" does not exist", rd_kafka_topic_name(message->rkt));
+		fail_messages(b, 1, message->err, why);
+		return;
+	}
 	if (message->err != RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
 		fail_messages(b, 1, message->err, rd_kafka_err2str(message->err));
@@ -218,18 +226,28 @@ kafka_producer_create(const KafkaConfig *config, char *error, size_t errlen)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	char		timeout[32];
+	char		propagation[32];
 	KafkaProducer *p;
 	rd_kafka_t *rk;
 	sigset_t	all;
 	sigset_t	old;
 
 	snprintf(timeout, sizeof(timeout), INT64_FORMAT, Max(config->timeout_ms, 1));
+	/*
+	 * A topic the cluster does not know fails its messages with
+	 * _UNKNOWN_TOPIC (an endpoint failure) after this long, before the
+	 * message timeout (a transient one); the worker never waits for
+	 * metadata itself.
+	 */
+	snprintf(propagation, sizeof(propagation), INT64_FORMAT,
+			 Max(Min(config->timeout_ms / 2, 5000), 1));
 	if (!set(conf, "bootstrap.servers", config->brokers, error, errlen) ||
 		!set(conf, "client.id", "event_bridge", error, errlen) ||
 		!set(conf, "enable.idempotence", "true", error, errlen) ||
 		!set(conf, "acks", "all", error, errlen) ||
 		!set(conf, "message.timeout.ms", timeout, error, errlen) ||
 		!set(conf, "allow.auto.create.topics", "false", error, errlen) ||
+		!set(conf, "topic.metadata.propagation.max.ms", propagation, error, errlen) ||
 		/* A batch is produced at once: no need to wait for more, nor for ACKs. */
 		!set(conf, "linger.ms", "1", error, errlen) ||
 		!set(conf, "socket.nagle.disable", "true", error, errlen) ||
@@ -287,7 +305,6 @@ kafka_producer_create(const KafkaConfig *config, char *error, size_t errlen)
 		return NULL;
 	}
 	p->rk = rk;
-	p->topic_checked = false;
 	p->next = producers;
 	producers = p;
 	return p;
@@ -354,32 +371,6 @@ kafka_producer_usable(KafkaProducer *p, const KafkaConfig *config)
 }
 
 /*
- * Is the topic in the cluster?  Asked once per producer, before its first
- * batch: a producer would only time out on a topic that does not exist.
- * Waits up to 5 seconds; false with the error set if it is not known.
- */
-static bool
-check_topic(KafkaProducer *p, rd_kafka_resp_err_t *err, char *why, size_t whylen)
-{
-	rd_kafka_topic_t *rkt = rd_kafka_topic_new(p->rk, p->topic, NULL);
-	const rd_kafka_metadata_t *md = NULL;
-
-	*err = rd_kafka_metadata(p->rk, 0, rkt, &md, 5000);
-	if (*err == RD_KAFKA_RESP_ERR_NO_ERROR && md->topic_cnt == 1)
-		*err = md->topics[0].err;
-	if (*err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
-		snprintf(why, whylen, "topic \"%s\" does not exist", p->topic);
-	else if (*err != RD_KAFKA_RESP_ERR_NO_ERROR)
-		snprintf(why, whylen, "could not read the metadata of topic \"%s\": %s", p->topic,
-				 rd_kafka_err2str(*err));
-	if (md != NULL)
-		rd_kafka_metadata_destroy(md);
-	rd_kafka_topic_destroy(rkt);
-	p->topic_checked = (*err == RD_KAFKA_RESP_ERR_NO_ERROR);
-	return p->topic_checked;
-}
-
-/*
  * Produces a batch of messages for owner; its outcome comes from
  * kafka_next_finished once every message has its delivery report (or at
  * once if producing failed).
@@ -389,7 +380,6 @@ kafka_send(KafkaProducer *p, void *owner, const KafkaMessage *messages, int n)
 {
 	KafkaBatch *b = calloc(1, sizeof(KafkaBatch));
 	rd_kafka_resp_err_t err;
-	char		why[EB_HTTP_ERROR_SIZE];
 
 	if (b == NULL)
 		elog(ERROR, "out of memory");
@@ -400,11 +390,6 @@ kafka_send(KafkaProducer *p, void *owner, const KafkaMessage *messages, int n)
 	b->next = in_flight;
 	in_flight = b;
 
-	if (!p->topic_checked && !check_topic(p, &err, why, sizeof(why)))
-	{
-		fail_messages(b, n, err, why);
-		return;
-	}
 	for (int i = 0; i < n; i++)
 	{
 		const KafkaMessage *m = &messages[i];

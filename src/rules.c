@@ -62,6 +62,7 @@
 #include "utils/json.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/memutils.h"
 #include "utils/numeric.h"
 
 #include "rules.h"
@@ -786,15 +787,21 @@ append_variable(StringInfo out, const JsonbValue *x, bool constant, bool in_stri
 
 /*
  * Renders a VARIABLE template for an event (NULL: every value missing, to
- * check the template).  A ${name} that names no variable is refused.
+ * check the template).  A ${name} that names no variable is refused.  Stops
+ * once more than limit bytes were appended (a template may name the whole
+ * event many times): the caller finds the result too big.
  */
 static void
-render_template(StringInfo out, const char *template, Jsonb *vars, JsonbContainer *event)
+render_template(StringInfo out, const char *template, Jsonb *vars, JsonbContainer *event,
+				size_t limit)
 {
 	bool		in_string = false;
+	int			start = out->len;
 
 	for (const char *p = template; *p; p++)
 	{
+		if ((size_t) (out->len - start) > limit)
+			return;
 		if (p[0] == '$' && p[1] == '{')
 		{
 			const char *end = strchr(p + 2, '}');
@@ -860,7 +867,7 @@ check_transform(Jsonb *transform)
 		refuse_transform("template", psprintf("a VARIABLE transform needs \"template\", a string of at most %d characters",
 											  EB_TRANSFORM_MAX_TEMPLATE), NULL);
 	initStringInfo(&out);
-	render_template(&out, template, check_variables(value), NULL);
+	render_template(&out, template, check_variables(value), NULL, MaxAllocSize);
 	if (!is_json(out.data))
 		refuse_transform("template", "not JSON once its variables are put in",
 						 "A function gets a JSON array of the transformed events, so a template is JSON, like {\"id\": ${id}, \"who\": \"${name}\"}.");
@@ -885,7 +892,7 @@ transform_event(StringInfo out, Jsonb *transform, Jsonb *event)
 	}
 	else
 		render_template(out, member_string(&transform->root, "template"),
-						check_variables(value), &event->root);
+						check_variables(value), &event->root, MaxAllocSize);
 }
 
 /* A transform parsed once, for the delivery path. */
@@ -945,14 +952,17 @@ rules_transform_reads_event(const RuleTransform *t)
 	return t == NULL || !t->constant;
 }
 
-/* Appends what a prepared transform (not ORIGINAL) makes of an event. */
+/*
+ * Appends what a prepared transform (not ORIGINAL) makes of an event; a
+ * VARIABLE one stops soon after limit bytes (see render_template).
+ */
 void
-rules_transform_append(StringInfo out, const RuleTransform *t, Jsonb *event)
+rules_transform_append(StringInfo out, const RuleTransform *t, Jsonb *event, size_t limit)
 {
 	if (t->constant)
 		appendStringInfoString(out, t->body);
 	else
-		render_template(out, t->template, t->vars, &event->root);
+		render_template(out, t->template, t->vars, &event->root, limit);
 }
 
 /* SQL: refuses a transform that is not one, saying where. */

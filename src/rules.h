@@ -24,6 +24,7 @@ extern void rules_check_filter(Jsonb *filter);
 extern bool rules_filter_matches(Jsonb *filter, Jsonb *event);
 extern RuleTransform *rules_prepare_transform(Jsonb *transform);
 extern bool rules_transform_reads_event(const RuleTransform *t);
-extern void rules_transform_append(StringInfo out, const RuleTransform *t, Jsonb *event);
+extern void rules_transform_append(StringInfo out, const RuleTransform *t, Jsonb *event,
+								   size_t limit);
 
 #endif							/* EVENT_BRIDGE_RULES_H */

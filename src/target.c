@@ -141,6 +141,7 @@ parse_kafka_endpoint(const char *url, Target *t)
 	char	   *list;
 	char	   *item;
 	char	   *save;
+	int			nbrokers = 0;
 
 	if (strncmp(url, "kafka://", 8) != 0)
 		return usage;
@@ -161,7 +162,12 @@ parse_kafka_endpoint(const char *url, Target *t)
 		char	   *end;
 		long		port;
 
-		if (colon == NULL || colon == item || !only_chars(item, colon - item, ".-"))
+		/* librdkafka starts a thread per broker it is given. */
+		if (++nbrokers > EB_KAFKA_MAX_BROKERS)
+			return psprintf("A Kafka endpoint names at most %d brokers (the cluster tells the producer of the others).",
+							EB_KAFKA_MAX_BROKERS);
+		if (colon == NULL || colon == item || colon - item > 253 ||
+			!only_chars(item, colon - item, ".-"))
 			return usage;
 		port = strtol(colon + 1, &end, 10);
 		if (*end != '\0' || colon[1] == '\0' || port < 1 || port > 65535)

@@ -48,6 +48,8 @@ typedef struct Credential
 
 /* Bytes of the longest Standard Webhooks key (the secret's decoded base64). */
 #define EB_WEBHOOK_KEY_MAX	64
+/* The brokers a Kafka endpoint may name: librdkafka starts a thread for each. */
+#define EB_KAFKA_MAX_BROKERS	32
 
 /* A connector's target, ready to sign requests.  Strings are palloc'd. */
 typedef struct Target

@@ -149,7 +149,8 @@ BEGIN
                 'sasl_mechanism', upper(j ->> 'sasl_mechanism'),
                 'ca_pem', j ->> 'ca_pem'));
             IF options ->> 'security_protocol' NOT IN ('plaintext', 'ssl', 'sasl_plaintext', 'sasl_ssl') THEN
-                RAISE EXCEPTION 'unknown Kafka security_protocol "%"', j ->> 'security_protocol'
+                -- The value is not quoted: it may be a secret put under the wrong key.
+                RAISE EXCEPTION 'unknown Kafka "security_protocol"'
                     USING ERRCODE = 'invalid_parameter_value',
                           HINT = 'It is plaintext, ssl, sasl_plaintext or sasl_ssl.';
             END IF;

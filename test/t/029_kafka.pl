@@ -176,6 +176,31 @@ ok($node->poll_query_until('postgres', q{
 $node->safe_psql('postgres', q{SELECT event_bridge.resume_connector('k_classes')});
 ok(wait_delivered($node, 'postgres', 'k_classes'), 'resumed, it delivers');
 
+# A key_transform that names the whole event 400 times, on a 3 MB row:
+# rendering stops past librdkafka's largest message instead of growing
+# past 1 GB (which once stopped the connector with an ERROR), and the
+# message is refused as too large: a dead letter.
+my $big_key = encode_json({ type => 'VARIABLE', value => '{"e": "$"}',
+							template => '"' . ('${e}' x 400) . '"' });
+$node->safe_psql('postgres', qq{
+	SELECT event_bridge.stop_connector('k_classes');
+	SELECT event_bridge.create_connector('k_bigkey', 'orders', 'kafka://$boot/orders',
+	    target => 'kafka', format => 'json', on_failure => 'dead_letter', batch_size => 1,
+	    key_transform => '$big_key');});
+$node->safe_psql('postgres', q{
+	INSERT INTO orders VALUES (100003, repeat('x', 3000000), 1);
+	INSERT INTO orders VALUES (100004, 'small', 1);});
+ok($node->poll_query_until('postgres', q{
+	SELECT count(*) = 1 FROM event_bridge.dead_letters WHERE connector_name = 'k_bigkey'
+	   AND error LIKE 'Kafka: %' AND data::text LIKE '%100003%'}),
+	'a message whose key would be gigabytes becomes a dead letter') or diag($node->safe_psql('postgres',
+	q{SELECT state, last_error FROM event_bridge.connector_status WHERE connector_name = 'k_bigkey'}));
+is($node->safe_psql('postgres', q{
+	SELECT state || ' ' || dead_letters FROM event_bridge.connector_status WHERE connector_name = 'k_bigkey'}),
+	'RUNNING 1', 'the connector runs on, with that one dead letter');
+ok(wait_delivered($node, 'postgres', 'k_bigkey'), 'and delivers the next row');
+$node->safe_psql('postgres', q{SELECT event_bridge.drop_connector('k_bigkey')});
+
 # Bad Kafka endpoints are refused at creation.
 for my $case (
 	[ 'no topic', "kafka://$boot" ],
@@ -184,12 +209,13 @@ for my $case (
 	[ 'no port', 'kafka://127.0.0.1/t' ],
 	[ 'a bad port', 'kafka://127.0.0.1:99999/t' ],
 	[ 'an empty broker', 'kafka://127.0.0.1:9092,,127.0.0.1:9093/t' ],
+	[ '33 brokers', 'kafka://' . join(',', map { "127.0.0.1:$_" } 9001 .. 9033) . '/t' ],
 	[ 'not kafka://', "http://$boot/orders" ])
 {
 	my ($what, $endpoint) = @$case;
 	my ($rc, $out, $err) = $node->psql('postgres', qq{
 		SELECT event_bridge.create_connector('bad', 'orders', '$endpoint', target => 'kafka')});
-	like($err, qr/ERROR:  invalid kafka target\nDETAIL:  .*(Kafka endpoint|port|topic)/, "$what: refused");
+	like($err, qr/ERROR:  invalid kafka target\nDETAIL:  .*(Kafka endpoint|port|topic|brokers)/, "$what: refused");
 }
 my ($rc, $out, $err) = $node->psql('postgres', qq{
 	SELECT event_bridge.create_connector('bad', 'orders', 'http://127.0.0.1:9/',
