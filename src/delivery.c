@@ -205,10 +205,13 @@ send_kafka_batch(Shard *sh)
 		config.password = (cr->secret && cr->secret[0]) ? cr->secret : NULL;
 		config.ca_pem = cr->ca_pem;
 	}
-	/* Changed by alter_connector, or broken: its batches in flight fail and are sent again. */
+	/*
+	 * Changed by alter_connector, or broken: a new producer takes the new
+	 * batches; the old one finishes those in flight, then is closed.
+	 */
 	if (c->producer != NULL && !kafka_producer_usable(c->producer, &config))
 	{
-		kafka_producer_destroy(c->producer, 0);
+		kafka_producer_retire(c->producer);
 		c->producer = NULL;
 	}
 	if (c->producer == NULL)
@@ -290,6 +293,7 @@ flush_producers(int code, Datum arg)
 		kafka_producer_destroy(c->producer, EB_KAFKA_FLUSH_MS);
 		c->producer = NULL;
 	}
+	kafka_close_retired(EB_KAFKA_FLUSH_MS);
 }
 
 /* Appends the shards whose requests next_finished reports done, with their outcomes. */

@@ -63,6 +63,7 @@ struct KafkaProducer
 	char	   *topic;
 	char	   *settings;		/* every setting it was made with, for kafka_producer_usable */
 	bool		refused;		/* a batch failed for the endpoint: make it anew to try again */
+	bool		retired;		/* replaced: closed once its batches are done */
 	KafkaProducer *next;
 };
 
@@ -451,17 +452,63 @@ kafka_cancel(void *owner)
 			b->owner = NULL;
 }
 
-/* Serves every producer's delivery reports, errors and log lines, without waiting. */
+/*
+ * Puts a producer aside (its connector's settings changed): it takes no
+ * new batch, and kafka_poll closes it once its batches in flight are done,
+ * so that they finish under the settings they were sent with.
+ */
+void
+kafka_producer_retire(KafkaProducer *p)
+{
+	if (p != NULL)
+		p->retired = true;
+}
+
+/* Has a producer batches in flight? */
+static bool
+producer_busy(const KafkaProducer *p)
+{
+	for (KafkaBatch *b = in_flight; b != NULL; b = b->next)
+		if (b->producer == p)
+			return true;
+	return false;
+}
+
+/*
+ * Serves every producer's delivery reports, errors and log lines, without
+ * waiting; closes the retired producers that are done.
+ */
 void
 kafka_poll(void)
 {
 	char		drain[64];
+	KafkaProducer *next;
 
 	if (wake_pipe[0] >= 0)
 		while (read(wake_pipe[0], drain, sizeof(drain)) > 0)
 			;
 	for (KafkaProducer *p = producers; p != NULL; p = p->next)
 		rd_kafka_poll(p->rk, 0);
+	for (KafkaProducer *p = producers; p != NULL; p = next)
+	{
+		next = p->next;
+		if (p->retired && !producer_busy(p))
+			kafka_producer_destroy(p, 0);
+	}
+}
+
+/* Closes the retired producers, waiting up to flush_ms for each one's batches (at exit). */
+void
+kafka_close_retired(int flush_ms)
+{
+	KafkaProducer *next;
+
+	for (KafkaProducer *p = producers; p != NULL; p = next)
+	{
+		next = p->next;
+		if (p->retired)
+			kafka_producer_destroy(p, flush_ms);
+	}
 }
 
 /* Is a batch waiting for delivery reports? */

@@ -49,6 +49,8 @@ typedef struct KafkaProducer KafkaProducer;
 extern KafkaProducer *kafka_producer_create(const KafkaConfig *config, char *error,
 											size_t errlen);
 extern void kafka_producer_destroy(KafkaProducer *p, int flush_ms);
+extern void kafka_producer_retire(KafkaProducer *p);
+extern void kafka_close_retired(int flush_ms);
 extern bool kafka_producer_usable(KafkaProducer *p, const KafkaConfig *config);
 extern void kafka_send(KafkaProducer *p, void *owner, const KafkaMessage *messages, int n);
 extern void kafka_fail(void *owner, const char *why);

@@ -17,7 +17,8 @@
  *   errors API N ERR    the next N requests of API key API (0 = Produce)
  *                       fail with error code ERR (e.g. 19
  *                       NOT_ENOUGH_REPLICAS, 10 MSG_SIZE_TOO_LARGE, 29
- *                       TOPIC_AUTHORIZATION_FAILED)
+ *                       TOPIC_AUTHORIZATION_FAILED); with N = 0, the
+ *                       errors still queued for API are cleared
  *   topic-error T ERR   topic T's metadata says error ERR (0: clear)
  *   quit                stop
  *
@@ -69,6 +70,8 @@ command(rd_kafka_mock_cluster_t *mc, char *line)
 		err = rd_kafka_mock_broker_set_rtt(mc, a, b);
 	else if (strcmp(what, "errors") == 0 && sscanf(line, "%*s %d %d %d", &a, &b, &c) == 3)
 	{
+		if (b == 0)
+			rd_kafka_mock_clear_request_errors(mc, (int16_t) a);
 		for (int i = 0; i < b; i++)
 			rd_kafka_mock_push_request_errors(mc, (int16_t) a, 1, (rd_kafka_resp_err_t) c);
 	}

@@ -150,7 +150,7 @@ is($node->safe_psql('postgres', q{
 	  FROM event_bridge.shard_status WHERE connector_name = 'sw'}),
 	'RUNNING ', 'no shard took the Kafka batch\'s failure for its HTTP batch');
 kafka_command($k, "rtt $_ 0") for 1 .. 3;
-kafka_command($k, 'errors 0 0 0');
+kafka_command($k, 'errors 0 0 0');    # the refusals left, cleared
 my %got;
 for my $e (@{ receiver_log($slow_fn) })
 {
@@ -166,6 +166,43 @@ is(join(',', grep { !$got{$_} } @want), '', 'the HTTP endpoint got every one of 
 is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_stat_activity
 	WHERE backend_type = 'event_bridge delivery'}), '1', 'the delivery worker runs');
 unlike(slurp_file($node->logfile), qr/terminated by signal/, 'no process of the server crashed');
+
+# Settings changed while batches are in flight (alter_connector's timeout
+# here; a rotated credential alike): those batches finish on the producer
+# they were sent with, and new ones go to a new producer.  (The old
+# producer was closed at once, failing every shard's batch in flight.)
+$node->safe_psql('postgres', qq{
+	SELECT event_bridge.stop_connector('sw');
+	SELECT event_bridge.create_connector('rot', 'orders', 'kafka://$boot/orders', target => 'kafka',
+	    batch_size => 5, timeout => '30 s', retry_interval => '200 ms', start_time => now());});
+$node->safe_psql('postgres',
+	"INSERT INTO orders SELECT g, 'rot' || g FROM generate_series(9100, 9160) g");
+ok(wait_delivered($node, 'postgres', 'rot'), 'the connector delivers to Kafka');
+# The rows of shard 0 change, with slow brokers: shard 0's batches are in
+# flight; then the settings change, and shard 1's rows: shard 1 sends
+# while shard 0's batch is in flight on the old producer.
+my %rows_of;
+for my $shard (0, 1)
+{
+	$rows_of{$shard} = $node->safe_psql('postgres', qq{
+		SELECT string_agg(DISTINCT partition_key, ',') FROM event_bridge.records r
+		  JOIN event_bridge.streams s USING (stream_id)
+		 WHERE s.stream_name = 'orders' AND r.shard_id = $shard
+		   AND partition_key ~ '^9[0-9]{3}\$' AND partition_key::int BETWEEN 9100 AND 9160});
+}
+ok($rows_of{0} ne '' && $rows_of{1} ne '', 'rows of shards 0 and 1') or diag(explain \%rows_of);
+kafka_command($k, "rtt $_ 1500") for 1 .. 3;
+$node->safe_psql('postgres', "UPDATE orders SET v = v || '!' WHERE id IN ($rows_of{0})");
+usleep(300_000);
+$node->safe_psql('postgres', q{SELECT event_bridge.alter_connector('rot', timeout => '20 s')});
+usleep(300_000);
+$node->safe_psql('postgres', "UPDATE orders SET v = v || '!' WHERE id IN ($rows_of{1})");
+ok(wait_delivered($node, 'postgres', 'rot'), 'after the change, everything is delivered');
+kafka_command($k, "rtt $_ 0") for 1 .. 3;
+is($node->safe_psql('postgres', q{
+	SELECT string_agg(DISTINCT coalesce(last_error, 'none'), '; ')
+	  FROM event_bridge.shard_status WHERE connector_name = 'rot'}),
+	'none', 'no batch failed for the change');
 
 ${ $k->{in} } .= "quit\n";
 $k->{handle}->finish;
