@@ -93,6 +93,7 @@ log_callback(const rd_kafka_t *rk, int level, const char *facility, const char *
 	static TimestampTz last = 0;
 	static int	left_out = 0;
 	TimestampTz now;
+	char		line[512];
 
 	if (level > 4)
 		return;
@@ -102,8 +103,14 @@ log_callback(const rd_kafka_t *rk, int level, const char *facility, const char *
 		left_out++;
 		return;
 	}
+	/* Brokers write some of it (names, SASL errors): one printable line, bounded. */
+	snprintf(line, sizeof(line), "%s: %s", facility, message);
+	http_make_printable(line);
+	for (char *c = line; *c; c++)
+		if (*c == '\n' || *c == '\t')
+			*c = ' ';
 	ereport(LOG,
-			(errmsg("event_bridge kafka: %s: %s", facility, message),
+			(errmsg("event_bridge kafka: %s", line),
 			 left_out > 0 ? errdetail("%d more lines of librdkafka were left out in the second before.",
 									  left_out) : 0));
 	last = now;
@@ -254,6 +261,8 @@ kafka_producer_create(const KafkaConfig *config, char *error, size_t errlen)
 		!set(conf, "socket.nagle.disable", "true", error, errlen) ||
 		/* bounded: one batch per shard is in flight */
 		!set(conf, "queue.buffering.max.kbytes", "262144", error, errlen) ||
+		/* the bytes bound it, not the count (100,000 by default: 16 shards of 10,000) */
+		!set(conf, "queue.buffering.max.messages", "10000000", error, errlen) ||
 		!set(conf, "log.queue", "true", error, errlen) ||
 		!set(conf, "security.protocol", config->security_protocol, error, errlen) ||
 		!set(conf, "sasl.mechanisms", config->sasl_mechanism, error, errlen) ||
