@@ -311,16 +311,6 @@ collect_finished(List *finished, void *(*next_finished) (HttpOutcome *outcome))
 	}
 }
 
-/* Has a connector a batch in flight? */
-static bool
-connector_in_flight(Connector *c)
-{
-	for (int i = 0; i < c->nshards; i++)
-		if (c->shards[i].in_flight)
-			return true;
-	return false;
-}
-
 /* Does a connector in memory wait for a reload (version -1)? */
 static bool
 reload_pending(void)
@@ -487,10 +477,9 @@ delivery_turn(TimestampTz *last_sync)
 		 * A stopped connector, or one no longer sending to Kafka, keeps no
 		 * connection to its brokers, once its batches are done.
 		 */
-		if (c->producer != NULL && (c->stopped || c->unusable || c->target.kind != TARGET_KAFKA) &&
-			!connector_in_flight(c))
+		if (c->producer != NULL && (c->stopped || c->unusable || c->target.kind != TARGET_KAFKA))
 		{
-			kafka_producer_destroy(c->producer, 0);
+			kafka_producer_retire(c->producer);
 			c->producer = NULL;
 		}
 

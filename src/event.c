@@ -918,10 +918,13 @@ event_body(StringInfo out, const EventBatch *b, EventBody *result)
 		int			mark = out->len;
 
 		old = MemoryContextSwitchTo(scratch_context);
-		initStringInfo(&json_text);
+		json_text.len = 0;		/* made only for a filter or transform */
 		read_unit(b, i, &u);
 		if (need_jsonb)
+		{
+			initStringInfo(&json_text);
 			event = unit_jsonb(b, &u, &json_text);
+		}
 		if (b->filter != NULL && !rules_filter_matches(b->filter, event))
 		{
 			for (int k = 0; k < u.nrecords; k++)

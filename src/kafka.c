@@ -380,6 +380,23 @@ kafka_producer_usable(KafkaProducer *p, const KafkaConfig *config)
 	return true;
 }
 
+/* A batch of owner's, of pending messages, now in flight. */
+static KafkaBatch *
+new_batch(void *owner, KafkaProducer *p, int pending)
+{
+	KafkaBatch *b = calloc(1, sizeof(KafkaBatch));
+
+	if (b == NULL)
+		elog(ERROR, "out of memory");
+	b->owner = owner;
+	b->producer = p;
+	b->pending = pending;
+	b->started_at = GetCurrentTimestamp();
+	b->next = in_flight;
+	in_flight = b;
+	return b;
+}
+
 /*
  * Produces a batch of messages for owner; its outcome comes from
  * kafka_next_finished once every message has its delivery report (or at
@@ -388,17 +405,8 @@ kafka_producer_usable(KafkaProducer *p, const KafkaConfig *config)
 void
 kafka_send(KafkaProducer *p, void *owner, const KafkaMessage *messages, int n)
 {
-	KafkaBatch *b = calloc(1, sizeof(KafkaBatch));
+	KafkaBatch *b = new_batch(owner, p, n);
 	rd_kafka_resp_err_t err;
-
-	if (b == NULL)
-		elog(ERROR, "out of memory");
-	b->owner = owner;
-	b->producer = p;
-	b->pending = n;
-	b->started_at = GetCurrentTimestamp();
-	b->next = in_flight;
-	in_flight = b;
 
 	for (int i = 0; i < n; i++)
 	{
@@ -437,16 +445,7 @@ kafka_send(KafkaProducer *p, void *owner, const KafkaMessage *messages, int n)
 void
 kafka_fail(void *owner, const char *why)
 {
-	KafkaBatch *b = calloc(1, sizeof(KafkaBatch));
-
-	if (b == NULL)
-		elog(ERROR, "out of memory");
-	b->owner = owner;
-	b->pending = 1;
-	b->started_at = GetCurrentTimestamp();
-	b->next = in_flight;
-	in_flight = b;
-	fail_messages(b, 1, RD_KAFKA_RESP_ERR__INVALID_ARG, why);
+	fail_messages(new_batch(owner, NULL, 1), 1, RD_KAFKA_RESP_ERR__INVALID_ARG, why);
 }
 
 /* Forgets what owner sent: its outcome will not be reported. */
@@ -484,6 +483,23 @@ producer_busy(const KafkaProducer *p)
 }
 
 /*
+ * Closes the retired producers: those whose batches are done, or (at exit,
+ * all) every one, waiting up to flush_ms for each one's batches.
+ */
+static void
+close_retired(bool all, int flush_ms)
+{
+	KafkaProducer *next;
+
+	for (KafkaProducer *p = producers; p != NULL; p = next)
+	{
+		next = p->next;
+		if (p->retired && (all || !producer_busy(p)))
+			kafka_producer_destroy(p, flush_ms);
+	}
+}
+
+/*
  * Serves every producer's delivery reports, errors and log lines, without
  * waiting; closes the retired producers that are done.
  */
@@ -491,33 +507,20 @@ void
 kafka_poll(void)
 {
 	char		drain[64];
-	KafkaProducer *next;
 
 	if (wake_pipe[0] >= 0)
 		while (read(wake_pipe[0], drain, sizeof(drain)) > 0)
 			;
 	for (KafkaProducer *p = producers; p != NULL; p = p->next)
 		rd_kafka_poll(p->rk, 0);
-	for (KafkaProducer *p = producers; p != NULL; p = next)
-	{
-		next = p->next;
-		if (p->retired && !producer_busy(p))
-			kafka_producer_destroy(p, 0);
-	}
+	close_retired(false, 0);
 }
 
-/* Closes the retired producers, waiting up to flush_ms for each one's batches (at exit). */
+/* Closes every retired producer, waiting up to flush_ms for each one's batches (at exit). */
 void
 kafka_close_retired(int flush_ms)
 {
-	KafkaProducer *next;
-
-	for (KafkaProducer *p = producers; p != NULL; p = next)
-	{
-		next = p->next;
-		if (p->retired)
-			kafka_producer_destroy(p, flush_ms);
-	}
+	close_retired(true, flush_ms);
 }
 
 /* Is a batch waiting for delivery reports? */
